@@ -1,0 +1,3 @@
+from packet_flow.cli import main
+
+raise SystemExit(main())

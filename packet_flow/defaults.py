@@ -1,0 +1,68 @@
+"""Every default value packet-flow uses, in one place.
+
+Values match the Rust original where it had one (REFERENCE.md §1).
+"""
+
+MODE = "receiver"
+MODES = ("sender", "receiver", "both", "reflector")
+LOCAL_ADDR = "0.0.0.0:8000"
+REMOTE_ADDR = "127.0.0.1:8000"
+RATE_MS = 1000.0            # milliseconds between packets
+RATE_MIN_MS = 0.0001        # 10 M packets/s: beyond any NIC we can drive
+RATE_MAX_MS = 3_600_000.0   # one packet an hour
+INFLUX_URL = "http://localhost:8086"
+DATABASE = "packet_flow"
+INFLUX_ORG = "-"
+RETENTION_POLICY = ""
+LOG_LEVEL = "info"
+ENV_PREFIX = "PACKET_FLOW_"
+
+DURATION_S = 0.0            # 0 = until a signal
+COUNT = 0                   # 0 = unlimited
+SIZE = 0                    # 0 = the smallest packet of the chosen wire format
+DSCP = 0
+TTL = 0                     # 0 = the kernel's default
+WIRE = "native"
+WIRES = ("native", "legacy", "stamp")
+STAMP_PORT = 862
+TIMER = "precise"
+TIMERS = ("precise", "economy")
+INTERVAL_S = 1.0
+OUTPUT = "console"
+STALL_TIMEOUT_S = 5.0
+FORGET_TIMEOUT_S = 60.0
+
+# Scheduler
+SPIN_NS = 60_000            # precise timer: sleep until deadline - SPIN_NS, then spin
+TIMER_SLACK_NS = 1          # prctl(PR_SET_TIMERSLACK): 1 ns = as exact as the kernel allows
+BATCH_MAX = 64              # packets per sendmmsg/recvmmsg
+GSO_SEGMENTS = 64           # packets per UDP_SEGMENT super-datagram
+GSO_BELOW_NS = 2_000        # use GSO when the interval is shorter than this
+
+# Receiver
+RING_CAPACITY = 1 << 20     # records in the receive ring
+RCVBUF_BYTES = 8 << 20
+SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection
+
+# InfluxDB sink
+FLUSH_INTERVAL_S = 0.0      # 0 = the record interval
+SPOOL_DIR = ""              # "" = a packet-flow folder under the system temp dir
+SINK_MEMORY_POINTS = 200_000
+SINK_QUEUE_RECORDS = 100_000
+COMPAT_MAX_PPS = 10_000     # per-packet `latency` points per second per flow
+SHUTDOWN_FLUSH_S = 5.0
+
+# Authentication
+TAG_BYTES = 16              # truncated HMAC-SHA-256 tag
+
+# InfluxDB sink: writer internals (added by the influx sink)
+SINK_CHUNK_POINTS = 50_000  # points per HTTP write request
+SINK_HTTP_TIMEOUT_S = 10.0
+SINK_BACKOFF_MIN_S = 0.25   # first retry after a failed write; doubles up to the max
+SINK_BACKOFF_MAX_S = 5.0
+
+# Report (packet-flow report): figure geometry
+REPORT_WIDTH_IN = 16.0      # figure width, inches
+REPORT_ROW_IN = 3.2         # height of one flow's row of panels, inches
+REPORT_HEADER_IN = 0.6      # height of the run title, inches
+REPORT_DPI = 100            # PNG pixels per inch

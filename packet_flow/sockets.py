@@ -1,0 +1,82 @@
+"""Socket set-up for the batch I/O core: nonblocking UDP sockets with kernel receive
+timestamps (SO_TIMESTAMPNS), drop counts (SO_RXQ_OVFL), TTL reporting, and optional
+UDP GRO on receive; DSCP/TTL and UDP GSO capability on send."""
+
+import errno
+import logging
+import socket
+
+from packet_flow import _io
+
+log = logging.getLogger(__name__)
+
+
+def _try(sock, level, opt, value, what):
+    try:
+        sock.setsockopt(level, opt, value)
+        return True
+    except OSError as exc:
+        log.debug("%s not available: %s", what, exc)
+        return False
+
+
+def receive_socket(sockaddr, family, rcvbuf=0, gro=True):
+    """A bound, nonblocking UDP socket ready for Receiver. Returns (socket, gro_enabled)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        _try(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0, "dual-stack")
+        _try(sock, socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1, "IPV6_RECVHOPLIMIT")
+    else:
+        _try(sock, socket.IPPROTO_IP, 12, 1, "IP_RECVTTL")
+    sock.setsockopt(socket.SOL_SOCKET, _io.SO_TIMESTAMPNS_, 1)
+    _try(sock, socket.SOL_SOCKET, _io.SO_RXQ_OVFL_, 1, "SO_RXQ_OVFL")
+    if rcvbuf:
+        set_rcvbuf(sock, rcvbuf)
+    gro = gro and _try(sock, socket.IPPROTO_UDP, _io.UDP_GRO_, 1, "UDP_GRO")
+    sock.setblocking(False)
+    sock.bind(sockaddr)
+    return sock, gro
+
+
+def set_rcvbuf(sock, size):
+    """SO_RCVBUFFORCE when allowed (CAP_NET_ADMIN), else SO_RCVBUF (capped by rmem_max)."""
+    if not _try(sock, socket.SOL_SOCKET, 33, size, "SO_RCVBUFFORCE"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def send_socket(family, dscp=0, ttl=0, sndbuf=4 << 20):
+    """A nonblocking, unconnected UDP socket for Sender (no ICMP errors on send)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    tos = (dscp & 0x3F) << 2
+    if family == socket.AF_INET6:
+        if tos:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        if ttl:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+    else:
+        if tos:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        if ttl:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    _try(sock, socket.SOL_SOCKET, 32, sndbuf, "SO_SNDBUFFORCE") or _try(
+        sock, socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf, "SO_SNDBUF")
+    sock.setblocking(False)
+    return sock
+
+
+def gso_supported(sock):
+    """True when the kernel accepts UDP_SEGMENT on this socket."""
+    return _try(sock, socket.IPPROTO_UDP, _io.UDP_SEGMENT_, 0, "UDP_SEGMENT")
+
+
+def dest_tuple(sockaddr, family):
+    """(family, packed address, port) as Sender wants it."""
+    packed = socket.inet_pton(family, sockaddr[0])
+    return (family, packed, sockaddr[1])
+
+
+def is_transient(exc):
+    """Errors a probe rides out (the peer is not there yet, the route flaps)."""
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM)

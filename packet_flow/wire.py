@@ -1,0 +1,133 @@
+"""Reference codec for the wire formats, in pure Python (struct).
+
+The Cython core (ext/_io.pyx, which holds the byte diagrams) is the one the probe uses;
+this module is the readable twin that golden-byte tests hold it to, and what tests and
+tools use to build packets by hand. Formats:
+
+- native: 32-byte little-endian header `"PF" | ver u8 | flags u8 | u32 0 | u64 session |
+  u64 seq | i64 send ns`, reflected packets add `u64 reflector seq | i64 T2 | i64 T3`,
+  then zero padding, then (flag AUTH) a 16-byte truncated HMAC-SHA-256 of everything before.
+- legacy: the Rust original's 17 bytes `u64 seq | u64 send µs | u8 final`, little-endian.
+- STAMP (RFC 8762 unauthenticated, big-endian): 44-byte Session-Sender and
+  Session-Reflector test packets.
+"""
+
+import hashlib
+import hmac
+import struct
+from typing import NamedTuple
+
+from packet_flow.errors import WireError
+
+MAGIC = b"PF"
+VERSION = 1
+FLAG_FINAL, FLAG_AUTH, FLAG_REFLECTED = 1, 2, 4
+HEADER, REFLECTED_HEADER, LEGACY_SIZE, STAMP_SIZE, TAG = 32, 56, 17, 44, 16
+NTP_OFFSET = 2208988800
+
+_NATIVE = struct.Struct("<2sBBIQQq")
+_REFLECT = struct.Struct("<Qqq")
+_LEGACY = struct.Struct("<QQB")
+_STAMP_SENDER = struct.Struct(">I8sHH")           # seq | T1 | error estimate | SSID
+_STAMP_REFLECTOR = struct.Struct(">I8sHH8sI8sHHB")  # seq|T3|err|ssid|T2|sseq|T1|serr|mbz|ttl
+
+
+class Packet(NamedTuple):
+    wire: str            # native | legacy | stamp | stamp_reflected
+    session: int
+    seq: int
+    tx_ns: int
+    flags: int = 0
+    r_seq: int = 0
+    t2_ns: int = 0
+    t3_ns: int = 0
+    ttl: int = 0
+
+    @property
+    def final(self):
+        return bool(self.flags & FLAG_FINAL)
+
+
+def tag(key, data):
+    """The 16-byte truncated HMAC-SHA-256 tag of data."""
+    return hmac.new(key, data, hashlib.sha256).digest()[:TAG]
+
+
+def encode_native(session, seq, tx_ns, flags=0, size=0, key=None, reflect=None):
+    """A native packet of max(size, minimum) bytes. reflect = (r_seq, t2_ns, t3_ns)."""
+    if key:
+        flags |= FLAG_AUTH
+    if reflect is not None:
+        flags |= FLAG_REFLECTED
+    body = _NATIVE.pack(MAGIC, VERSION, flags, 0, session, seq, tx_ns)
+    if reflect is not None:
+        body += _REFLECT.pack(*reflect)
+    minimum = len(body) + (TAG if key else 0)
+    body += bytes(max(size, minimum) - minimum)
+    return body + tag(key, body) if key else body
+
+
+def encode_legacy(seq, ts_us, final=False):
+    """The Rust original's 17-byte bincode packet."""
+    return _LEGACY.pack(seq, ts_us, 1 if final else 0)
+
+
+def ns_to_ntp(ns):
+    """64-bit NTP timestamp (u32 seconds since 1900, u32 fraction) as 8 big-endian bytes."""
+    sec, rem = divmod(ns, 1_000_000_000)
+    return struct.pack(">II", (sec + NTP_OFFSET) & 0xFFFFFFFF, (rem << 32) // 1_000_000_000)
+
+
+def ntp_to_ns(b):
+    sec, frac = struct.unpack(">II", b)
+    return (sec - NTP_OFFSET) * 1_000_000_000 + ((frac * 1_000_000_000) >> 32)
+
+
+def encode_stamp(seq, tx_ns, ssid=0, error=0x0001, size=STAMP_SIZE):
+    """RFC 8762 §4.2.1 unauthenticated Session-Sender test packet (ssid per RFC 8972)."""
+    body = _STAMP_SENDER.pack(seq & 0xFFFFFFFF, ns_to_ntp(tx_ns), error, ssid)
+    return body + bytes(max(size, STAMP_SIZE) - len(body))
+
+
+def encode_stamp_reflection(r_seq, t3_ns, t2_ns, sender, ttl, error=0x0001, ssid=0):
+    """RFC 8762 §4.3.1 unauthenticated Session-Reflector packet answering `sender` bytes."""
+    s_seq, t1, s_err = struct.unpack_from(">I8sH", sender)
+    body = _STAMP_REFLECTOR.pack(r_seq & 0xFFFFFFFF, ns_to_ntp(t3_ns), error, ssid,
+                                 ns_to_ntp(t2_ns), s_seq, t1, s_err, 0, ttl)
+    return body + bytes(max(len(sender), STAMP_SIZE) - len(body))
+
+
+def decode(data, key=None, stamp=None):
+    """Parse a datagram. stamp=None: native or legacy; "sender"/"reflected": STAMP.
+    Raises WireError(reason) with the same reason names as the Cython receiver."""
+    n = len(data)
+    if stamp is not None:
+        if n < STAMP_SIZE:
+            raise WireError("short")
+        if stamp == "sender":
+            seq, t1, _err, ssid = _STAMP_SENDER.unpack_from(data)
+            return Packet("stamp", ssid, seq, ntp_to_ns(t1))
+        r_seq, t3, _e, ssid, t2, seq, t1, _se, _mbz, ttl = _STAMP_REFLECTOR.unpack_from(data)
+        return Packet("stamp_reflected", ssid, seq, ntp_to_ns(t1), 0, r_seq,
+                      ntp_to_ns(t2), ntp_to_ns(t3), ttl)
+    if n == LEGACY_SIZE:
+        seq, ts_us, final = _LEGACY.unpack(data)
+        if final > 1:
+            raise WireError("legacy")
+        return Packet("legacy", 0, seq, ts_us * 1000, final)
+    if n < 4 or data[:2] != MAGIC:
+        raise WireError("short" if n < LEGACY_SIZE else "magic")
+    if data[2] != VERSION:
+        raise WireError("version")
+    flags = data[3]
+    if (n < HEADER or (flags & FLAG_AUTH and n < HEADER + TAG)
+            or (flags & FLAG_REFLECTED and n < REFLECTED_HEADER)):
+        raise WireError("truncated")
+    if key:
+        if not flags & FLAG_AUTH:
+            raise WireError("no_tag")
+        if not hmac.compare_digest(tag(key, data[:-TAG]), data[-TAG:]):
+            raise WireError("bad_tag")
+    _m, _v, flags, _r, session, seq, tx_ns = _NATIVE.unpack_from(data)
+    reflect = _REFLECT.unpack_from(data, HEADER) if flags & FLAG_REFLECTED else (0, 0, 0)
+    return Packet("native", session, seq, tx_ns, flags, *reflect)
