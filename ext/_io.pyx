@@ -374,91 +374,94 @@ cdef class Sender:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef int _transmit(self, int n, uint8_t flags, bint scheduled) except -1:
+    cdef int _transmit(self, int n, uint8_t flags, bint scheduled) except -1 nogil:
         """Build packets for the next n sequence numbers (slots, when scheduled) and send
-        them all; returns n."""
+        them all with sendmmsg. Runs without the GIL; takes it only on a failed syscall."""
         cdef int i, m, nmsg, done = 0, rc, err
         cdef int segs = self.segments
         cdef int64_t t, slot
         cdef uint8_t *p
         cdef cmsghdr *c
         cdef pollfd pfd
-        with nogil:
-            for i in range(n):
-                p = self.bufs + <size_t>i * self.size
-                t = _now()
-                self._build(p, self.seq + i, t, flags)
-                if scheduled:
-                    slot = self.start_ns + <int64_t>(self.k + i) * self.interval_ns
-                    if self.lat_n < self.lat.shape[0]:
-                        self.lat[self.lat_n] = t - slot
-                        self.lat_n += 1
-                    if t - slot >= self.interval_ns:
-                        self.missed_slots += 1
-            nmsg = (n + segs - 1) // segs
-            for m in range(nmsg):
-                self.iovs[m].iov_base = self.bufs + <size_t>m * segs * self.size
-                self.iovs[m].iov_len = <size_t>(min(segs, n - m * segs)) * self.size
-                memset(&self.msgs[m].msg_hdr, 0, sizeof(msghdr))
-                self.msgs[m].msg_hdr.msg_name = &self.dest
-                self.msgs[m].msg_hdr.msg_namelen = self.dest_len
-                self.msgs[m].msg_hdr.msg_iov = &self.iovs[m]
-                self.msgs[m].msg_hdr.msg_iovlen = 1
-                if segs > 1 and n - m * segs > 1:
-                    # UDP_SEGMENT: the kernel cuts this buffer into datagrams of `size` bytes.
-                    self.msgs[m].msg_hdr.msg_control = self.ctrl + m * CMSG_SPACE(sizeof(uint16_t))
-                    self.msgs[m].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-                    c = CMSG_FIRSTHDR(&self.msgs[m].msg_hdr)
-                    c.cmsg_level = SOL_UDP
-                    c.cmsg_type = UDP_SEGMENT
-                    c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-                    (<uint16_t *>CMSG_DATA(c))[0] = <uint16_t>self.size
+        for i in range(n):
+            p = self.bufs + <size_t>i * self.size
+            t = _now()
+            self._build(p, self.seq + i, t, flags)
+            if scheduled:
+                slot = self.start_ns + <int64_t>(self.k + i) * self.interval_ns
+                if self.lat_n < self.lat.shape[0]:
+                    self.lat[self.lat_n] = t - slot
+                    self.lat_n += 1
+                if t - slot >= self.interval_ns:
+                    self.missed_slots += 1
+        nmsg = (n + segs - 1) // segs
+        for m in range(nmsg):
+            self.iovs[m].iov_base = self.bufs + <size_t>m * segs * self.size
+            self.iovs[m].iov_len = <size_t>(min(segs, n - m * segs)) * self.size
+            memset(&self.msgs[m].msg_hdr, 0, sizeof(msghdr))
+            self.msgs[m].msg_hdr.msg_name = &self.dest
+            self.msgs[m].msg_hdr.msg_namelen = self.dest_len
+            self.msgs[m].msg_hdr.msg_iov = &self.iovs[m]
+            self.msgs[m].msg_hdr.msg_iovlen = 1
+            if segs > 1 and n - m * segs > 1:
+                # UDP_SEGMENT: the kernel cuts this buffer into datagrams of `size` bytes.
+                self.msgs[m].msg_hdr.msg_control = self.ctrl + m * CMSG_SPACE(sizeof(uint16_t))
+                self.msgs[m].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+                c = CMSG_FIRSTHDR(&self.msgs[m].msg_hdr)
+                c.cmsg_level = SOL_UDP
+                c.cmsg_type = UDP_SEGMENT
+                c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                (<uint16_t *>CMSG_DATA(c))[0] = <uint16_t>self.size
         while done < nmsg:
-            with nogil:
-                rc = sendmmsg(self.fd, self.msgs + done, nmsg - done, 0)
-                err = errno
+            rc = sendmmsg(self.fd, self.msgs + done, nmsg - done, 0)
             if rc >= 0:
                 done += rc
                 continue
-            if _errno_path(err) == 1:
+            err = errno
+            with gil:
+                rc = _errno_path(err)
+            if rc == 1:
                 pfd.fd = self.fd
                 pfd.events = POLLOUT
-                with nogil:
-                    poll(&pfd, 1, 10)
+                poll(&pfd, 1, 10)
         self.seq += n
         self.sent += n
         if scheduled:
             self.k += n
-        return n
+        return 0
 
     def send(self, int n=1, bint final=False):
         """Send n packets now (unscheduled), e.g. the final packet; returns n."""
         if n < 1 or n > self.batch * self.segments:
             raise ValueError("n must be 1..batch*segments")
-        return self._transmit(n, FLAG_FINAL if final else 0, False)
+        with nogil:
+            self._transmit(n, FLAG_FINAL if final else 0, False)
+        return n
 
-    def run(self, int64_t until_ns, uint64_t limit=0, bint precise=True):
-        """Send on the grid until slot time `until_ns`, `limit` packets (0 = no limit),
-        a full lateness buffer, or a signal. Slots found already due are sent together in
-        bounded batches (at most one sendmmsg's worth); slots further behind than that are
-        skipped and counted (skipped_slots, missed_slots) without using sequence numbers.
-        Returns the packets sent by this call."""
+    cdef int _run(self, int64_t until_ns, uint64_t limit, int64_t spin) except -1 nogil:
         cdef uint64_t sent0 = self.sent, due, skip, n
         cdef uint64_t cap = self.batch * self.segments
         cdef int64_t deadline, now
-        cdef int64_t spin = self.spin_ns if precise else 0
+        cdef int rc
         while True:
             if limit and self.sent - sent0 >= limit:
-                break
+                return 0
             if self.lat_n + <Py_ssize_t>cap > self.lat.shape[0]:
-                break
+                return 0
             deadline = self.start_ns + <int64_t>self.k * self.interval_ns
             if deadline >= until_ns:
-                break
+                return 0
             now = _now()
             if now < deadline:
-                if _wait_until(deadline, spin):
-                    break
+                rc = 0
+                if deadline - spin > now:
+                    rc = _sleep_abs(deadline - spin)
+                if rc != 0:
+                    with gil:
+                        _errno_path(rc)
+                    return 1        # a signal: let the caller look at its flags
+                while _now() < deadline:
+                    pass
                 now = _now()
             due = <uint64_t>((now - self.start_ns) // self.interval_ns) - self.k + 1
             if due > cap:
@@ -471,6 +474,18 @@ cdef class Sender:
             if limit and n > limit - (self.sent - sent0):
                 n = limit - (self.sent - sent0)
             self._transmit(<int>n, 0, True)
+
+    def run(self, int64_t until_ns, uint64_t limit=0, bint precise=True):
+        """Send on the grid until slot time `until_ns`, `limit` packets (0 = no limit),
+        a full lateness buffer, or a signal. Slots found already due are sent together in
+        bounded batches (at most one sendmmsg's worth); slots further behind than that are
+        skipped and counted (skipped_slots, missed_slots) without using sequence numbers.
+        The whole loop runs without the GIL, so another thread's Python work cannot delay
+        a slot. Returns the packets sent by this call."""
+        cdef uint64_t sent0 = self.sent
+        cdef int64_t spin = self.spin_ns if precise else 0
+        with nogil:
+            self._run(until_ns, limit, spin)
         return self.sent - sent0
 
 

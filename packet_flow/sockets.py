@@ -80,3 +80,19 @@ def is_transient(exc):
     """Errors a probe rides out (the peer is not there yet, the route flaps)."""
     return isinstance(exc, OSError) and exc.errno in (
         errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM)
+
+
+def local_name(sock, remote):
+    """host:port this unconnected socket sends from to `remote` (the route's source address
+    when the socket is bound to the wildcard)."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        probe = socket.socket(remote.family, socket.SOCK_DGRAM)
+        try:
+            probe.connect(remote.sockaddr)   # no packet is sent: only a route lookup
+            host = probe.getsockname()[0]
+        except OSError:
+            pass
+        finally:
+            probe.close()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,466 @@
+"""Per-flow packet statistics: pure numpy, fed one batch at a time, state kept between batches.
+
+Rules (the metric names are those of docs/contract.md and REFERENCE.md §2):
+
+- Sequences. Only the low ``seq_bits`` bits of a sequence number are meaningful (32 for STAMP,
+  64 otherwise). Each batch is unwrapped against the highest sequence so far, so a wrap is just the
+  next number. The first packet of the flow is its start: sequences below it are never lost. A
+  batch must not jump more than 2**(seq_bits-1) ahead; for 64 bits jumps are clipped to 2**62.
+- Classes. With ``h`` the highest sequence when a packet arrives: ``s > h`` is new (``s > h+1``
+  opens a gap); ``s <= h`` is a duplicate if it was already received (in an earlier batch or
+  earlier in the same batch), else late (RFC 4737 reordered). A packet at or below ``h - window``
+  cannot be checked against the window: it counts as ``late`` only (not received, not in the
+  delay statistics, takes back no loss).
+- Loss settles. A missing sequence becomes lost once it is more than ``horizon`` below ``h``.
+  ``horizon`` starts at 0 and grows to the largest reorder displacement ``h - s`` of a late packet
+  seen so far (capped at ``window - 1``): without reordering loss is reported at once, and a
+  reordering seen once never produces false loss again. ``close()`` settles everything up to ``h``.
+- Bursts (RFC 3357 loss periods): maximal runs of consecutive lost sequences, counted once the
+  run is settled and the sequence after it has arrived. A late packet for a sequence already settled as lost takes it
+  back exactly: lost - 1 and its burst is split in two. Interval values are net (settled minus
+  taken back during the interval), so they may be negative in that rare case and always add up to
+  the summary.
+- Delays are ``rx - tx`` in int64 ns, negative kept (``negative_owd``), over unique arrivals only
+  (new and late, never duplicates). Interval percentiles are exact (numpy, linear interpolation);
+  summary percentiles come from a log-bucket histogram with at most 0.05 % relative error
+  (10 mantissa bits per octave, separate buckets for negative values and zero); summary min, max
+  and mean are exact.
+- ``jitter_us`` is the RFC 3550 §6.4.1 interarrival jitter estimator over unique arrivals in
+  arrival order across batches, its value at the end of the interval. ``ipdv_*`` are the mean and
+  p99 of |IPDV| (RFC 3393/5481): |D(s) - D(s-1)| for consecutive sequences that both arrived,
+  whatever their arrival order; a pair counts when its second packet arrives.
+- Counters are Python ints; output floats are µs rounded to 3 decimals (ns); no data gives None,
+  never NaN. Memory per flow: one int64 ring of ``window`` entries (1 MiB at the default) plus the
+  lost runs inside the window and the summary histograms.
+"""
+
+import numpy as np
+
+from packet_flow import defaults
+
+EMPTY = np.iinfo(np.int64).min  # ring entry of a sequence not received
+_JUMP_MAX = 1 << 62
+_JITTER_TAIL = 2000  # (15/16)**2000 < 1e-56: older |D| values no longer change J
+_JITTER_W = (15 / 16) ** np.arange(_JITTER_TAIL - 1, -1, -1, dtype=np.float64)
+_HIST_SHIFT = 42  # float64 bits >> 42 keeps the exponent and 10 mantissa bits
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def _us(ns):
+    """ns (int or float) to µs rounded to 3 decimals; None stays None."""
+    return None if ns is None else round(ns / 1000, 3)
+
+
+def _exact_sum(a: np.ndarray, lo: int, hi: int) -> int:
+    """Exact sum of an int64 array whose values lie in [lo, hi]."""
+    if max(-lo, hi) * a.size < 1 << 62:
+        return int(a.sum())
+    total = 0
+    for i in range(0, a.size, 1 << 20):
+        c = a[i : i + (1 << 20)]
+        total += (int((c >> 20).sum()) << 20) + int((c & 0xFFFFF).sum())
+    return total
+
+
+class _Buckets:
+    """Dense counts over a growing range of bucket indices."""
+
+    def __init__(self):
+        self.lo = 0
+        self.counts = np.zeros(0, np.int64)
+
+    def add(self, idx: np.ndarray) -> None:
+        if not idx.size:
+            return
+        lo, hi = int(idx.min()), int(idx.max())
+        c = np.bincount(idx - lo)
+        if not self.counts.size:
+            self.lo, self.counts = lo, c.astype(np.int64)
+            return
+        new_lo, new_hi = min(lo, self.lo), max(hi, self.lo + self.counts.size - 1)
+        if new_lo < self.lo or new_hi >= self.lo + self.counts.size:
+            grown = np.zeros(new_hi - new_lo + 1, np.int64)
+            grown[self.lo - new_lo : self.lo - new_lo + self.counts.size] = self.counts
+            self.lo, self.counts = new_lo, grown
+        self.counts[lo - self.lo : hi - self.lo + 1] += c
+
+    def mids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket midpoints, counts) of the non-empty buckets, ascending."""
+        nz = np.flatnonzero(self.counts)
+        i = nz.astype(np.int64) + self.lo
+        low = (i << _HIST_SHIFT).view(np.float64)
+        high = ((i + 1) << _HIST_SHIFT).view(np.float64)
+        return (low + high) / 2, self.counts[nz]
+
+
+class LogHistogram:
+    """Bounded-memory histogram of int64 values (ns) for the summary percentiles.
+
+    A bucket is one float64 exponent and 10 mantissa bits, so its width is at most 2**-10 of its
+    lower bound and its midpoint is within 0.05 % of every value in it. Negative values use a
+    mirrored set of buckets; zero has its own count.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.zeros = 0
+        self._pos = _Buckets()
+        self._neg = _Buckets()
+
+    def add(self, values: np.ndarray) -> None:
+        """Count every value of an int64 array."""
+        if not values.size:
+            return
+        idx = values.astype(np.float64).view(np.int64) >> _HIST_SHIFT
+        self.n += idx.size
+        if idx.min() > 0:
+            self._pos.add(idx)
+            return
+        self._pos.add(idx[idx > 0])
+        neg = idx[idx < 0] + (1 << (63 - _HIST_SHIFT))  # sign bit off: the magnitude's bucket
+        self._neg.add(neg)
+        self.zeros += int(idx.size - np.count_nonzero(idx))
+
+    def quantiles(self, percents, lo: int, hi: int) -> list:
+        """Linear-interpolated percentiles (numpy's default method), clamped to [lo, hi]."""
+        if not self.n:
+            return [None] * len(percents)
+        nv, nc = self._neg.mids()
+        pv, pc = self._pos.mids()
+        vals = np.concatenate([-nv[::-1], [0.0], pv])
+        cum = np.cumsum(np.concatenate([nc[::-1], [self.zeros], pc]))
+        out = []
+        for p in percents:
+            r = p / 100 * (self.n - 1)
+            k = np.searchsorted(cum, [int(np.floor(r)), int(np.ceil(r))], side="right")
+            a, b = vals[k[0]], vals[k[1]]
+            out.append(min(max(a + (r - np.floor(r)) * (b - a), lo), hi))
+        return out
+
+
+class _Acc:
+    """Accumulators of one interval (raw delay arrays) or of the whole flow (histograms)."""
+
+    def __init__(self, interval: bool):
+        self.interval = interval
+        self.received = self.lost = self.late = self.duplicates = self.negative_owd = 0
+        self.hist: dict[int, int] = {}
+        self.owd_n = self.owd_sum = 0
+        self.owd_min = self.owd_max = None
+        self.ipdv_n = self.ipdv_sum = 0
+        self.jitter_n = 0
+        if interval:
+            self.owd_parts: list[np.ndarray] = []
+            self.ipdv_parts: list[np.ndarray] = []
+        else:
+            self.owd_hist = LogHistogram()
+            self.ipdv_hist = LogHistogram()
+
+    def burst(self, length: int, count: int) -> None:
+        c = self.hist.get(length, 0) + count
+        if c:
+            self.hist[length] = c
+        else:
+            self.hist.pop(length, None)
+
+    def record(self, jitter_ns: float) -> dict:
+        lost, rcv = self.lost, self.received
+        if self.owd_n and self.interval:
+            owd = np.concatenate(self.owd_parts)
+            pct = np.percentile(owd, PERCENTILES).tolist()
+        elif self.owd_n:
+            pct = self.owd_hist.quantiles(PERCENTILES, self.owd_min, self.owd_max)
+        else:
+            pct = [None] * len(PERCENTILES)
+        if self.ipdv_n and self.interval:
+            ipdv_p99 = float(np.percentile(np.concatenate(self.ipdv_parts), 99.0))
+        elif self.ipdv_n:
+            ipdv_p99 = self.ipdv_hist.quantiles([99.0], 0, 1 << 63)[0]
+        else:
+            ipdv_p99 = None
+        return {
+            "received": rcv,
+            "lost": lost,
+            "late": self.late,
+            "duplicates": self.duplicates,
+            "loss_bursts": sum(self.hist.values()),
+            "max_loss_burst": max((k for k, v in self.hist.items() if v > 0), default=0),
+            "loss_burst_hist": {str(k): v for k, v in sorted(self.hist.items())},
+            "loss_percent": round(max(0.0, 100 * lost / (rcv + lost)), 3) if rcv + lost > 0 else 0.0,
+            "owd_min_us": _us(self.owd_min),
+            "owd_mean_us": _us(self.owd_sum / self.owd_n) if self.owd_n else None,
+            "owd_p50_us": _us(pct[0]),
+            "owd_p90_us": _us(pct[1]),
+            "owd_p99_us": _us(pct[2]),
+            "owd_p999_us": _us(pct[3]),
+            "owd_max_us": _us(self.owd_max),
+            "negative_owd": self.negative_owd,
+            "jitter_us": _us(jitter_ns) if self.jitter_n else None,
+            "ipdv_mean_us": _us(self.ipdv_sum / self.ipdv_n) if self.ipdv_n else None,
+            "ipdv_p99_us": _us(ipdv_p99),
+        }
+
+
+class FlowStats:
+    """Loss, reordering, duplicates, delay and jitter of one flow, fed batch by batch.
+
+    ``update`` takes one batch of packets of this flow in arrival order; ``take_interval``
+    returns the record fields since its previous call; ``summary`` the totals of the flow's life.
+    """
+
+    def __init__(self, seq_bits: int = 64, window: int = defaults.SEQ_WINDOW):
+        if not 2 <= seq_bits <= 64:
+            raise ValueError(f"seq_bits must be 2..64, not {seq_bits}")
+        if window < 2:
+            raise ValueError(f"window must be at least 2, not {window}")
+        self._bits = seq_bits
+        self._mask = (1 << seq_bits) - 1
+        self._w = window
+        self._ring = np.full(window, EMPTY, np.int64)  # delay of received sequences, by s % window
+        self._low = None  # the first sequence (start of the flow), unwrapped
+        self._h = -1  # highest sequence, relative to _low
+        self._f = -1  # every sequence <= _f is settled
+        self._horizon = 0
+        self._open = -1  # start of the lost run that reaches _f, -1 if _f is not lost
+        self._run_s = np.zeros(0, np.int64)  # completed lost runs ending inside the window
+        self._run_e = np.zeros(0, np.int64)
+        self._last_owd = None  # delay of the last unique arrival (RFC 3550 D)
+        self._jitter = 0.0
+        self._cur = _Acc(True)
+        self._tot = _Acc(False)
+
+    @property
+    def highest(self) -> int:
+        """Highest (unwrapped) sequence seen, -1 if none."""
+        return -1 if self._low is None else self._low + self._h
+
+    def update(self, seq: np.ndarray, tx_ns: np.ndarray, rx_ns: np.ndarray) -> None:
+        """Account one batch of this flow's packets, in arrival order.
+
+        ``seq`` uint64 (low ``seq_bits`` bits used), ``tx_ns``/``rx_ns`` int64 ns timestamps.
+        """
+        seq = np.asarray(seq, np.uint64)
+        if not seq.size:
+            return
+        owd = np.asarray(rx_ns, np.int64) - np.asarray(tx_ns, np.int64)
+        if self._low is None:
+            self._low = int(seq[0]) & self._mask
+        u = self._unwrap(seq)
+        h0, f0, w = self._h, self._f, self._w
+        h_new = int(u.max())
+        if u[0] > h0 and (u.size == 1 or bool((u[1:] > u[:-1]).all())):
+            uu, dd, su, sd = u, owd, u, owd  # everything new, in order: the common case
+            horizon, f_new, fixes, late, dups = self._horizon, max(f0, h_new - self._horizon - 1), (), 0, 0
+        else:
+            uu, dd, horizon, f_new, fixes, late, dups = self._classify(u, owd)
+            o = np.argsort(uu, kind="stable")
+            su, sd = uu[o], dd[o]
+        h_new = max(h0, h_new)
+        for m in fixes:
+            self._take_back(int(m))
+        self._settle(f_new, su)  # reads the ring as it was before this batch
+        self._ipdv(su, sd)  # idem
+        if h_new > h0:  # sequences entering the window start empty
+            if h_new - h0 >= w:
+                self._ring[:] = EMPTY
+            else:
+                self._ring[np.arange(h0 + 1, h_new + 1) % w] = EMPTY
+        keep = su > h_new - w
+        self._ring[su[keep] % w] = sd[keep]
+        self._h, self._horizon = h_new, horizon
+        f = self._f
+        if self._open >= 0 and self._ring[(f + 1) % w] != EMPTY:  # f+1 arrived: the run ends at f
+            self._lost(0, np.array([f - self._open + 1]))
+            if f > h_new - w:
+                self._run_s = np.append(self._run_s, self._open)
+                self._run_e = np.append(self._run_e, f)
+            self._open = -1
+        if self._run_e.size and self._run_e[0] <= h_new - w:
+            k = np.searchsorted(self._run_e, h_new - w, side="right")
+            self._run_s, self._run_e = self._run_s[k:], self._run_e[k:]
+        self._delays(dd)
+        for a in (self._cur, self._tot):
+            a.received += int(uu.size)
+            a.late += late
+            a.duplicates += dups
+
+    def close(self) -> None:
+        """The final packet was seen: settle every gap up to the highest sequence."""
+        if self._f < self._h:
+            self._settle(self._h, np.zeros(0, np.int64))
+
+    def take_interval(self) -> dict:
+        """Record fields for the interval since the previous call; starts a new interval."""
+        rec = self._cur.record(self._jitter)
+        self._cur = _Acc(True)
+        return rec
+
+    def summary(self) -> dict:
+        """Record fields for the whole life of the flow so far (does not reset anything)."""
+        return self._tot.record(self._jitter)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _unwrap(self, seq: np.ndarray) -> np.ndarray:
+        ref = np.uint64((self._low + self._h) & self._mask)
+        delta = seq - ref  # uint64 arithmetic wraps modulo 2**64
+        if self._bits == 64:
+            signed = delta.view(np.int64)
+        else:
+            signed = (delta & np.uint64(self._mask)).astype(np.int64)
+            signed[signed >= 1 << (self._bits - 1)] -= 1 << self._bits
+        return np.clip(signed, -_JUMP_MAX, _JUMP_MAX) + self._h
+
+    def _classify(self, u: np.ndarray, owd: np.ndarray):
+        """Slow path (some packet not above the previous one): late, duplicates, horizon."""
+        h0, w = self._h, self._w
+        cm = np.maximum.accumulate(u)
+        pm = np.empty_like(u)  # highest sequence before each packet
+        pm[0] = h0
+        np.maximum(cm[:-1], h0, out=pm[1:])
+        new = u > pm
+        too_old = ~new & (u <= pm - w)
+        old_i = np.flatnonzero(~new & ~too_old)
+        uo = u[old_i]
+        # an old packet equal to a new one of this batch came after it: duplicate
+        nu = u[new]
+        k = np.minimum(np.searchsorted(nu, uo), max(nu.size - 1, 0))
+        dup = nu[k] == uo if nu.size else np.zeros(uo.size, bool)
+        # repeated old packets in this batch: all but the first are duplicates
+        o = np.argsort(uo, kind="stable")
+        rep = np.zeros(uo.size, bool)
+        rep[o[1:]] = uo[o[1:]] == uo[o[:-1]]
+        dup |= rep
+        pre = ~dup & (uo <= h0)  # maybe received in an earlier batch
+        dup[pre] = self._ring[uo[pre] % w] != EMPTY
+        late_i = old_i[~dup]
+        unique = new.copy()
+        unique[late_i] = True
+        disp = np.zeros(u.size, np.int64)
+        disp[late_i] = pm[late_i] - u[late_i]
+        disp[too_old] = w - 1
+        hz = np.minimum(np.maximum.accumulate(np.maximum(disp, self._horizon)), w - 1)
+        f_new = max(self._f, int((cm - hz - 1).max()))
+        lu = u[late_i]
+        fixes = lu[(lu >= 0) & (lu <= self._f)]
+        late = int(late_i.size + np.count_nonzero(too_old))
+        return u[unique], owd[unique], int(hz[-1]), f_new, fixes, late, int(np.count_nonzero(dup))
+
+    def _lost(self, n: int, lengths: np.ndarray) -> None:
+        for a in (self._cur, self._tot):
+            a.lost += n
+        if lengths.size:
+            vals, counts = np.unique(lengths, return_counts=True)
+            for v, c in zip(vals.tolist(), counts.tolist(), strict=True):
+                self._cur.burst(v, c)
+                self._tot.burst(v, c)
+
+    def _settle(self, f_new: int, su: np.ndarray) -> None:
+        """Settle sequences (_f, f_new]: the missing ones are lost, completed runs are bursts."""
+        f0, h0, w = self._f, self._h, self._w
+        if f_new <= f0:
+            return
+        top = min(h0, f_new)
+        if top > f0:
+            ring = self._ring[np.arange(f0 + 1, top + 1) % w]
+            pre = np.flatnonzero(ring != EMPTY) + (f0 + 1)
+        else:
+            pre = np.zeros(0, np.int64)
+        got = su[np.searchsorted(su, f0, side="right") : np.searchsorted(su, f_new, side="right")]
+        rcv = np.sort(np.concatenate([pre, got]))
+        edges = np.concatenate([[f0], rcv, [f_new + 1]])
+        gaps = np.diff(edges) - 1
+        if not rcv.size:  # the whole range is lost: the open run goes on
+            self._open = self._open if self._open >= 0 else f0 + 1
+            self._lost(f_new - f0, np.zeros(0, np.int64))
+        else:
+            lengths, starts, ends = gaps[:-1], edges[:-2] + 1, edges[1:-1] - 1
+            if self._open >= 0:
+                lengths[0] += f0 - self._open + 1
+                starts[0] = self._open
+            done = lengths > 0
+            self._lost(f_new - f0 - int(rcv.size), lengths[done])
+            inside = done & (ends > f_new - w)
+            self._run_s = np.concatenate([self._run_s, starts[inside]])
+            self._run_e = np.concatenate([self._run_e, ends[inside]])
+            self._open = int(edges[-2]) + 1 if gaps[-1] > 0 else -1
+        self._f = f_new
+
+    def _take_back(self, m: int) -> None:
+        """Rare path: sequence m was settled as lost and has now arrived late."""
+        for a in (self._cur, self._tot):
+            a.lost -= 1
+        if 0 <= self._open <= m:  # inside the run still open at the frontier
+            parts = [m - self._open]
+            self._open = m + 1 if m + 1 <= self._f else -1
+        else:  # inside a completed run: split it
+            k = int(np.searchsorted(self._run_e, m))
+            a, b = int(self._run_s[k]), int(self._run_e[k])
+            self._cur.burst(b - a + 1, -1)
+            self._tot.burst(b - a + 1, -1)
+            runs = [(x, y) for x, y in ((a, m - 1), (m + 1, b)) if x <= y]
+            s = np.array([x for x, _ in runs], np.int64)
+            e = np.array([y for _, y in runs], np.int64)
+            self._run_s = np.concatenate([self._run_s[:k], s, self._run_s[k + 1 :]])
+            self._run_e = np.concatenate([self._run_e[:k], e, self._run_e[k + 1 :]])
+            parts = [y - x + 1 for x, y in runs]
+        for p in parts:
+            if p > 0:
+                self._cur.burst(p, 1)
+                self._tot.burst(p, 1)
+
+    def _pre(self, x: np.ndarray) -> np.ndarray:
+        """Delays of sequences x as the ring held them before this batch (EMPTY if unknown)."""
+        h0, w = self._h, self._w
+        out = np.full(x.size, EMPTY, np.int64)
+        ok = (x <= h0) & (x > h0 - w)
+        out[ok] = self._ring[x[ok] % w]
+        return out
+
+    def _ipdv(self, su: np.ndarray, sd: np.ndarray) -> None:
+        """|IPDV| of the pairs (s-1, s) completed by this batch (su sorted, sd their delays)."""
+        adj = su[1:] == su[:-1] + 1
+        parts = [np.abs(sd[1:][adj] - sd[:-1][adj])]
+        alone_l = np.ones(su.size, bool)
+        alone_l[1:] = ~adj
+        alone_r = np.ones(su.size, bool)
+        alone_r[:-1] = ~adj
+        for alone, step in ((alone_l, -1), (alone_r, 1)):
+            i = np.flatnonzero(alone & (su + step <= self._h))
+            if i.size:
+                v = self._pre(su[i] + step)
+                ok = v != EMPTY
+                parts.append(np.abs(sd[i][ok] - v[ok]))
+        ipdv = np.concatenate(parts)
+        if not ipdv.size:
+            return
+        total = _exact_sum(ipdv, 0, int(ipdv.max()))
+        for a in (self._cur, self._tot):
+            a.ipdv_n += int(ipdv.size)
+            a.ipdv_sum += total
+        self._cur.ipdv_parts.append(ipdv)
+        self._tot.ipdv_hist.add(ipdv)
+
+    def _delays(self, d: np.ndarray) -> None:
+        """Delay statistics and RFC 3550 jitter of the unique arrivals d, in arrival order."""
+        if not d.size:
+            return
+        lo, hi = int(d.min()), int(d.max())
+        total = _exact_sum(d, lo, hi)
+        neg = int(np.count_nonzero(d < 0)) if lo < 0 else 0
+        prev = self._last_owd
+        diffs = np.abs(np.diff(d) if prev is None else np.diff(d, prepend=prev)).astype(np.float64)
+        n = diffs.size
+        if n:
+            tail = diffs[-_JITTER_TAIL:]
+            self._jitter = (15 / 16) ** n * self._jitter + float(_JITTER_W[-tail.size :] @ tail) / 16
+        self._last_owd = int(d[-1])
+        for a in (self._cur, self._tot):
+            a.owd_n += int(d.size)
+            a.owd_sum += total
+            a.owd_min = lo if a.owd_min is None else min(a.owd_min, lo)
+            a.owd_max = hi if a.owd_max is None else max(a.owd_max, hi)
+            a.negative_owd += neg
+            a.jitter_n += n
+        self._cur.owd_parts.append(d)
+        self._tot.owd_hist.add(d)

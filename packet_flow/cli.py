@@ -1,0 +1,49 @@
+"""Command line: `packet-flow [options]` runs the probe, `packet-flow report ...` reads
+a JSON-lines run. Errors the user can fix become one line on stderr and an exit status
+(2 for configuration, 1 for run-time failures), never a traceback."""
+
+import logging
+import sys
+
+from packet_flow import config
+from packet_flow.errors import PacketFlowError
+
+log = logging.getLogger("packet_flow")
+
+
+def _fail(msg, code, cfg=None):
+    print(f"packet-flow: error: {config.mask(str(msg), cfg)}", file=sys.stderr)
+    return code
+
+
+def main(argv=None):
+    """Entry point of the `packet-flow` console script and `python -m packet_flow`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        from packet_flow import report
+        try:
+            return report.main(argv[1:])
+        except PacketFlowError as exc:
+            return _fail(exc, exc.exit_code)
+    try:
+        cfg = config.load(argv)
+    except PacketFlowError as exc:
+        return _fail(exc, exc.exit_code)
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if cfg.action == "generate":
+            config.write_default_config(cfg.config_file, cfg.force)
+            return 0
+        if cfg.action == "print":
+            print(config.render_toml(cfg))
+            return 0
+        config.log_config(cfg, log)
+        from packet_flow import run
+        return run.run(cfg)
+    except PacketFlowError as exc:
+        return _fail(exc, exc.exit_code, cfg)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc} ({type(exc).__name__})", 1, cfg)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,123 @@
+"""The one module that ties sockets, analysis and sinks together for a run.
+
+Threads: the sender (when there is one) runs in the main thread, because only the main
+thread's sleeps are cut short by signals; the receiver runs beside it in a second thread
+in `both` mode. The Cython loops release the GIL while they wait and send, so the two
+threads do not slow each other down. Signals: SIGINT/SIGTERM/SIGQUIT stop the run (final
+packet, flush, exit 0); SIGUSR1 makes the sender skip one sequence number.
+"""
+
+import logging
+import signal
+import sys
+import threading
+
+from packet_flow import _io, defaults
+from packet_flow.receiver import ReceiverLoop
+from packet_flow.sender import SenderLoop
+from packet_flow.sinks.console import ConsoleSink
+from packet_flow.sinks.jsonl import JsonlSink
+
+log = logging.getLogger(__name__)
+
+RECEIVER_GRACE_S = 0.3      # `both`: time for the final packet to arrive after the sender ends
+SIGNAL_FLUSH_S = 1.5        # bounded sink flush after a stop signal (exit within 2 s)
+
+
+class Fanout:
+    """Hands every record to every sink; per-packet data only to sinks that want it."""
+
+    def __init__(self, sinks):
+        self.sinks = sinks
+        self.per_packet = [s for s in sinks if getattr(s, "wants_packets", False)]
+
+    def record(self, rec):
+        for sink in self.sinks:
+            sink.record(rec)
+
+    def packets(self, source, destination, rx_ns, owd_ns):
+        for sink in self.per_packet:
+            sink.packets(source, destination, rx_ns, owd_ns)
+
+    def close(self, timeout):
+        counters = {}
+        for sink in self.sinks:
+            counters.update(sink.close(timeout) or {})
+        return counters
+
+
+def build_sinks(cfg):
+    """Sinks named by cfg.outputs; the console moves to stderr when JSON goes to stdout."""
+    sinks = []
+    to_stdout = "jsonl:-" in cfg.outputs
+    for out in cfg.outputs:
+        if out == "console":
+            sinks.append(ConsoleSink(sys.stderr if to_stdout else sys.stdout))
+        elif out.startswith("jsonl:"):
+            sinks.append(JsonlSink(out[len("jsonl:"):]))
+        elif out == "influx":
+            from packet_flow.sinks.influx import InfluxSink
+            sinks.append(InfluxSink(cfg))
+    return sinks
+
+
+def run(cfg, ready=None):
+    """Run cfg.mode until cfg.duration, cfg.count or a signal. Returns the exit status.
+    `ready(loops)` is called once sockets are bound (tests use it)."""
+    sinks = build_sinks(cfg)
+    out = Fanout(sinks)
+    for sink in sinks:
+        if isinstance(sink, ConsoleSink) and cfg.mode != "sender":
+            sink.header()
+    receiver = sender = None
+    signalled = threading.Event()
+    try:
+        if cfg.mode in ("receiver", "both"):
+            receiver = ReceiverLoop(cfg, out.record, out.packets if out.per_packet else None)
+        if cfg.mode in ("sender", "both"):
+            sender = SenderLoop(cfg, out.record)
+        elif cfg.mode == "reflector":
+            from packet_flow.reflector import ReflectorLoop
+            receiver = ReflectorLoop(cfg, out.record)
+
+        def on_stop(signum, _frame):
+            log.info("%s: stopping", signal.Signals(signum).name)
+            signalled.set()
+            for loop in (sender, receiver):
+                if loop is not None:
+                    loop.stop()
+
+        def on_skip(_signum, _frame):
+            if sender is not None:
+                sender.skip()
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+                signal.signal(sig, on_stop)
+            signal.signal(signal.SIGUSR1, on_skip)
+        if ready is not None:
+            ready({"sender": sender, "receiver": receiver})
+        deadline = _io.now_ns() + int(cfg.duration * 1e9) if cfg.duration else 0
+        if sender is None:
+            receiver.run(deadline)
+        else:
+            thread = None
+            if receiver is not None:
+                rx_deadline = deadline + int(RECEIVER_GRACE_S * 1e9) if deadline else 0
+                thread = threading.Thread(target=receiver.run, args=(rx_deadline,),
+                                          name="receiver", daemon=True)
+                thread.start()
+            sender.run(deadline)
+            if thread is not None:
+                thread.join(RECEIVER_GRACE_S)
+                receiver.stop()
+                thread.join()
+    finally:
+        for loop in (sender, receiver):
+            if loop is not None:
+                loop.close()
+        timeout = SIGNAL_FLUSH_S if signalled.is_set() else defaults.SHUTDOWN_FLUSH_S
+        counters = out.close(timeout)
+        if counters:
+            log.info("sink counters: %s", counters)
+    return 0
