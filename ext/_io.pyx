@@ -69,6 +69,8 @@ KINDS = ("malformed", "native", "legacy", "stamp", "stamp_reflected")
 REASONS = ("ok", "short", "magic", "version", "truncated", "legacy", "no_tag", "bad_tag")
 
 cdef enum:
+    RSEQ_SLOTS = 65536
+    RSEQ_PROBE = 64
     K_MALFORMED = 0
     K_NATIVE = 1
     K_LEGACY = 2
@@ -512,6 +514,12 @@ cdef class Receiver:
     cdef pf_hmac_key hkey
     cdef bint keyed
     cdef size_t ctrl_len
+    cdef readonly bint reflect
+    cdef readonly uint64_t reflected
+    cdef mmsghdr *smsgs
+    cdef iovec *siovs
+    cdef uint64_t *rseq_keys
+    cdef uint64_t *rseq_vals
 
     def __cinit__(self):
         self.bufs = NULL
@@ -519,11 +527,19 @@ cdef class Receiver:
         self.iovs = NULL
         self.names = NULL
         self.ctrl = NULL
+        self.smsgs = NULL
+        self.siovs = NULL
+        self.rseq_keys = NULL
+        self.rseq_vals = NULL
 
     def __init__(self, int fd, int batch=64, uint64_t capacity=1 << 18, int bufsize=65536,
-                 key=None, int mode=0):
-        """mode 0: native and legacy packets; mode 2: STAMP (reflector input, or reflected
-        STAMP packets when the sender reads its replies)."""
+                 key=None, int mode=0, bint reflect=False):
+        """mode WIRE_NATIVE: native and legacy packets; WIRE_STAMP: STAMP Session-Sender
+        packets; WIRE_STAMP_REFLECTED: STAMP replies (a sender reading its reflections).
+        reflect=True: answer every valid native or STAMP test packet to its source (the
+        socket must not use UDP GRO): native replies carry the REFLECTED flag, this
+        reflector's per-flow sequence, T2 (kernel receive time) and T3 (send time); STAMP
+        replies follow RFC 8762 §4.3 as a stateful reflector, copying the received TTL."""
         cdef int i
         if capacity < 1 or (capacity & (capacity - 1)):
             raise ValueError("ring capacity must be a power of two")
@@ -549,6 +565,14 @@ cdef class Receiver:
         for i in range(batch):
             self.iovs[i].iov_base = self.bufs + <size_t>i * bufsize
             self.iovs[i].iov_len = bufsize
+        self.reflect = reflect
+        if reflect:
+            self.smsgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
+            self.siovs = <iovec *>calloc(batch, sizeof(iovec))
+            self.rseq_keys = <uint64_t *>calloc(RSEQ_SLOTS, sizeof(uint64_t))
+            self.rseq_vals = <uint64_t *>calloc(RSEQ_SLOTS, sizeof(uint64_t))
+            if not (self.smsgs and self.siovs and self.rseq_keys and self.rseq_vals):
+                raise MemoryError()
 
     def __dealloc__(self):
         free(self.bufs)
@@ -556,6 +580,93 @@ cdef class Receiver:
         free(self.iovs)
         free(self.names)
         free(self.ctrl)
+        free(self.smsgs)
+        free(self.siovs)
+        free(self.rseq_keys)
+        free(self.rseq_vals)
+
+    cdef uint64_t _next_rseq(self, uint64_t flow) noexcept nogil:
+        # Open addressing by flow id; after RSEQ_PROBE collisions the oldest slot is reused
+        # (that flow's reflector sequence restarts, which its sender sees as a new run).
+        cdef uint64_t key = flow | 1, i = flow & (RSEQ_SLOTS - 1), v
+        cdef int probe
+        for probe in range(RSEQ_PROBE):
+            if self.rseq_keys[i] == key or self.rseq_keys[i] == 0:
+                break
+            i = (i + 1) & (RSEQ_SLOTS - 1)
+        if self.rseq_keys[i] != key:
+            self.rseq_keys[i] = key
+            self.rseq_vals[i] = 0
+        v = self.rseq_vals[i]
+        self.rseq_vals[i] = v + 1
+        return v
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _reflect(self, int nmsg, uint64_t head0) except -1 nogil:
+        """Answer the nmsg datagrams just stored at ring[head0...] (one record each)."""
+        cdef int i, n = 0, done = 0, rc, err
+        cdef rec_t *r
+        cdef uint8_t *p
+        cdef uint8_t tag[32]
+        cdef uint8_t sender[14]
+        cdef uint32_t length, newlen
+        cdef int64_t t3 = _now()
+        cdef pollfd pfd
+        for i in range(nmsg):
+            r = &self.ring[(head0 + i) & (self.capacity - 1)]
+            p = <uint8_t *>self.iovs[i].iov_base
+            length = self.msgs[i].msg_len
+            if r.kind == K_NATIVE and not (r.flags & FLAG_REFLECTED):
+                newlen = length
+                if newlen < REFLECTED_HEADER + (TAG if r.flags & FLAG_AUTH else 0):
+                    newlen = REFLECTED_HEADER + (TAG if r.flags & FLAG_AUTH else 0)
+                    memset(p + length, 0, newlen - length)
+                p[3] |= FLAG_REFLECTED
+                _st64(p + 32, self._next_rseq(r.flow))
+                _st64(p + 40, <uint64_t>r.rx_ns)
+                _st64(p + 48, <uint64_t>t3)
+                if self.keyed:
+                    pf_hmac(&self.hkey, p, newlen - TAG, tag)
+                    memcpy(p + newlen - TAG, tag, TAG)
+            elif r.kind == K_STAMP:
+                newlen = length
+                memcpy(sender, p, 14)
+                _stbe32(p, <uint32_t>self._next_rseq(r.flow))
+                _ns_to_ntp(p + 4, t3)
+                _stbe16(p + 12, 0x0001)
+                _ns_to_ntp(p + 16, r.rx_ns)
+                memcpy(p + 24, sender, 14)
+                p[38] = 0
+                p[39] = 0
+                p[40] = r.ttl
+                p[41] = 0
+                p[42] = 0
+                p[43] = 0
+            else:
+                continue
+            self.siovs[n].iov_base = p
+            self.siovs[n].iov_len = newlen
+            memset(&self.smsgs[n].msg_hdr, 0, sizeof(msghdr))
+            self.smsgs[n].msg_hdr.msg_name = &self.names[i]
+            self.smsgs[n].msg_hdr.msg_namelen = self.msgs[i].msg_hdr.msg_namelen
+            self.smsgs[n].msg_hdr.msg_iov = &self.siovs[n]
+            self.smsgs[n].msg_hdr.msg_iovlen = 1
+            n += 1
+        while done < n:
+            rc = sendmmsg(self.fd, self.smsgs + done, n - done, 0)
+            if rc >= 0:
+                done += rc
+                continue
+            err = errno
+            with gil:
+                rc = _errno_path(err)
+            if rc == 1:
+                pfd.fd = self.fd
+                pfd.events = POLLOUT
+                poll(&pfd, 1, 10)
+        self.reflected += n
+        return 0
 
     @property
     def malformed(self):
@@ -707,12 +818,10 @@ cdef class Receiver:
         self.datagrams += written
         return written
 
-    def pump(self, int64_t until_ns, uint64_t max_records=0):
-        """Receive until CLOCK_REALTIME `until_ns`, or `max_records` new records, or a
-        signal. Waits in poll() when the socket is empty. Returns records added."""
+    cdef int _pump(self, int64_t until_ns, uint64_t max_records, uint64_t *got) except -1 nogil:
         cdef int i, rc, err, timeout_ms
-        cdef uint64_t got = 0
         cdef int64_t now
+        cdef uint64_t head0
         cdef pollfd pfd
         pfd.fd = self.fd
         pfd.events = POLLIN
@@ -725,25 +834,39 @@ cdef class Receiver:
                 self.msgs[i].msg_hdr.msg_iovlen = 1
                 self.msgs[i].msg_hdr.msg_control = self.ctrl + i * self.ctrl_len
                 self.msgs[i].msg_hdr.msg_controllen = self.ctrl_len
-            with nogil:
-                rc = recvmmsg(self.fd, self.msgs, self.batch, MSG_DONTWAIT, NULL)
-                err = errno
-                if rc > 0:
-                    got += self._store(rc, _now())
-                now = _now()
+            rc = recvmmsg(self.fd, self.msgs, self.batch, MSG_DONTWAIT, NULL)
+            err = errno
+            if rc > 0:
+                head0 = self.head
+                got[0] += self._store(rc, _now())
+                if self.reflect:
+                    self._reflect(rc, head0)
+            now = _now()
             if rc < 0:
-                rc = _errno_path(err)
+                with gil:
+                    rc = _errno_path(err)
                 if rc == 0:
-                    return got      # a signal handler ran; let the caller look at its flags
-            if (max_records and got >= max_records) or now >= until_ns:
-                return got
+                    return 0        # a signal handler ran; let the caller look at its flags
+            if (max_records and got[0] >= max_records) or now >= until_ns:
+                return 0
             if rc == 1:
                 timeout_ms = <int>((until_ns - now + 999999) // 1000000)
-                with nogil:
-                    rc = poll(&pfd, 1, timeout_ms)
+                rc = poll(&pfd, 1, timeout_ms)
+                if rc < 0:
                     err = errno
-                if rc < 0 and _errno_path(err) == 0:
-                    return got
+                    with gil:
+                        rc = _errno_path(err)
+                    if rc == 0:
+                        return 0
+
+    def pump(self, int64_t until_ns, uint64_t max_records=0):
+        """Receive until CLOCK_REALTIME `until_ns`, or `max_records` new records, or a
+        signal. Waits in poll() when the socket is empty; runs without the GIL throughout.
+        Returns records added."""
+        cdef uint64_t got = 0
+        with nogil:
+            self._pump(until_ns, max_records, &got)
+        return got
 
     def drain(self):
         """The records added since the last drain, oldest first, as a new array. Records

@@ -17,12 +17,14 @@ SLICE_NS = 50_000_000
 class ReceiverLoop:
     """Receives on cfg.local until stop() or the deadline; emits records through emit()."""
 
-    def __init__(self, cfg, emit, on_packets=None, mode=_io.WIRE_NATIVE, sock=None):
+    def __init__(self, cfg, emit, on_packets=None, mode=_io.WIRE_NATIVE, sock=None,
+                 reflect=False):
         self.cfg = cfg
         self.emit = emit
         if sock is None:
+            # a reflector answers datagram by datagram: no GRO coalescing on its socket
             sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
-                                                cfg.rcvbuf)
+                                                cfg.rcvbuf, gro=not reflect)
         self.sock = sock
         self.local = str(cfg.local)
         if cfg.local.port == 0:
@@ -31,7 +33,7 @@ class ReceiverLoop:
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.rx = _io.Receiver(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
                                bufsize=65536,
-                               key=cfg.key, mode=mode)
+                               key=cfg.key, mode=mode, reflect=reflect)
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets)
         self.stopping = False
