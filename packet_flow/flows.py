@@ -139,17 +139,15 @@ class FlowTable:
         return flow
 
     def _malformed(self, recs):
-        keys = recs["addr"].view(np.uint8).reshape(len(recs), 16)
-        src = {}
+        by_source = {}
         for flow in self.flows.values():
-            src.setdefault(flow.source, flow)
-        uniq, counts = np.unique(np.column_stack([keys, recs["port"][:, None] >> 8,
-                                                  recs["port"][:, None] & 255,
-                                                  recs["family"][:, None]]),
-                                 axis=0, return_counts=True)
+            by_source.setdefault(flow.source, flow)
+        key = np.zeros(len(recs), [("addr", "u1", (16,)), ("port", "<u2"), ("family", "u1")])
+        for name in key.dtype.names:
+            key[name] = recs[name]
+        uniq, counts = np.unique(key, return_counts=True)
         for row, n in zip(uniq, counts.tolist(), strict=True):
-            name = address(row[:16], int(row[16]) << 8 | int(row[17]), int(row[18]))
-            flow = src.get(name)
+            flow = by_source.get(address(row["addr"], int(row["port"]), int(row["family"])))
             if flow is None:
                 self.unattributed += n
             else:

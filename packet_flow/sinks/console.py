@@ -9,11 +9,26 @@ def _f(v, scale=1.0, digits=3):
     return "-" if v is None else f"{v / scale:.{digits}f}"
 
 
-def _flow(rec, width=21):
+def _t(us):
+    """A duration given in µs, in at most 6 characters: 812n, 5.2µ, 504µ, 2.50m, 21.4m, 3.2s."""
+    if us is None:
+        return "-"
+    for unit, scale in (("s", 1e6), ("m", 1e3), ("µ", 1.0)):
+        v = us / scale
+        if abs(v) >= 1 or unit == "µ":
+            break
+    if unit == "µ" and abs(v) < 1:
+        return f"{v * 1e3:.0f}n"
+    return f"{v:.3g}{unit}"
+
+
+def _flow(rec, width=17):
     src = rec.get("source") or "?"
     return src if len(src) <= width else "…" + src[-(width - 1):]
 
 
+HEADER = (f"{'time':8} {'source':17}{'recv':>7}{'lost':>6}{'loss%':>6}{'late':>5}{'dup':>5}"
+          f"{'owd p50':>8}{'owd p99':>8}{'jitter':>7} ")
 class ConsoleSink:
     """Writes human-readable lines to a text stream (stdout unless told otherwise)."""
 
@@ -34,24 +49,25 @@ class ConsoleSink:
             return
         t = rec["time"][11:19]
         if kind == "interval":
-            state = " STALL" if rec.get("stalled") else " FIN" if rec.get("closed") else ""
+            state = "S" if rec.get("stalled") else "F" if rec.get("closed") else " "
             self._write(
-                f"{t} {_flow(rec):21} {rec['received']:>7} {rec['lost']:>5} "
-                f"{_f(rec['loss_percent'], 1, 2):>6} {rec['late']:>4} {rec['duplicates']:>4} "
-                f"{_f(rec['owd_p50_us'], 1e3):>7} {_f(rec['owd_p99_us'], 1e3):>7} "
-                f"{_f(rec['jitter_us'], 1e3):>6}{state}")
+                f"{t} {_flow(rec):17}{rec['received']:>7}{rec['lost']:>6}"
+                f"{_f(rec['loss_percent'], 1, 2):>6}{rec['late']:>5}{rec['duplicates']:>5}"
+                f"{_t(rec['owd_p50_us']):>8}{_t(rec['owd_p99_us']):>8}"
+                f"{_t(rec['jitter_us']):>7}{state}")
         elif kind == "sender":
+            dest = rec.get("destination") or "?"
             self._write(
-                f"{t} tx→{_flow(rec, 19):19} {rec['sent']:>7} missed {rec['missed_slots']:<5}"
-                f" late p50/p99/max {_f(rec['timer_late_p50_us'], 1, 1)}/"
-                f"{_f(rec['timer_late_p99_us'], 1, 1)}/{_f(rec['timer_late_max_us'], 1, 1)} µs")
+                f"{t} → {dest[-17:]:17} sent{rec['sent']:>7} missed{rec['missed_slots']:>5}"
+                f" late {_t(rec['timer_late_p50_us'])}/{_t(rec['timer_late_p99_us'])}"
+                f"/{_t(rec['timer_late_max_us'])}")
         elif kind == "receiver" and (rec.get("overwritten") or rec.get("kernel_drops")):
             self._write(f"{t} receiver: ring overwritten {rec['overwritten']}, "
                         f"kernel drops {rec['kernel_drops']}")
 
     def header(self):
-        self._write("time     source                 received  lost  loss%  late  dup "
-                    "owd50ms owd99ms jit ms")
+        self._write(HEADER + "\n" + " " * 9 + "(S = stalled, F = final packet seen; "
+                    "timer late = p50/p99/max)")
 
     def packets(self, *args):
         pass
@@ -71,9 +87,8 @@ def summary_table(records):
         if rec["role"] == "sender":
             lines.append(
                 f"  sent {rec['sent']}  missed slots {rec['missed_slots']}  skipped "
-                f"{rec['skipped_slots']}  timer late p50 {_f(rec['timer_late_p50_us'], 1, 1)} "
-                f"p99 {_f(rec['timer_late_p99_us'], 1, 1)} max "
-                f"{_f(rec['timer_late_max_us'], 1, 1)} µs")
+                f"{rec['skipped_slots']}  timer late p50 {_t(rec['timer_late_p50_us'])} "
+                f"p99 {_t(rec['timer_late_p99_us'])} max {_t(rec['timer_late_max_us'])}")
             continue
         lines.append(
             f"  received {rec['received']}  lost {rec['lost']} ({_f(rec['loss_percent'], 1, 3)}%)"
