@@ -16,8 +16,8 @@ Rules (the metric names are those of docs/contract.md and REFERENCE.md §2):
   seen so far (capped at ``window - 1``): without reordering loss is reported at once, and a
   reordering seen once never produces false loss again. ``close()`` settles everything up to ``h``.
 - Bursts (RFC 3357 loss periods): maximal runs of consecutive lost sequences, counted once the
-  run is settled and the sequence after it has arrived. A late packet for a sequence already settled as lost takes it
-  back exactly: lost - 1 and its burst is split in two. Interval values are net (settled minus
+  run is settled and the sequence after it has arrived. A late packet for a sequence already
+  settled as lost takes it back exactly: lost - 1 and its burst is split in two. Interval values are net (settled minus
   taken back during the interval), so they may be negative in that rare case and always add up to
   the summary.
 - Delays are ``rx - tx`` in int64 ns, negative kept (``negative_owd``), over unique arrivals only
@@ -48,7 +48,19 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 def _us(ns):
     """ns (int or float) to µs rounded to 3 decimals; None stays None."""
-    return None if ns is None else round(ns / 1000, 3)
+    return None if ns is None else round(float(ns / 1000), 3)
+
+
+def _percentiles(parts: list, percents) -> list:
+    """Exact percentiles of the concatenated arrays, as numpy's default (linear) method."""
+    a = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+    r = np.asarray(percents, np.float64) / 100 * (a.size - 1)
+    lo = np.floor(r).astype(np.int64)
+    hi = np.ceil(r).astype(np.int64)
+    a.partition(np.unique(np.concatenate([lo, hi])))
+    x, y, t = a[lo].astype(np.float64), a[hi].astype(np.float64), r - lo
+    d = y - x
+    return np.where(t >= 0.5, y - d * (1 - t), x + d * t).tolist()  # numpy's _lerp
 
 
 def _exact_sum(a: np.ndarray, lo: int, hi: int) -> int:
@@ -166,14 +178,13 @@ class _Acc:
     def record(self, jitter_ns: float) -> dict:
         lost, rcv = self.lost, self.received
         if self.owd_n and self.interval:
-            owd = np.concatenate(self.owd_parts)
-            pct = np.percentile(owd, PERCENTILES).tolist()
+            pct = _percentiles(self.owd_parts, PERCENTILES)
         elif self.owd_n:
             pct = self.owd_hist.quantiles(PERCENTILES, self.owd_min, self.owd_max)
         else:
             pct = [None] * len(PERCENTILES)
         if self.ipdv_n and self.interval:
-            ipdv_p99 = float(np.percentile(np.concatenate(self.ipdv_parts), 99.0))
+            ipdv_p99 = _percentiles(self.ipdv_parts, [99.0])[0]
         elif self.ipdv_n:
             ipdv_p99 = self.ipdv_hist.quantiles([99.0], 0, 1 << 63)[0]
         else:
@@ -216,6 +227,7 @@ class FlowStats:
         self._bits = seq_bits
         self._mask = (1 << seq_bits) - 1
         self._w = window
+        self._pow2 = window & (window - 1) == 0
         self._ring = np.full(window, EMPTY, np.int64)  # delay of received sequences, by s % window
         self._low = None  # the first sequence (start of the flow), unwrapped
         self._h = -1  # highest sequence, relative to _low
@@ -228,6 +240,16 @@ class FlowStats:
         self._jitter = 0.0
         self._cur = _Acc(True)
         self._tot = _Acc(False)
+
+    def _slot(self, x):
+        return x & (self._w - 1) if self._pow2 else x % self._w
+
+    def _span(self, lo: int, hi: int):
+        """Ring slices holding sequences lo..hi (hi - lo < window), in order."""
+        a, n = self._slot(lo), hi - lo + 1
+        if a + n <= self._w:
+            return (slice(a, a + n),)
+        return slice(a, self._w), slice(0, a + n - self._w)
 
     @property
     def highest(self) -> int:
@@ -250,7 +272,8 @@ class FlowStats:
         h_new = int(u.max())
         if u[0] > h0 and (u.size == 1 or bool((u[1:] > u[:-1]).all())):
             uu, dd, su, sd = u, owd, u, owd  # everything new, in order: the common case
-            horizon, f_new, fixes, late, dups = self._horizon, max(f0, h_new - self._horizon - 1), (), 0, 0
+            horizon, fixes, late, dups = self._horizon, (), 0, 0
+            f_new = max(f0, h_new - horizon - 1)
         else:
             uu, dd, horizon, f_new, fixes, late, dups = self._classify(u, owd)
             o = np.argsort(uu, kind="stable")
@@ -259,22 +282,16 @@ class FlowStats:
         for m in fixes:
             self._take_back(int(m))
         self._settle(f_new, su)  # reads the ring as it was before this batch
-        self._ipdv(su, sd)  # idem
+        if su.size:
+            self._ipdv(su, sd)  # idem
         if h_new > h0:  # sequences entering the window start empty
-            if h_new - h0 >= w:
-                self._ring[:] = EMPTY
-            else:
-                self._ring[np.arange(h0 + 1, h_new + 1) % w] = EMPTY
-        keep = su > h_new - w
-        self._ring[su[keep] % w] = sd[keep]
+            for sl in (slice(None),) if h_new - h0 >= w else self._span(h0 + 1, h_new):
+                self._ring[sl] = EMPTY
+        k = int(np.searchsorted(su, h_new - w, side="right"))  # older ones left the window
+        self._ring[self._slot(su[k:])] = sd[k:]
         self._h, self._horizon = h_new, horizon
-        f = self._f
-        if self._open >= 0 and self._ring[(f + 1) % w] != EMPTY:  # f+1 arrived: the run ends at f
-            self._lost(0, np.array([f - self._open + 1]))
-            if f > h_new - w:
-                self._run_s = np.append(self._run_s, self._open)
-                self._run_e = np.append(self._run_e, f)
-            self._open = -1
+        if self._open >= 0 and self._ring[self._slot(self._f + 1)] != EMPTY:
+            self._complete(self._f)  # f+1 arrived: the open run ends at f
         if self._run_e.size and self._run_e[0] <= h_new - w:
             k = np.searchsorted(self._run_e, h_new - w, side="right")
             self._run_s, self._run_e = self._run_s[k:], self._run_e[k:]
@@ -332,7 +349,7 @@ class FlowStats:
         rep[o[1:]] = uo[o[1:]] == uo[o[:-1]]
         dup |= rep
         pre = ~dup & (uo <= h0)  # maybe received in an earlier batch
-        dup[pre] = self._ring[uo[pre] % w] != EMPTY
+        dup[pre] = self._ring[self._slot(uo[pre])] != EMPTY
         late_i = old_i[~dup]
         unique = new.copy()
         unique[late_i] = True
@@ -362,12 +379,19 @@ class FlowStats:
             return
         top = min(h0, f_new)
         if top > f0:
-            ring = self._ring[np.arange(f0 + 1, top + 1) % w]
+            ring = np.concatenate([self._ring[sl] for sl in self._span(f0 + 1, top)])
             pre = np.flatnonzero(ring != EMPTY) + (f0 + 1)
         else:
             pre = np.zeros(0, np.int64)
         got = su[np.searchsorted(su, f0, side="right") : np.searchsorted(su, f_new, side="right")]
-        rcv = np.sort(np.concatenate([pre, got]))
+        if pre.size + got.size == f_new - f0:  # nothing lost in the range
+            if self._open >= 0:
+                self._complete(f0)
+            self._f = f_new
+            return
+        rcv = np.concatenate([pre, got])
+        if pre.size and got.size and pre[-1] > got[0]:
+            rcv.sort()
         edges = np.concatenate([[f0], rcv, [f_new + 1]])
         gaps = np.diff(edges) - 1
         if not rcv.size:  # the whole range is lost: the open run goes on
@@ -386,12 +410,22 @@ class FlowStats:
             self._open = int(edges[-2]) + 1 if gaps[-1] > 0 else -1
         self._f = f_new
 
+    def _complete(self, end: int) -> None:
+        """The open lost run ends at `end` (the next sequence arrived)."""
+        self._lost(0, np.array([end - self._open + 1]))
+        self._run_s = np.append(self._run_s, self._open)
+        self._run_e = np.append(self._run_e, end)
+        self._open = -1
+
     def _take_back(self, m: int) -> None:
         """Rare path: sequence m was settled as lost and has now arrived late."""
         for a in (self._cur, self._tot):
             a.lost -= 1
         if 0 <= self._open <= m:  # inside the run still open at the frontier
             parts = [m - self._open]
+            if m > self._open:  # the part below m is a completed run now
+                self._run_s = np.append(self._run_s, self._open)
+                self._run_e = np.append(self._run_e, m - 1)
             self._open = m + 1 if m + 1 <= self._f else -1
         else:  # inside a completed run: split it
             k = int(np.searchsorted(self._run_e, m))
@@ -412,21 +446,28 @@ class FlowStats:
     def _pre(self, x: np.ndarray) -> np.ndarray:
         """Delays of sequences x as the ring held them before this batch (EMPTY if unknown)."""
         h0, w = self._h, self._w
+        if x.size == 1:  # the common case: one neighbour just below the batch
+            return self._ring[self._slot(x)] if h0 - w < x[0] <= h0 else np.array([EMPTY])
         out = np.full(x.size, EMPTY, np.int64)
         ok = (x <= h0) & (x > h0 - w)
-        out[ok] = self._ring[x[ok] % w]
+        out[ok] = self._ring[self._slot(x[ok])]
         return out
 
     def _ipdv(self, su: np.ndarray, sd: np.ndarray) -> None:
         """|IPDV| of the pairs (s-1, s) completed by this batch (su sorted, sd their delays)."""
-        adj = su[1:] == su[:-1] + 1
-        parts = [np.abs(sd[1:][adj] - sd[:-1][adj])]
-        alone_l = np.ones(su.size, bool)
-        alone_l[1:] = ~adj
-        alone_r = np.ones(su.size, bool)
-        alone_r[:-1] = ~adj
-        for alone, step in ((alone_l, -1), (alone_r, 1)):
-            i = np.flatnonzero(alone & (su + step <= self._h))
+        if int(su[-1]) - int(su[0]) == su.size - 1:  # no hole: every neighbour is in the batch
+            parts = [np.abs(np.diff(sd))]
+            sides = ((np.array([0]), -1), (np.array([su.size - 1]), 1))
+        else:
+            adj = su[1:] == su[:-1] + 1
+            parts = [np.abs(sd[1:][adj] - sd[:-1][adj])]
+            alone_l = np.ones(su.size, bool)
+            alone_l[1:] = ~adj
+            alone_r = np.ones(su.size, bool)
+            alone_r[:-1] = ~adj
+            sides = ((np.flatnonzero(alone_l), -1), (np.flatnonzero(alone_r), 1))
+        for i, step in sides:
+            i = i[su[i] + step <= self._h]
             if i.size:
                 v = self._pre(su[i] + step)
                 ok = v != EMPTY
@@ -449,10 +490,11 @@ class FlowStats:
         total = _exact_sum(d, lo, hi)
         neg = int(np.count_nonzero(d < 0)) if lo < 0 else 0
         prev = self._last_owd
-        diffs = np.abs(np.diff(d) if prev is None else np.diff(d, prepend=prev)).astype(np.float64)
-        n = diffs.size
+        n = d.size - (prev is None)  # new D values
         if n:
-            tail = diffs[-_JITTER_TAIL:]
+            t = d[-_JITTER_TAIL - 1 :]
+            tail = np.abs(np.diff(t) if prev is None or t.size < d.size else np.diff(t, prepend=prev))
+            tail = tail.astype(np.float64)
             self._jitter = (15 / 16) ** n * self._jitter + float(_JITTER_W[-tail.size :] @ tail) / 16
         self._last_owd = int(d[-1])
         for a in (self._cur, self._tot):
