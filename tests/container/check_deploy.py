@@ -1,0 +1,179 @@
+"""Static checks of the deployment files: docker-compose.yml, deploy/, the Grafana dashboard.
+
+Rules:
+- Only parses files (PyYAML, json); starts nothing. Run by tests/container/test_container.sh,
+  or alone: `python3 tests/container/check_deploy.py`. Exit status 1 lists every failure.
+- Names are checked against their sources: PACKET_FLOW_* variables against the options in
+  packet_flow/config.py, dashboard fields against docs/contract.md, datasource uid and paths
+  against the provisioning files and compose mounts.
+- No secret may be committed: secret-looking variables are only *_FILE paths, and the
+  committed env example holds placeholders.
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+failures: list[str] = []
+passed = 0
+
+
+def check(ok: bool, what: str) -> None:
+    """Count one check; remember `what` when it failed."""
+    global passed
+    if ok:
+        passed += 1
+    else:
+        failures.append(what)
+
+
+def env_example() -> dict[str, str]:
+    """KEY=VALUE pairs of deploy/.env.example."""
+    pairs = {}
+    for line in (ROOT / "deploy/.env.example").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def cli_env_names() -> set[str] | None:
+    """PACKET_FLOW_* names of the CLI options, or None when config.py is not there yet."""
+    config = ROOT / "packet_flow/config.py"
+    if not config.exists():
+        return None
+    names = re.findall(r'_Opt\(\s*"([a-z0-9-]+)"', config.read_text())
+    return {"PACKET_FLOW_" + n.upper().replace("-", "_") for n in names}
+
+
+def contract_fields() -> set[str]:
+    """Backticked field names in the record tables of docs/contract.md."""
+    fields = set()
+    for line in (ROOT / "docs/contract.md").read_text().splitlines():
+        if line.startswith("| `"):
+            fields.update(re.findall(r"`([a-z0-9_]+)`", line))
+    return fields
+
+
+def balanced(text: str) -> bool:
+    """Brackets balance outside string literals (a cheap Flux syntax check)."""
+    stack, pairs = [], {")": "(", "]": "[", "}": "{"}
+    for token in re.sub(r'"(?:[^"\\]|\\.)*"|/\^[^/]*\$/', '""', text):
+        if token in "([{":
+            stack.append(token)
+        elif token in pairs and (not stack or stack.pop() != pairs[token]):
+            return False
+    return not stack
+
+
+def check_compose(example: dict[str, str]) -> dict:
+    text = (ROOT / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    services = compose.get("services", {})
+    check(set(services) >= {"receiver", "sender", "influxdb", "grafana"},
+          f"compose services: {sorted(services)}")
+    check(services["influxdb"]["image"].startswith("influxdb:2"), "influxdb image is influxdb:2")
+    top_secrets = compose.get("secrets", {})
+    for name, spec in top_secrets.items():
+        source = spec.get("environment")
+        check(source in example, f"secret {name}: its variable {source} is in deploy/.env.example")
+    for var in re.findall(r"\$\{([A-Z0-9_]+)", text):
+        check(var in example, f"compose variable {var} is documented in deploy/.env.example")
+    for key, value in example.items():
+        if re.search(r"TOKEN|PASSWORD|SECRET", key):
+            check(value.startswith("CHANGE-ME"), f"deploy/.env.example {key} is a placeholder")
+    cli_names = cli_env_names()
+    for name, svc in services.items():
+        env = svc.get("environment", {})
+        granted = set(svc.get("secrets", []))
+        check(granted <= set(top_secrets), f"{name}: secrets {granted} are declared")
+        for key, value in env.items():
+            if re.search(r"TOKEN|PASSWORD|SECRET", key):
+                check(key.endswith("_FILE"), f"{name}: {key} is passed as a file, not a value")
+            if key.endswith("_FILE") and str(value).startswith("/run/secrets/"):
+                check(str(value).removeprefix("/run/secrets/") in granted,
+                      f"{name}: {key}={value} names a secret the service is granted")
+        if name in ("receiver", "sender"):
+            check(svc.get("build") == ".", f"{name}: built from this repository")
+            check(env.get("PACKET_FLOW_MODE") == name, f"{name}: PACKET_FLOW_MODE={name}")
+            check(env.get("PACKET_FLOW_TOKEN_FILE") == "/run/secrets/influxdb_token",
+                  f"{name}: PACKET_FLOW_TOKEN_FILE reads the influxdb_token secret")
+            check(not svc.get("cap_add"), f"{name}: needs no capabilities")
+            for key in env:
+                if key.startswith("PACKET_FLOW_") and cli_names is not None:
+                    check(key in cli_names, f"{name}: {key} is a packet-flow option")
+    return services["grafana"]
+
+
+def check_grafana(grafana: dict) -> str:
+    mounts = {}
+    for volume in grafana["volumes"]:
+        src, _, dst = volume.partition(":")
+        mounts[dst.split(":")[0]] = src
+    prov = mounts.get("/etc/grafana/provisioning")
+    check(prov == "./deploy/grafana/provisioning", "grafana mounts deploy/grafana/provisioning")
+    datasources = list((ROOT / "deploy/grafana/provisioning/datasources").glob("*.yml"))
+    providers = list((ROOT / "deploy/grafana/provisioning/dashboards").glob("*.yml"))
+    check(len(datasources) == 1 and len(providers) == 1, "one datasource and one provider file")
+    ds = yaml.safe_load(datasources[0].read_text())["datasources"][0]
+    check(ds["type"] == "influxdb" and ds["jsonData"]["version"] == "Flux",
+          "datasource is InfluxDB with Flux")
+    env = grafana["environment"]
+    body = re.sub(r"#.*", "", datasources[0].read_text())
+    for var in re.findall(r"\$\{?([A-Z0-9_]+)", body):
+        check(var in env or var + "__FILE" in env, f"grafana environment provides ${var}")
+    path = yaml.safe_load(providers[0].read_text())["providers"][0]["options"]["path"]
+    check(path in mounts, f"dashboard provider path {path} is a grafana mount")
+    dash_dir = ROOT / mounts.get(path, "missing")
+    check((dash_dir / "packet-flow.json").exists(), f"{dash_dir}/packet-flow.json exists")
+    home = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "")
+    check(home == f"{path}/packet-flow.json", "home dashboard is the packet-flow dashboard")
+    return ds["uid"]
+
+
+def check_dashboard(uid: str) -> None:
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/packet-flow.json").read_text())
+    known = contract_fields()
+    panels = dash["panels"]
+    check(len({p["id"] for p in panels}) == len(panels), "panel ids are unique")
+    used = set()
+    queries = [t["query"] for p in panels for t in p["targets"]]
+    queries += [v["query"] for v in dash["templating"]["list"]]
+    for p in panels:
+        check(p["datasource"]["uid"] == uid, f"panel {p['title']!r} uses datasource {uid}")
+        for t in p["targets"]:
+            check(t["datasource"]["uid"] == uid, f"{p['title']!r} {t['refId']} datasource")
+    for q in queries:
+        check(balanced(q), f"brackets balance in query: {q[:60]!r}")
+        for m in re.findall(r'r\._measurement == "([a-z_]+)"', q):
+            check(m in ("packet_flow", "packet_flow_sender"), f"measurement {m} is written")
+        for f in re.findall(r'r\._field == "([a-z0-9_]+)"', q):
+            check(f in known, f"dashboard field {f} is in docs/contract.md")
+            used.add(f)
+    required = {"lost", "received", "loss_bursts", "owd_p50_us", "owd_p99_us", "owd_max_us",
+                "jitter_us", "late", "duplicates", "timer_late_p99_us"}
+    check(required <= used, f"dashboard shows {sorted(required - used)}")
+    bands = [o for p in panels for o in p["fieldConfig"]["overrides"]
+             for prop in o["properties"] if prop["id"] == "custom.fillBelowTo"]
+    check(len(bands) == 1, "one-way delay panel has a p50-p99 band")
+
+
+def main() -> int:
+    """Run every check; print a summary; 0 when all passed."""
+    example = env_example()
+    grafana = check_compose(example)
+    uid = check_grafana(grafana)
+    check_dashboard(uid)
+    for f in failures:
+        print("FAIL", f)
+    print(f"check_deploy: {passed} passed, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
