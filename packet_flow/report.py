@@ -286,6 +286,13 @@ def _count(v) -> str:
     return "-" if v is None else f"{int(v):,}"
 
 
+def _pct(p) -> str:
+    """Loss percent with 3 decimals; tiny non-zero losses in scientific notation, not 0.000."""
+    if p is None:
+        return "-"
+    return f"{p:.3f}" if p == 0 or p >= 0.001 else f"{p:.1e}"
+
+
 def _dur(us, approx: bool = False) -> str:
     """A duration in µs with a unit that keeps 3-4 significant digits: `42.0us`, `2.79ms`."""
     if us is None or (isinstance(us, float) and math.isnan(us)):
@@ -331,12 +338,12 @@ def text_summary(records: list[dict]) -> str:
     rx = [(i, f, receiver_totals(f)) for i, f in enumerate(flows, 1)]
     rx = [(i, f, t) for i, f, t in rx if t is not None]
     if rx:
-        out += ["", f"{'#':>2}  {'received':>14} {'lost':>12} {'loss %':>8} {'late':>9} "
-                    f"{'dup':>7} {'bursts':>8} {'max burst':>9}"]
+        out += ["", f"{'#':>2}  {'received':>14} {'lost':>11} {'loss %':>7} {'late':>10} "
+                    f"{'dup':>9} {'bursts':>9} {'max burst':>9}"]
         for i, _, t in rx:
-            out.append(f"{i:>2}  {_count(t.get('received')):>14} {_count(t.get('lost')):>12} "
-                       f"{t.get('loss_percent', 0):>8.3f} {_count(t.get('late')):>9} "
-                       f"{_count(t.get('duplicates')):>7} {_count(t.get('loss_bursts')):>8} "
+            out.append(f"{i:>2}  {_count(t.get('received')):>14} {_count(t.get('lost')):>11} "
+                       f"{_pct(t.get('loss_percent')):>7} {_count(t.get('late')):>10} "
+                       f"{_count(t.get('duplicates')):>9} {_count(t.get('loss_bursts')):>9} "
                        f"{_count(t.get('max_loss_burst')):>9}")
         out += ["", f"{'#':>2}  {'delay':>5} {'min':>9} {'p50':>9} {'p99':>9} {'max':>9} "
                     f"{'neg':>6} {'jitter':>9} {'ipdv p99':>9}"]
@@ -350,12 +357,12 @@ def text_summary(records: list[dict]) -> str:
     tx = [(i, sender_totals(f)) for i, f in enumerate(flows, 1)]
     tx = [(i, t) for i, t in tx if t is not None]
     if tx:
-        out += ["", f"{'#':>2}  {'sent':>14} {'missed':>9} {'skipped':>9} "
-                    f"{'late p50':>10} {'late p99':>10} {'late max':>10}  (sender timer)"]
+        out += ["", f"{'#':>2}  {'sent':>14} {'missed':>10} {'skipped':>10} "
+                    f"{'timer p50':>10} {'timer p99':>10} {'timer max':>10}"]
         for i, t in tx:
             est = t["estimated"]
-            out.append(f"{i:>2}  {_count(t.get('sent')):>14} {_count(t.get('missed_slots')):>9} "
-                       f"{_count(t.get('skipped_slots')):>9} "
+            out.append(f"{i:>2}  {_count(t.get('sent')):>14} {_count(t.get('missed_slots')):>10} "
+                       f"{_count(t.get('skipped_slots')):>10} "
                        f"{_dur(t.get('timer_late_p50_us'), est):>10} "
                        f"{_dur(t.get('timer_late_p99_us'), est):>10} "
                        f"{_dur(t.get('timer_late_max_us')):>10}" + ("  *" if est else ""))
@@ -469,8 +476,9 @@ def _flow_title(flow: Flow) -> str:
     rx = receiver_totals(flow)
     if rx:
         parts.append(f"{_count(rx.get('received'))} received, {_count(rx.get('lost'))} lost "
-                     f"({rx.get('loss_percent', 0):.3f} %), longest burst "
-                     f"{_count(rx.get('max_loss_burst'))}")
+                     f"({_pct(rx.get('loss_percent'))} %), longest burst "
+                     f"{_count(rx.get('max_loss_burst'))}"
+                     + (" (no summary record: summed from intervals)" if rx["estimated"] else ""))
     tx = sender_totals(flow)
     if tx:
         parts.append(f"{_count(tx.get('sent'))} sent")
@@ -504,7 +512,6 @@ def build_figure(records: list[dict]):
     w, h = figure_size_px(len(flows))
     fig = Figure(figsize=(w / defaults.REPORT_DPI, h / defaults.REPORT_DPI),
                  dpi=defaults.REPORT_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
     t0 = datetime.fromtimestamp(start, UTC)
     fig.suptitle(f"packet-flow run {t0:%Y-%m-%d %H:%M:%S} UTC, {end - start:.1f} s, "
                  f"{len(flows)} flow(s)", fontsize="large", fontweight="bold")
@@ -529,6 +536,8 @@ def build_figure(records: list[dict]):
             if r == len(flows) - 1:
                 ax.set_xlabel(f"time since {t0:%H:%M:%S} UTC (s)")
     shared.set_xlim(0, max(end - start, 1e-3))
+    # Attach the canvas last: with it, every limit change above would redraw the whole figure.
+    FigureCanvasAgg(fig)
     return fig
 
 

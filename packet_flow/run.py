@@ -12,7 +12,8 @@ import signal
 import sys
 import threading
 
-from packet_flow import _io, defaults
+from packet_flow import _io, defaults, sockets
+from packet_flow.errors import ConfigError
 from packet_flow.receiver import ReceiverLoop
 from packet_flow.sender import SenderLoop
 from packet_flow.sinks.console import ConsoleSink
@@ -75,7 +76,15 @@ def run(cfg, ready=None):
         if cfg.mode in ("receiver", "both"):
             receiver = ReceiverLoop(cfg, out.record, out.packets if out.per_packet else None)
         if cfg.mode in ("sender", "both"):
-            sender = SenderLoop(cfg, out.record)
+            sock = None
+            if cfg.mode == "sender" and cfg.sources.get("local-addr", "default") != "default":
+                # a fixed source address keeps the flow's identity across sender restarts
+                if cfg.local.family != cfg.remote.family:
+                    raise ConfigError(f"option --local-addr: value '{cfg.local}' is not of the "
+                                      f"address family of --remote-addr '{cfg.remote}'")
+                sock = sockets.send_socket(cfg.local.family, cfg.dscp, cfg.ttl,
+                                           bind=cfg.local.sockaddr)
+            sender = SenderLoop(cfg, out.record, sock=sock)
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
             receiver = ReflectorLoop(cfg, out.record)

@@ -45,9 +45,12 @@ def set_rcvbuf(sock, size):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def send_socket(family, dscp=0, ttl=0, sndbuf=4 << 20):
-    """A nonblocking, unconnected UDP socket for Sender (no ICMP errors on send)."""
+def send_socket(family, dscp=0, ttl=0, sndbuf=4 << 20, bind=None):
+    """A nonblocking, unconnected UDP socket for Sender (no ICMP errors on send), bound to
+    `bind` (a sockaddr) when given, else to an ephemeral port on first send."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    if bind is not None:
+        sock.bind(bind)
     tos = (dscp & 0x3F) << 2
     if family == socket.AF_INET6:
         if tos:

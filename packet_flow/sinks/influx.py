@@ -34,6 +34,7 @@ from http.client import HTTPException
 import numpy as np
 
 from packet_flow import defaults
+from packet_flow.errors import SinkError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,9 @@ def _connection(cfg):
 class InfluxSink:
     """Writes contract records (and optional compat points) to InfluxDB without losing any.
 
-    Public API: record(), packets(), gaps(), close(), counters, error.
+    Public API: record(), packets(), gaps(), close(), counters, error (the last rejection's
+    log line, None while writes succeed), wants_packets. Raises SinkError at construction
+    only, when the spool directory cannot be created or read.
     """
 
     def __init__(self, cfg):
@@ -196,6 +199,7 @@ class InfluxSink:
         self.url = self._client_kwargs["url"]
         self.host = getattr(cfg, "hostname", None) or socket.gethostname()
         self.compat = bool(getattr(cfg, "compat_points", False))
+        self.wants_packets = self.compat  # the run loop hands per-packet arrays only if True
         self.compat_max_pps = int(getattr(cfg, "compat_max_pps", defaults.COMPAT_MAX_PPS) or 0)
         flush = getattr(cfg, "flush_interval", None) or defaults.FLUSH_INTERVAL_S
         self.flush_s = flush or getattr(cfg, "interval", None) or defaults.INTERVAL_S
@@ -204,11 +208,14 @@ class InfluxSink:
         base = base or os.path.join(tempfile.gettempdir(), "packet-flow-spool")
         target = f"{self.url}|{self.org}|{self.bucket}".encode()
         self.spool_dir = os.path.join(base, hashlib.sha1(target).hexdigest()[:12])
-        os.makedirs(self.spool_dir, exist_ok=True)
-        self._spool = deque(sorted(
-            os.path.join(self.spool_dir, f)
-            for f in os.listdir(self.spool_dir) if f.endswith(".lp")
-        ))
+        try:
+            os.makedirs(self.spool_dir, exist_ok=True)
+            self._spool = deque(sorted(
+                os.path.join(self.spool_dir, f)
+                for f in os.listdir(self.spool_dir) if f.endswith(".lp")
+            ))
+        except OSError as e:
+            raise SinkError(f"cannot use --spool-dir {base!r}: {e.strerror}") from e
         self._spool_points = sum(self._count_file(p) for p in self._spool)
         if self._spool:
             log.info("replaying %d points left in %s by an earlier run",
@@ -223,7 +230,9 @@ class InfluxSink:
         self._buf_points = 0
         self._cap_state: dict = {}
         self._warned: set = set()
-        self._lock = threading.Lock()  # guards counters written from both threads
+        self._lock = threading.Lock()  # counters (both threads; held only briefly)
+        self._state = threading.Lock()  # buffers, memory chunks, spool list (never during HTTP)
+        self._abandoned = False  # set by close() when the writer is stuck in an HTTP call
         self._closing = threading.Event()
         self._deadline = math.inf
         self._retry_at = 0.0
@@ -263,7 +272,7 @@ class InfluxSink:
         """Queue one contract record (interval, sender, summary, receiver) for writing."""
         if self._closing.is_set():
             return
-        self._put(("rec", rec), 1)
+        self._put(("rec", dict(rec)), 1)  # a copy: the caller may reuse its dict
 
     def _cap(self, key, rx_ns: np.ndarray) -> np.ndarray:
         """Mask of points kept under `compat_max_pps` per flow per second of rx time."""
@@ -314,7 +323,7 @@ class InfluxSink:
     @property
     def counters(self) -> dict:
         """written, retried, spooled, dropped, replayed, rejected, capped, failed_requests,
-        and `queued` (points in memory or the hand-off queue) and `spool_points`."""
+        `queued` (points in memory plus items still in the hand-off queue), `spool_points`."""
         with self._lock:
             out = dict(self._counters)
             out["queued"] = self._pending_points + self._buf_points + self._queue.qsize()
@@ -330,12 +339,14 @@ class InfluxSink:
                 self._queue.put_nowait(None)  # wake the writer
             except queue.Full:
                 pass
-        self._thread.join(timeout + defaults.SINK_HTTP_TIMEOUT_S + 1.0)
-        c = self.counters
+        self._thread.join(max(0.0, self._deadline - time.monotonic()) + 0.2)
         if self._thread.is_alive():
-            log.error("InfluxDB writer still busy at shutdown; %d points in memory not written",
-                      c["queued"])
-        elif c["spool_points"]:
+            self._abandon()
+        c = self.counters
+        if c["queued"]:
+            log.error("InfluxDB at %s: %d points neither written nor spooled at shutdown",
+                      self.url, c["queued"])
+        if c["spool_points"]:
             log.warning("InfluxDB at %s: %d points not written at shutdown; kept in %s for the "
                         "next start", self.url, c["spool_points"], self.spool_dir)
         log.info("InfluxDB sink: written %(written)d, retried %(retried)d, spooled %(spooled)d, "
@@ -345,6 +356,29 @@ class InfluxSink:
         except Exception:  # noqa: BLE001 - closing a pool must not fail shutdown
             pass
         return c
+
+    def _abandon(self) -> None:
+        """close() timed out with the writer inside an HTTP call: spool everything from here.
+
+        The writer touches no state once `_abandoned` is set. A chunk whose write was in
+        flight is spooled too; if that write succeeds it is written again at the next start
+        (InfluxDB keeps one point per series and timestamp).
+        """
+        if not self._state.acquire(timeout=1.0):
+            return
+        try:
+            self._abandoned = True
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    self._add(item)
+            self._seal()
+            self._spill(0)
+        finally:
+            self._state.release()
 
     # ---- writer thread ------------------------------------------------------------------
 
@@ -360,24 +394,32 @@ class InfluxSink:
         prefix = f"{kind.decode()},destination={escape(dst)},source={escape(src)} value="
         return format_int_points(prefix.encode(), values // scale, rx_ns), len(rx_ns)
 
+    def _add(self, item) -> None:
+        data, n = self._format(item)
+        if n:
+            self._buf.append(data)
+            with self._lock:
+                self._buf_points += n
+
     def _drain(self, wait: float) -> None:
+        """Wait up to `wait` s for items, then format what is queued (up to one chunk)."""
         try:
             item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
         except queue.Empty:
             return
-        while True:
-            if item is not None:
-                data, n = self._format(item)
-                if n:
-                    self._buf.append(data)
-                    with self._lock:
-                        self._buf_points += n
-            if self._buf_points >= defaults.SINK_CHUNK_POINTS:
-                return
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
+        with self._state:
+            while True:
+                if self._abandoned:
+                    self._count("dropped", self._format(item)[1] if item else 0)
+                    return
+                if item is not None:
+                    self._add(item)
+                if self._buf_points >= defaults.SINK_CHUNK_POINTS:
+                    return
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return
 
     def _seal(self) -> None:
         if not self._buf:
@@ -437,12 +479,12 @@ class InfluxSink:
         except ApiException as e:
             if e.status == 429 or (e.status or 0) >= 500:
                 self._retry_after = self._parse_retry_after(e)
-                return self._outage(f"HTTP {e.status} {e.reason}")
+                return self._outage(f"answers HTTP {e.status} {e.reason}")
             self._reject(e)
             return "reject"
         except (HTTPError, OSError, HTTPException) as e:
             self._retry_after = 0.0
-            return self._outage(type(e).__name__ + ": " + str(e).split(": ")[-1])
+            return self._outage(f"unreachable ({type(e).__name__}: {str(e).split(': ')[-1]})")
         if self._down_since is not None:
             log.warning("InfluxDB at %s is back after %.1f s; replaying held points", self.url,
                         time.monotonic() - self._down_since)
@@ -450,7 +492,8 @@ class InfluxSink:
         if self.error is not None:
             log.warning("InfluxDB at %s accepts writes again", self.url)
             self.error = None
-            self._warned = {w for w in self._warned if not (isinstance(w, tuple) and w[0] == "reject")}
+            for key in [w for w in list(self._warned) if isinstance(w, tuple) and w[0] == "reject"]:
+                self._warned.discard(key)
         return "ok"
 
     @staticmethod
@@ -464,9 +507,8 @@ class InfluxSink:
         self._count("failed_requests")
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("InfluxDB unreachable at %s (%s); keeping points (memory up to %d, then "
-                        "spool %s) and retrying", self.url, cause, self.memory_points,
-                        self.spool_dir)
+            log.warning("InfluxDB at %s %s; keeping points (memory up to %d, then spool %s) "
+                        "and retrying", self.url, cause, self.memory_points, self.spool_dir)
         return "retry"
 
     def _reject(self, e) -> None:
@@ -485,58 +527,76 @@ class InfluxSink:
         self.error = msg
         self._warn_once(("reject", status), "%s", msg)
 
+    def _next(self):
+        """(data, points, chunk or None, spool path or None) of the oldest held data."""
+        while self._spool:
+            path = self._spool[0]
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                return data, data.count(b"\n"), None, path
+            except OSError as e:
+                log.error("cannot read spool file %s (%s); skipped", path, e)
+                self._spool.popleft()
+        chunk = self._pending[0]
+        return chunk.data, chunk.points, chunk, None
+
     def _send(self) -> None:
         """Write spool files (oldest first), then memory chunks, until one fails."""
-        while self._spool or self._pending:
-            if self._closing.is_set() and time.monotonic() >= self._deadline:
-                return
-            if self._spool:
-                path = self._spool[0]
-                try:
-                    with open(path, "rb") as f:
-                        data = f.read()
-                except OSError as e:
-                    log.error("cannot read spool file %s (%s); skipped", path, e)
-                    self._spool.popleft()
-                    continue
-                points, chunk = data.count(b"\n"), None
-            else:
-                chunk = self._pending[0]
-                data, points = chunk.data, chunk.points
-            result = self._write(data) if points else "ok"
-            if result == "retry":
-                if chunk is None or not chunk.failed:
-                    self._count("retried", points)
-                    if chunk is not None:
-                        chunk.failed = True
-                delay = max(self._retry_after, self._backoff)
-                self._retry_at = time.monotonic() + delay
-                self._backoff = min(self._backoff * 2, defaults.SINK_BACKOFF_MAX_S)
-                return
-            self._backoff = defaults.SINK_BACKOFF_MIN_S
-            with self._lock:
-                if chunk is None:
-                    self._spool.popleft()
-                    self._spool_points -= points
-                else:
-                    self._pending.popleft()
-                    self._pending_points -= points
-                if result == "ok":
-                    self._counters["written"] += points
+        while True:
+            with self._state:
+                if self._abandoned or not (self._spool or self._pending):
+                    return
+                if self._closing.is_set() and time.monotonic() >= self._deadline:
+                    return
+                data, points, chunk, path = self._next()
+            result = self._write(data) if points else "ok"  # the only step without the lock
+            with self._state:
+                if self._abandoned:
+                    return
+                if result == "retry":
+                    if chunk is None or not chunk.failed:
+                        self._count("retried", points)
+                        if chunk is not None:
+                            chunk.failed = True
+                    delay = max(self._retry_after, self._backoff)
+                    self._retry_at = time.monotonic() + delay
+                    self._backoff = min(self._backoff * 2, defaults.SINK_BACKOFF_MAX_S)
+                    return
+                self._backoff = defaults.SINK_BACKOFF_MIN_S
+                with self._lock:
                     if chunk is None:
-                        self._counters["replayed"] += points
-                else:
-                    self._counters["dropped"] += points
-                    self._counters["rejected"] += points
-            if chunk is None:
-                try:
-                    os.unlink(path)
-                except OSError as e:
-                    log.error("cannot remove spool file %s (%s); it will be written again", path, e)
+                        self._spool.popleft()
+                        self._spool_points -= points
+                    else:
+                        self._pending.popleft()
+                        self._pending_points -= points
+                    if result == "ok":
+                        self._counters["written"] += points
+                        if chunk is None:
+                            self._counters["replayed"] += points
+                    else:
+                        self._counters["dropped"] += points
+                        self._counters["rejected"] += points
+                if path is not None:
+                    try:
+                        os.unlink(path)
+                    except OSError as e:
+                        log.error("cannot remove spool file %s (%s); it will be written again",
+                                  path, e)
 
     def _run(self) -> None:
-        next_flush = time.monotonic() + self.flush_s
         while True:
+            try:
+                self._loop()
+                return
+            except Exception:  # a bug must not stop the writing for the rest of the run
+                log.exception("InfluxDB writer failed; restarting it")
+                time.sleep(0.5)
+
+    def _loop(self) -> None:
+        next_flush = time.monotonic() + self.flush_s
+        while not self._abandoned:
             now = time.monotonic()
             closing = self._closing.is_set()
             backlog = bool(self._spool or self._pending)
@@ -548,14 +608,17 @@ class InfluxSink:
             self._drain(wake - now)
             now = time.monotonic()
             if closing or now >= next_flush or self._buf_points >= defaults.SINK_CHUNK_POINTS:
-                self._seal()
+                with self._state:
+                    if not self._abandoned:
+                        self._seal()
                 if now >= next_flush:
                     next_flush = now + self.flush_s
             if now >= self._retry_at:
                 self._send()
             if closing and self._queue.empty() and not self._buf:
-                if not (self._spool or self._pending):
-                    return
-                if time.monotonic() >= self._deadline:
-                    self._spill(0)
-                    return
+                with self._state:
+                    if self._abandoned or not (self._spool or self._pending):
+                        return
+                    if time.monotonic() >= self._deadline:
+                        self._spill(0)
+                        return

@@ -1,0 +1,134 @@
+"""Points/s the InfluxDB sink sustains to a local VictoriaMetrics; prints a table.
+
+Rows:
+- `write, pre-formatted`: pre-joined line protocol (bytes) in chunks of SINK_CHUNK_POINTS,
+  one synchronous influxdb-client write per chunk: the sink's writer path alone.
+- `sink.packets()`: compat `latency` points end to end (hand-off queue, vectorised
+  formatting, chunking, writing), cap off; timed until the counter `written` reaches N.
+- `sink.record()`: interval records end to end (per-record formatting in Python).
+
+Starts its own victoria-metrics on a free loopback port (tests/vmserver.py) unless --url
+is given. Bounded: every row writes a fixed number of points.
+Usage: python3 benchmarks/bench_sink.py [--points 2000000] [--url http://127.0.0.1:8428]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import types
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", "tests"), os.path.join(HERE, "..")]
+
+from vmserver import VMServer  # noqa: E402
+
+from packet_flow import defaults  # noqa: E402
+from packet_flow.sinks.influx import InfluxSink, format_int_points  # noqa: E402
+
+
+def lines(n: int, flow: int, t0: int) -> bytes:
+    """n compat latency lines of one flow, 1 µs apart."""
+    prefix = f"latency,destination=10.0.0.2:8000,source=10.0.0.{flow}:4000 value=".encode()
+    return format_int_points(prefix, np.arange(n, dtype=np.int64) % 5000,
+                             t0 + np.arange(n, dtype=np.int64) * 1000)
+
+
+def bench_write(url: str, n: int) -> float:
+    """Pre-formatted chunks, synchronous writes: points/s."""
+    from influxdb_client import InfluxDBClient, WritePrecision
+    from influxdb_client.client.write_api import SYNCHRONOUS
+
+    step = defaults.SINK_CHUNK_POINTS
+    t0 = time.time_ns() - 3_600_000_000_000
+    chunks = [lines(min(step, n - i), 1, t0 + i * 1000) for i in range(0, n, step)]
+    with InfluxDBClient(url=url, token="x", org="-") as client:
+        api = client.write_api(write_options=SYNCHRONOUS)
+        start = time.perf_counter()
+        for c in chunks:
+            api.write("packet_flow", "-", c, write_precision=WritePrecision.NS)
+        return n / (time.perf_counter() - start)
+
+
+def wait_written(sink: InfluxSink, n: int, limit: float) -> None:
+    end = time.monotonic() + limit
+    while sink.counters["written"] < n and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def bench_packets(url: str, spool: str, n: int) -> float:
+    """InfluxSink.packets() in batches of 1024, cap off: points/s until all are written."""
+    cfg = types.SimpleNamespace(influx_url=url, database="packet_flow", token="x",
+                                compat_points=True, compat_max_pps=0, flush_interval=0.05,
+                                spool_dir=spool, hostname="bench")
+    sink = InfluxSink(cfg)
+    t0 = time.time_ns() - 7_200_000_000_000
+    rx = t0 + np.arange(n, dtype=np.int64) * 1000
+    owd = np.arange(n, dtype=np.int64) % 5_000_000
+    start = time.perf_counter()
+    for b in range(0, n, 1024):
+        sink.packets("10.0.0.9:4000", "10.0.0.2:8000", rx[b:b + 1024], owd[b:b + 1024])
+    wait_written(sink, n, 120)
+    rate = sink.counters["written"] / (time.perf_counter() - start)
+    sink.close()
+    return rate
+
+
+def bench_records(url: str, spool: str, n: int) -> float:
+    """InfluxSink.record() of interval records (1000 flows, 25 fields each): records/s."""
+    cfg = types.SimpleNamespace(influx_url=url, database="packet_flow", token="x",
+                                flush_interval=0.05, spool_dir=spool, hostname="bench")
+    sink = InfluxSink(cfg)
+    rec = {"type": "interval", "role": "receiver", "time": "2026-01-01T00:00:00.000000Z",
+           "destination": "10.0.0.2:8000", "session": "00112233aabbccdd", "interval_s": 1.0,
+           "received": 1000, "lost": 1, "late": 0, "duplicates": 0, "malformed": 0,
+           "loss_bursts": 1, "max_loss_burst": 1, "loss_percent": 0.1, "owd_min_us": 10.0,
+           "owd_mean_us": 12.0, "owd_p50_us": 11.0, "owd_p90_us": 14.0, "owd_p99_us": 20.0,
+           "owd_p999_us": 30.0, "owd_max_us": 40.0, "negative_owd": 0, "jitter_us": 1.5,
+           "ipdv_mean_us": 1.0, "ipdv_p99_us": 5.0, "stalled": False, "closed": False}
+    recs = [dict(rec, source=f"10.0.0.{i % 250}:{4000 + i % 4}",
+                 time=f"2026-01-01T{i // 3_600_000 % 24:02d}:{i // 60_000 % 60:02d}:"
+                      f"{i // 1000 % 60:02d}.{i % 1000:03d}000Z")
+            for i in range(n)]
+    start = time.perf_counter()
+    for r in recs:
+        sink.record(r)
+    wait_written(sink, n, 120)
+    rate = sink.counters["written"] / (time.perf_counter() - start)
+    sink.close()
+    return rate
+
+
+def main() -> None:
+    """Parse options, run each row, print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=2_000_000)
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--url", help="an already running server (default: start victoria-metrics)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        vm = None
+        url = args.url
+        if url is None:
+            vm = VMServer(os.path.join(tmp, "vmdata"))
+            vm.start()
+            url = vm.url
+        try:
+            rows = [
+                ("write, pre-formatted", args.points, bench_write(url, args.points)),
+                ("sink.packets()", args.points, bench_packets(url, tmp, args.points)),
+                ("sink.record()", args.records, bench_records(url, tmp, args.records)),
+            ]
+        finally:
+            if vm is not None:
+                vm.stop()
+    print(f"{'path':<24}{'points':>12}{'points/s':>14}")
+    for name, n, rate in rows:
+        print(f"{name:<24}{n:>12,}{rate:>14,.0f}")
+
+
+if __name__ == "__main__":
+    main()

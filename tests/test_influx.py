@@ -1,0 +1,369 @@
+"""InfluxDB sink: pure line-protocol tests, and tests against a real VictoriaMetrics server.
+
+The server tests (marked `influx`) start Debian's `victoria-metrics` on a free loopback port
+with a temporary data dir (tests/vmserver.py) and read back what was stored through its
+export API; they skip only when the binary is missing.
+"""
+
+import datetime as dt
+import http.server
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from vmserver import BINARY, VMServer  # noqa: E402
+
+from packet_flow.errors import SinkError  # noqa: E402
+from packet_flow.sinks.influx import (  # noqa: E402
+    InfluxSink,
+    format_int_points,
+    format_record,
+    parse_time_ns,
+)
+
+needs_vm = pytest.mark.skipif(
+    BINARY is None,
+    reason="victoria-metrics binary not found (apt-get install victoria-metrics; make test does)",
+)
+
+
+def rfc3339(ns: int) -> str:
+    t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000 // 1000:06d}Z"
+
+
+def interval(ns: int, seq: int, **extra) -> dict:
+    rec = {"type": "interval", "role": "receiver", "time": rfc3339(ns), "source": "127.0.0.1:4000",
+           "destination": "[::1]:8000", "session": "00112233aabbccdd", "interval_s": 1.0,
+           "received": 1000 + seq, "lost": seq % 3, "late": 0, "duplicates": 0,
+           "loss_percent": 0.25, "owd_p50_us": 12.5, "owd_p999_us": None, "stalled": False,
+           "closed": False, "loss_burst_hist": {"1": 2}}
+    rec.update(extra)
+    return rec
+
+
+def make_cfg(url: str, spool: str, **kw):
+    cfg = types.SimpleNamespace(
+        influx_url=url, database="packet_flow", influx_org="-", retention_policy="",
+        token="test-token", username=None, password=None, auth_basic=False,
+        compat_points=False, compat_max_pps=10_000, flush_interval=0.2, interval=1.0,
+        spool_dir=spool, hostname="probe-host")
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def samples(vm: VMServer, metric: str, expect: int = 1, settle: float = 0.0) -> dict:
+    """{frozenset(labels): sorted [(timestamp_ms, value)]} of one metric, once `expect`
+    samples are visible; `settle` s later it reads again, so extra samples would show too."""
+    vm.export(metric, expect)
+    time.sleep(settle)
+    out = {}
+    for s in vm.export(metric, expect, timeout=0):
+        labels = frozenset((k, v) for k, v in s["metric"].items() if k != "__name__")
+        out[labels] = sorted(zip(s["timestamps"], s["values"], strict=True))
+    return out
+
+
+@pytest.fixture
+def vm(tmp_path):
+    server = VMServer(str(tmp_path / "vmdata"))
+    server.start()
+    yield server
+    server.stop()
+
+
+# ---- pure: no server -------------------------------------------------------------------
+
+def test_parse_time_keeps_every_digit():
+    assert parse_time_ns("2026-11-24T18:41:55.123456Z") == 1795545715123456000
+    assert parse_time_ns("2026-11-24T18:41:55.123456789Z") == 1795545715123456789
+    assert parse_time_ns("2026-11-24T19:41:55+01:00") == 1795545715000000000
+    with pytest.raises(ValueError):
+        parse_time_ns("yesterday")
+
+
+def test_format_record_schema():
+    line = format_record(interval(1795545715123456000, 4), "probe host")
+    assert line == (
+        b"packet_flow,destination=[::1]:8000,host=probe\\ host,session=00112233aabbccdd,"
+        b"source=127.0.0.1:4000 interval_s=1.0,received=1004i,lost=1i,late=0i,duplicates=0i,"
+        b"loss_percent=0.25,owd_p50_us=12.5,stalled=false,closed=false 1795545715123456000\n")
+    # integer values of float-named fields stay floats, so field types never flip
+    assert b"loss_percent=0.0," in format_record(interval(0, 0, loss_percent=0), "h")
+    summary = format_record({"type": "summary", "role": "sender", "time": rfc3339(0),
+                             "source": "a:1", "sent": np.int64(5)}, "h")
+    assert summary == b"packet_flow_summary,host=h,role=sender,source=a:1 sent=5i 0\n"
+    assert format_record({"type": "bogus", "time": rfc3339(0), "x": 1}, "h") is None
+
+
+def test_format_int_points_matches_python():
+    rng = np.random.default_rng(1)
+    values = np.r_[0, 1, -1, 9, 10, -10, rng.integers(-10**12, 10**12, 500)]
+    ts = np.r_[0, 1, 10**18, rng.integers(0, 2**62, len(values) - 3)]
+    got = format_int_points(b"latency,source=s value=", values, ts)
+    want = "".join(f"latency,source=s value={v}i {t}\n" for v, t in zip(values, ts, strict=True))
+    assert got == want.encode()
+    assert format_int_points(b"x", np.array([], np.int64), np.array([], np.int64)) == b""
+
+
+# ---- against a real VictoriaMetrics ------------------------------------------------------
+
+@pytest.mark.influx
+@needs_vm
+def test_points_land_with_tags_fields_timestamps(vm, tmp_path):
+    sink = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool")))
+    t0 = time.time_ns() - 10 * 1_000_000_000
+    times = [t0 + i * 1_000_000_000 + 123_456_789 for i in range(5)]
+    for i, ns in enumerate(times):
+        sink.record(interval(ns, i))
+    sink.record({"type": "sender", "role": "sender", "time": rfc3339(times[0]),
+                 "source": "127.0.0.1:4000", "destination": "[::1]:8000",
+                 "session": "00112233aabbccdd", "sent": 77, "timer_late_p99_us": 3.25})
+    c = sink.close()
+    assert c["written"] == 6 and c["dropped"] == c["spooled"] == c["queued"] == 0
+
+    got = samples(vm, "packet_flow_received", 5, settle=1.0)
+    labels = frozenset({"source": "127.0.0.1:4000", "destination": "[::1]:8000",
+                        "session": "00112233aabbccdd", "host": "probe-host"}.items())
+    assert list(got) == [labels]
+    # VictoriaMetrics trims timestamps to milliseconds (REFERENCE.md §4)
+    assert got[labels] == [(ns // 1_000_000, 1000 + i) for i, ns in enumerate(times)]
+    assert [v for _, v in samples(vm, "packet_flow_owd_p50_us", 5)[labels]] == [12.5] * 5
+    assert [v for _, v in samples(vm, "packet_flow_stalled", 5)[labels]] == [0] * 5
+    assert samples(vm, "packet_flow_owd_p999_us", 0) == {}  # null fields are skipped
+    assert samples(vm, "packet_flow_sender_sent")[labels] == [(times[0] // 1_000_000, 77)]
+
+
+@pytest.mark.influx
+@needs_vm
+def test_wrong_password_gives_clear_error_and_keeps_accepting(tmp_path, caplog):
+    with VMServer(str(tmp_path / "vmdata"), username="probe", password="right") as vm:
+        cfg = make_cfg(vm.url, str(tmp_path / "spool"), token=None, username="probe",
+                       password="wrong", auth_basic=True)
+        caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
+        sink = InfluxSink(cfg)
+        t0 = time.time_ns()
+        for i in range(5):
+            sink.record(interval(t0 + i * 1_000_000, i))  # must neither raise nor block
+            time.sleep(0.25)
+        c = sink.close()
+        errors = [r.getMessage() for r in caplog.records if "rejected the credentials" in r.getMessage()]
+        assert len(errors) == 1, caplog.text
+        assert f"(401 Unauthorized) at {vm.url}" in errors[0] and "--token" in errors[0]
+        assert sink.error == errors[0]
+        assert c["written"] == 0 and c["rejected"] == c["dropped"] == 5 and c["spooled"] == 0
+
+        ok = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool"), token=None, username="probe",
+                                 password="right", auth_basic=True))
+        ok.record(interval(t0, 0))
+        assert ok.close()["written"] == 1
+        assert len(samples(vm, "packet_flow_received")) == 1
+
+
+@pytest.mark.influx
+@needs_vm
+def test_outage_of_20s_loses_nothing_and_duplicates_nothing(vm, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="packet_flow.sinks.influx")
+    # a small memory bound so the outage also goes through the spool files
+    sink = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool"), memory_points=8))
+    sent, stop = [], threading.Event()
+    rng = np.random.default_rng(7)
+
+    def feed():
+        i = 0
+        while not stop.is_set() and i < 400:  # bounded: at most 400 records
+            ns = time.time_ns()
+            sink.record(interval(ns, i))
+            sent.append(ns)
+            i += 1
+            stop.wait(rng.uniform(0.1, 0.4))
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        time.sleep(2.0)
+        vm.stop()
+        down_at = len(sent)
+        time.sleep(20.0)
+        during = len(sent) - down_at
+        assert sink.counters["written"] < len(sent)
+        vm.start()
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        feeder.join()
+    c = sink.close(timeout=15.0)
+    assert during >= 40
+    assert c["dropped"] == 0 and c["queued"] == 0 and c["spool_points"] == 0
+    assert c["written"] == len(sent) and c["spooled"] > 0 and c["retried"] > 0
+    assert c["replayed"] == c["spooled"]
+    assert not os.listdir(sink.spool_dir)
+    assert f"InfluxDB at {vm.url} unreachable (" in caplog.text and "is back after" in caplog.text
+
+    (series,) = samples(vm, "packet_flow_received", len(sent), settle=1.5).values()
+    assert [ts for ts, _ in series] == [ns // 1_000_000 for ns in sent]  # each exactly once
+    assert [v for _, v in series] == [1000 + i for i in range(len(sent))]
+
+
+@pytest.mark.influx
+@needs_vm
+def test_shutdown_flushes_and_spool_is_replayed_at_next_start(vm, tmp_path, caplog):
+    spool = str(tmp_path / "spool")
+    # a flush interval far beyond the test: only close() can write these
+    sink = InfluxSink(make_cfg(vm.url, spool, flush_interval=3600.0))
+    t0 = time.time_ns() - 60 * 1_000_000_000
+    for i in range(50):
+        sink.record(interval(t0 + i * 10_000_000, i))
+    assert sink.close(timeout=5.0)["written"] == 50
+    assert len(next(iter(samples(vm, "packet_flow_received", 50).values()))) == 50
+
+    vm.stop()
+    caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
+    sink = InfluxSink(make_cfg(vm.url, spool, flush_interval=3600.0))
+    for i in range(50, 80):
+        sink.record(interval(t0 + i * 10_000_000, i))
+    start = time.monotonic()
+    c = sink.close(timeout=1.0)
+    assert time.monotonic() - start < 3.0  # bounded, server down
+    assert c["written"] == 0 and c["spool_points"] == 30 and c["dropped"] == 0
+    assert "30 points not written at shutdown; kept in" in caplog.text
+
+    vm.start()
+    sink = InfluxSink(make_cfg(vm.url, spool, flush_interval=3600.0))
+    c = sink.close(timeout=5.0)
+    assert c["written"] == c["replayed"] == 30 and c["spool_points"] == 0
+    (series,) = samples(vm, "packet_flow_received", 80, settle=1.5).values()
+    assert [v for _, v in series] == [1000 + i for i in range(80)]
+
+
+@pytest.mark.influx
+@needs_vm
+def test_compat_measurements_and_cap(vm, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
+    sink = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool"), compat_points=True,
+                               compat_max_pps=400))
+    sec0 = time.time_ns() // 1_000_000_000 - 30
+    # 3 s of 1000 packets/s, 1 ms apart (VictoriaMetrics keeps ms), in batches of 250
+    i = np.arange(3000)
+    rx = (sec0 * 1_000_000_000 + i * 1_000_000).astype(np.int64)
+    owd = (i * 1000 + 1999).astype(np.int64)  # (i + 1.999) µs -> i + 1 µs
+    for b in range(0, 3000, 250):
+        sink.packets("10.0.0.1:4000", "10.0.0.2:8000", rx[b:b + 250], owd[b:b + 250])
+    gap_rx = np.array([rx[10], rx[20]])
+    sink.gaps("10.0.0.1:4000", "10.0.0.2:8000", gap_rx, np.array([3, 1]))
+    c = sink.close()
+    assert c["capped"] == 1800 and c["written"] == 1202 and c["dropped"] == 0
+    assert caplog.text.count("compat points capped at 400/s per flow") == 1
+
+    labels = frozenset({"source": "10.0.0.1:4000", "destination": "10.0.0.2:8000"}.items())
+    lat = samples(vm, "latency_value", 1200, settle=1.0)[labels]
+    kept = np.r_[0:400, 1000:1400, 2000:2400]  # the first 400 of each second
+    assert lat == [(int(rx[i]) // 1_000_000, int(i) + 1) for i in kept]
+    assert samples(vm, "packet_loss_value", 2)[labels] == [(int(gap_rx[0]) // 1_000_000, 3),
+                                                        (int(gap_rx[1]) // 1_000_000, 1)]
+
+
+def test_record_never_blocks_when_server_is_absent(tmp_path):
+    """No server at all: record() returns at once, close() is bounded, nothing is lost."""
+    sink = InfluxSink(make_cfg("http://127.0.0.1:9", str(tmp_path / "spool")))
+    start = time.monotonic()
+    for i in range(1000):
+        sink.record(interval(time.time_ns(), i))
+    assert time.monotonic() - start < 0.5
+    c = sink.close(timeout=0.5)
+    assert c["written"] == 0 and c["dropped"] == 0 and c["spool_points"] == 1000
+
+
+def test_close_is_bounded_when_the_server_never_answers(tmp_path, caplog):
+    """A server that accepts connections but never answers: close() still returns in time,
+    and everything, the chunk in flight included, is in the spool for the next start."""
+    caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        sink = InfluxSink(make_cfg(url, str(tmp_path / "spool"), flush_interval=0.05))
+        for i in range(10):
+            sink.record(interval(time.time_ns(), i))
+        time.sleep(0.3)  # the writer is now waiting for an answer that never comes
+        start = time.monotonic()
+        c = sink.close(timeout=1.0)
+        assert time.monotonic() - start < 2.0
+    assert c["spool_points"] == 10 and c["queued"] == 0 and c["written"] == 0
+    assert "10 points not written at shutdown; kept in" in caplog.text
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers writes with the statuses in server.script, then 204; keeps accepted bodies."""
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status = self.server.script.pop(0) if self.server.script else 204
+        if status == 204:
+            self.server.bodies.append(body)
+        self.send_response(status)
+        if status in (429, 503):
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("script", [[503, 503, 429], [500]])
+def test_5xx_and_429_are_retried_in_order(tmp_path, script):
+    """A scripted link (not a database): the status classes drive keep-and-retry."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Scripted)
+    server.script, server.bodies = list(script), []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink = InfluxSink(make_cfg(f"http://127.0.0.1:{server.server_port}",
+                                   str(tmp_path / "spool"), flush_interval=0.05))
+        for i in range(6):
+            sink.record(interval(1795545715000000000 + i * 1000, i))
+            time.sleep(0.1)
+        c = sink.close(timeout=5.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert c["written"] == 6 and c["dropped"] == 0 and c["retried"] >= 1
+    assert c["failed_requests"] == len(script)
+    lines = b"".join(server.bodies).splitlines()
+    assert [int(line.rsplit(b" ", 1)[1]) // 1000 % 10 for line in lines] == list(range(6))
+
+
+def test_404_names_the_bucket_and_keeps_going(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Scripted)
+    server.script, server.bodies = [404] * 100, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink = InfluxSink(make_cfg(f"http://127.0.0.1:{server.server_port}",
+                                   str(tmp_path / "spool"), flush_interval=0.05,
+                                   retention_policy="week"))
+        for i in range(3):
+            sink.record(interval(time.time_ns(), i))
+            time.sleep(0.15)
+        c = sink.close(timeout=2.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert c["written"] == 0 and c["rejected"] == c["dropped"] == 3
+    assert caplog.text.count("InfluxDB has no bucket/database 'packet_flow/week'") == 1
+
+
+def test_unusable_spool_dir_is_a_sink_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SinkError, match="--spool-dir"):
+        InfluxSink(make_cfg("http://127.0.0.1:9", str(blocker / "spool")))
