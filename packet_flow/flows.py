@@ -58,16 +58,20 @@ class Flow:
 class FlowTable:
     """Feeds drained ring records to per-flow FlowStats and turns them into records.
 
-    emit(record) receives every record; on_packets(source, destination, rx_ns, owd_ns) (if
-    given) receives each flow's accepted packets per batch (compat per-packet points)."""
+    emit(record) receives every record. For the original's per-packet InfluxDB points,
+    on_packets(source, destination, rx_ns, owd_ns) receives each flow's packets per batch and
+    on_gaps(source, destination, rx_ns, lost) each sequence gap as it opens (the original's
+    `packet_loss` semantics: a gap counted when the packet after it arrives)."""
 
-    def __init__(self, destination, emit, stall_s, forget_s, window, on_packets=None):
+    def __init__(self, destination, emit, stall_s, forget_s, window, on_packets=None,
+                 on_gaps=None):
         self.destination = destination
         self.emit = emit
         self.stall_ns = int(stall_s * 1e9)
         self.forget_ns = int(forget_s * 1e9)
         self.window = window
         self.on_packets = on_packets
+        self.on_gaps = on_gaps
         self.flows = {}
         self.unattributed = 0
 
@@ -111,6 +115,8 @@ class FlowTable:
             final = np.flatnonzero(part["flags"] & _io.FLAG_FINAL)
             if len(final):
                 part = part[: final[0] + 1]
+            if self.on_gaps is not None:
+                self._gaps(flow, part)
             flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"])
             flow.last_ns = now_ns
             if flow.stalled:
@@ -125,6 +131,16 @@ class FlowTable:
                 self._interval(flow, now_ns)
                 self._summary(flow, now_ns)
                 del self.flows[fid]
+
+    def _gaps(self, flow, part):
+        seq = part["seq"].astype(np.int64)
+        before = np.maximum.accumulate(np.concatenate(([flow.stats.highest], seq[:-1])))
+        if flow.stats.highest < 0:
+            before[0] = seq[0] - 1
+        gap = seq - before - 1
+        opened = gap > 0
+        if opened.any():
+            self.on_gaps(flow.source, self.destination, part["rx_ns"][opened], gap[opened])
 
     def _open(self, fid, rec, now_ns):
         kind = int(rec["kind"])

@@ -18,7 +18,7 @@ class ReceiverLoop:
     """Receives on cfg.local until stop() or the deadline; emits records through emit()."""
 
     def __init__(self, cfg, emit, on_packets=None, mode=_io.WIRE_NATIVE, sock=None,
-                 reflect=False):
+                 reflect=False, on_gaps=None):
         self.cfg = cfg
         self.emit = emit
         if sock is None:
@@ -35,7 +35,7 @@ class ReceiverLoop:
                                bufsize=65536,
                                key=cfg.key, mode=mode, reflect=reflect)
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
-                               defaults.SEQ_WINDOW, on_packets)
+                               defaults.SEQ_WINDOW, on_packets, on_gaps)
         self.stopping = False
         self._last = {"datagrams": 0, "overwritten": 0, "kernel_drops": 0}
 

@@ -40,10 +40,17 @@ class Fanout:
         for sink in self.per_packet:
             sink.packets(source, destination, rx_ns, owd_ns)
 
+    def gaps(self, source, destination, rx_ns, lost):
+        for sink in self.per_packet:
+            sink.gaps(source, destination, rx_ns, lost)
+
     def close(self, timeout):
+        """Close every sink; returns {sink name: its counters} for those that keep any."""
         counters = {}
         for sink in self.sinks:
-            counters.update(sink.close(timeout) or {})
+            got = sink.close(timeout)
+            if got:
+                counters[type(sink).__name__] = got
         return counters
 
 
@@ -74,7 +81,9 @@ def run(cfg, ready=None):
     signalled = threading.Event()
     try:
         if cfg.mode in ("receiver", "both"):
-            receiver = ReceiverLoop(cfg, out.record, out.packets if out.per_packet else None)
+            per_packet = bool(out.per_packet)
+            receiver = ReceiverLoop(cfg, out.record, out.packets if per_packet else None,
+                                    on_gaps=out.gaps if per_packet else None)
         if cfg.mode in ("sender", "both"):
             sock = None
             if cfg.mode == "sender" and cfg.sources.get("local-addr", "default") != "default":
