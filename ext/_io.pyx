@@ -37,7 +37,7 @@
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
+from libc.errno cimport EAGAIN, EINTR, EIO, ENOBUFS, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
@@ -69,8 +69,13 @@ KINDS = ("malformed", "native", "legacy", "stamp", "stamp_reflected")
 REASONS = ("ok", "short", "magic", "version", "truncated", "legacy", "no_tag", "bad_tag")
 
 cdef enum:
+    SPIN_MIN = 20000        # ns: precise timer's adaptive spin bounds and margin
+    SPIN_MAX = 250000
+    SPIN_MARGIN = 15000
     RSEQ_SLOTS = 65536
     RSEQ_PROBE = 64
+    GSO_MAX = 64            # replies per UDP GSO message
+    GSO_BYTES = 65000       # payload bytes per UDP GSO message (below the 64 KiB IP limit)
     K_MALFORMED = 0
     K_NATIVE = 1
     K_LEGACY = 2
@@ -280,12 +285,15 @@ cdef class Sender:
     cdef object _lat
     cdef int64_t[::1] lat
     cdef Py_ssize_t lat_n
+    # STAMP Error Estimate (RFC 4656 §4.1.2) written into test packets; settable
+    cdef public uint16_t error_estimate
 
     def __cinit__(self):
         self.bufs = NULL
         self.msgs = NULL
         self.iovs = NULL
         self.ctrl = NULL
+        self.error_estimate = 0x0001
 
     def __init__(self, int fd, dest, int wire=0, uint64_t session=0, int size=0,
                  int batch=64, int segments=1, key=None, Py_ssize_t lateness_capacity=1 << 20):
@@ -370,7 +378,7 @@ cdef class Sender:
         else:
             _stbe32(p, <uint32_t>seq)
             _ns_to_ntp(p + 4, now)
-            _stbe16(p + 12, 0x0001)     # S=0 (not known synchronised), Z=0 (NTP), scale 0, multiplier 1
+            _stbe16(p + 12, self.error_estimate)
             # bytes 14-15 (RFC 8972 SSID) carry the low 16 bits of the session id
             _stbe16(p + 14, <uint16_t>self.session)
 
@@ -458,6 +466,12 @@ cdef class Sender:
                 rc = 0
                 if deadline - spin > now:
                     rc = _sleep_abs(deadline - spin)
+                    if rc == 0 and spin > 0:
+                        # precise: spin just longer than the timer's recent wake-up lateness
+                        # (a decaying maximum, bounded so a preemption cannot pin it high)
+                        now = _now() - (deadline - spin) + SPIN_MARGIN
+                        spin = max(spin - spin // 128, min(now, SPIN_MAX), SPIN_MIN)
+                        self.spin_ns = spin
                 if rc != 0:
                     with gil:
                         _errno_path(rc)
@@ -520,6 +534,11 @@ cdef class Receiver:
     cdef iovec *siovs
     cdef uint64_t *rseq_keys
     cdef uint64_t *rseq_vals
+    cdef mmsghdr *gmsgs
+    cdef uint8_t *sctrl
+    cdef public bint reflect_gso
+    # STAMP Error Estimate (RFC 4656 §4.1.2) written into reflections; settable
+    cdef public uint16_t error_estimate
 
     def __cinit__(self):
         self.bufs = NULL
@@ -531,6 +550,9 @@ cdef class Receiver:
         self.siovs = NULL
         self.rseq_keys = NULL
         self.rseq_vals = NULL
+        self.gmsgs = NULL
+        self.sctrl = NULL
+        self.error_estimate = 0x0001
 
     def __init__(self, int fd, int batch=64, uint64_t capacity=1 << 18, int bufsize=65536,
                  key=None, int mode=0, bint reflect=False):
@@ -571,7 +593,10 @@ cdef class Receiver:
             self.siovs = <iovec *>calloc(batch, sizeof(iovec))
             self.rseq_keys = <uint64_t *>calloc(RSEQ_SLOTS, sizeof(uint64_t))
             self.rseq_vals = <uint64_t *>calloc(RSEQ_SLOTS, sizeof(uint64_t))
-            if not (self.smsgs and self.siovs and self.rseq_keys and self.rseq_vals):
+            self.gmsgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
+            self.sctrl = <uint8_t *>calloc(batch, CMSG_SPACE(sizeof(uint16_t)))
+            if not (self.smsgs and self.siovs and self.rseq_keys and self.rseq_vals
+                    and self.gmsgs and self.sctrl):
                 raise MemoryError()
 
     def __dealloc__(self):
@@ -584,6 +609,8 @@ cdef class Receiver:
         free(self.siovs)
         free(self.rseq_keys)
         free(self.rseq_vals)
+        free(self.gmsgs)
+        free(self.sctrl)
 
     cdef uint64_t _next_rseq(self, uint64_t flow) noexcept nogil:
         # Open addressing by flow id; after RSEQ_PROBE collisions the oldest slot is reused
@@ -605,7 +632,8 @@ cdef class Receiver:
     @cython.wraparound(False)
     cdef int _reflect(self, int nmsg, uint64_t head0) except -1 nogil:
         """Answer the nmsg datagrams just stored at ring[head0...] (one record each)."""
-        cdef int i, n = 0, done = 0, rc, err
+        cdef int i, n = 0, done = 0, rc, err, nsend
+        cdef mmsghdr *out
         cdef rec_t *r
         cdef uint8_t *p
         cdef uint8_t tag[32]
@@ -634,7 +662,7 @@ cdef class Receiver:
                 memcpy(sender, p, 14)
                 _stbe32(p, <uint32_t>self._next_rseq(r.flow))
                 _ns_to_ntp(p + 4, t3)
-                _stbe16(p + 12, 0x0001)
+                _stbe16(p + 12, self.error_estimate)
                 _ns_to_ntp(p + 16, r.rx_ns)
                 memcpy(p + 24, sender, 14)
                 p[38] = 0
@@ -653,12 +681,28 @@ cdef class Receiver:
             self.smsgs[n].msg_hdr.msg_iov = &self.siovs[n]
             self.smsgs[n].msg_hdr.msg_iovlen = 1
             n += 1
-        while done < n:
-            rc = sendmmsg(self.fd, self.smsgs + done, n - done, 0)
+        out = self.smsgs
+        nsend = n
+        if self.reflect_gso and n > 1:
+            out = self.gmsgs
+            nsend = self._coalesce(n)
+        while done < nsend:
+            rc = sendmmsg(self.fd, out + done, nsend - done, 0)
             if rc >= 0:
                 done += rc
                 continue
             err = errno
+            if err == EIO and out == self.gmsgs:
+                # UDP GSO refused (no checksum offload on the route's device, IPsec): send
+                # the rest of this batch, and every later one, one datagram per message.
+                self.reflect_gso = False
+                rc = 0
+                for i in range(done):
+                    rc += <int>self.gmsgs[i].msg_hdr.msg_iovlen
+                out = self.smsgs
+                nsend = n
+                done = rc
+                continue
             with gil:
                 rc = _errno_path(err)
             if rc == 1:
@@ -667,6 +711,38 @@ cdef class Receiver:
                 poll(&pfd, 1, 10)
         self.reflected += n
         return 0
+
+    cdef int _coalesce(self, int n) noexcept nogil:
+        # UDP GSO (UDP_SEGMENT): consecutive replies to one address with one length leave as
+        # one message of several iovecs that the kernel cuts back into datagrams of that
+        # length, so the stack runs once per group instead of once per reply.
+        cdef int j = 0, k, m = 0
+        cdef size_t seg
+        cdef msghdr *h
+        cdef cmsghdr *c
+        while j < n:
+            seg = self.siovs[j].iov_len
+            h = &self.smsgs[j].msg_hdr
+            k = 1
+            while j + k < n and k < GSO_MAX and (k + 1) * seg <= GSO_BYTES:
+                if self.siovs[j + k].iov_len != seg or \
+                        self.smsgs[j + k].msg_hdr.msg_namelen != h.msg_namelen or \
+                        memcmp(self.smsgs[j + k].msg_hdr.msg_name, h.msg_name, h.msg_namelen) != 0:
+                    break
+                k += 1
+            self.gmsgs[m].msg_hdr = h[0]
+            self.gmsgs[m].msg_hdr.msg_iovlen = k
+            if k > 1:
+                self.gmsgs[m].msg_hdr.msg_control = self.sctrl + m * CMSG_SPACE(sizeof(uint16_t))
+                self.gmsgs[m].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+                c = CMSG_FIRSTHDR(&self.gmsgs[m].msg_hdr)
+                c.cmsg_level = SOL_UDP
+                c.cmsg_type = UDP_SEGMENT
+                c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                (<uint16_t *>CMSG_DATA(c))[0] = <uint16_t>seg
+            m += 1
+            j += k
+        return m
 
     @property
     def malformed(self):

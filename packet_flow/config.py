@@ -12,6 +12,9 @@ Rules:
   An unknown key is an error naming the key and the file.
 - Token, password and key never appear in --help, --print-config, the log or an error message:
   they show as "***", and so does the password in a URL's `user:password@`.
+- With `--wire stamp`, an address left at its default (not given on the command line, in the
+  environment or in the file) gets STAMP's port 862 instead of 8000. `--rtt` with
+  `--wire legacy` is an error.
 """
 
 from __future__ import annotations
@@ -601,6 +604,18 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
             vals[direct] = data if direct == "key" else data.decode("utf-8", "replace").strip()
         elif direct == "key" and vals["key"] is not None:
             vals["key"] = vals["key"].encode()
+    if vals["wire"] == "stamp":
+        # STAMP's well-known port (RFC 8762 §4.1) replaces 8000 in an address left at its
+        # default; an address given anywhere (cli, env, file) keeps its port.
+        for name in ("local-addr", "remote-addr"):
+            if sources[name] == "default":
+                a = vals[name]
+                vals[name] = a._replace(port=defaults.STAMP_PORT,
+                                        sockaddr=(a.sockaddr[0], defaults.STAMP_PORT,
+                                                  *a.sockaddr[2:]))
+    if vals["rtt"] and vals["wire"] == "legacy":
+        raise _fail("rtt", True, sources["rtt"], f"needs --wire native or stamp, not legacy "
+                    f"({sources['wire']}): legacy packets cannot carry reflector timestamps")
     if vals["forget-timeout"] <= vals["stall-timeout"]:
         raise _fail("forget-timeout", vals["forget-timeout"], sources["forget-timeout"],
                     f"must be greater than --stall-timeout {vals['stall-timeout']:g} "

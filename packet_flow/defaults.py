@@ -33,7 +33,9 @@ STALL_TIMEOUT_S = 5.0
 FORGET_TIMEOUT_S = 60.0
 
 # Scheduler
-SPIN_NS = 60_000            # precise timer: sleep until deadline - SPIN_NS, then spin
+SPIN_NS = 100_000           # precise timer: first spin; it then adapts to the wake-up lateness
+REALTIME_PRIORITY = 10      # precise timer: SCHED_FIFO priority where permitted
+REALTIME_MIN_INTERVAL_NS = 200_000  # ... only for intervals this long (spin <= ~1/2 of a core)
 TIMER_SLACK_NS = 1          # prctl(PR_SET_TIMERSLACK): 1 ns = as exact as the kernel allows
 BATCH_MAX = 64              # packets per sendmmsg/recvmmsg
 GSO_SEGMENTS = 64           # packets per UDP_SEGMENT super-datagram

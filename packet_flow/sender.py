@@ -6,14 +6,24 @@ economy: sleep only) and sends due slots in one sendmmsg; intervals shorter than
 GSO_BELOW_NS are sent as UDP GSO super-datagrams. Lateness of every send stamp behind its
 slot is collected per interval; slots skipped after a stall are counted, never sent late
 in a burst larger than one batch.
+
+With --rtt the same socket receives the reflections: an _io.Receiver on the sender's fd is
+pumped between schedule slices (slices of at most RTT_SLICE_NS; it waits for replies in poll()
+only while no slot is due within PUMP_MARGIN_NS, else it only reads what is queued), and the
+replies feed packet_flow.rtt.RttStats. After the final packet the sender waits up to
+RTT_WAIT_NS for the last replies (less when the final packet's reply arrives). Native packets
+are at least REFLECTED_HEADER bytes then, so reflections are as long as the test packets.
 """
 
 import logging
+import os
 import secrets
+import socket
 
 import numpy as np
 
-from packet_flow import _io, defaults, sockets
+from packet_flow import _io, defaults, rtt, sockets
+from packet_flow.errors import ConfigError
 from packet_flow.flows import rfc3339
 
 log = logging.getLogger(__name__)
@@ -21,6 +31,10 @@ log = logging.getLogger(__name__)
 WIRE = {"native": _io.WIRE_NATIVE, "legacy": _io.WIRE_LEGACY, "stamp": _io.WIRE_STAMP}
 LATE_BIN_NS = 100           # summary lateness histogram: 100 ns bins up to 100 ms
 LATE_BINS = 1_000_000
+RTT_SLICE_NS = 10_000_000   # --rtt: longest schedule slice between two reply pumps
+PUMP_MARGIN_NS = 2_000_000  # --rtt: wait for replies only when no slot is due this soon
+RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after the final packet
+RTT_RING = 1 << 17          # --rtt: receive ring records
 
 
 def _late_stats(lat_ns):
@@ -30,6 +44,20 @@ def _late_stats(lat_ns):
     return {"timer_late_p50_us": round(float(p50) / 1e3, 3),
             "timer_late_p99_us": round(float(p99) / 1e3, 3),
             "timer_late_max_us": round(float(lat_ns.max()) / 1e3, 3)}
+
+
+def realtime_priority():
+    """SCHED_FIFO for this thread, so a busy machine cannot delay the wake-up of a slot
+    (needs CAP_SYS_NICE; without it the timer stays precise on an idle machine only).
+    Used only where the spin is a small share of the interval, so it cannot starve others."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(defaults.REALTIME_PRIORITY))
+        log.info("sender timer: SCHED_FIFO priority %d", defaults.REALTIME_PRIORITY)
+        return True
+    except (OSError, AttributeError) as exc:
+        log.info("sender timer without real-time priority (%s); a busy machine will "
+                 "delay some slots", exc)
+        return False
 
 
 class SenderLoop:
@@ -45,17 +73,78 @@ class SenderLoop:
         if self.interval_ns < defaults.GSO_BELOW_NS and cfg.wire != "legacy" \
                 and sockets.gso_supported(self.sock):
             segments = defaults.GSO_SEGMENTS
+        size = cfg.size if size is None else size
+        self.rx = self.rtt = None
+        if cfg.rtt:
+            if cfg.wire == "legacy":
+                raise ConfigError("--rtt needs --wire native or stamp: legacy packets have no "
+                                  "room for reflector timestamps")
+            if cfg.wire == "native":
+                size = max(size, _io.REFLECTED_HEADER + (_io.TAG if cfg.key else 0))
+            self._rtt_socket()
         self.tx = _io.Sender(self.sock.fileno(),
                              sockets.dest_tuple(cfg.remote.sockaddr, cfg.remote.family),
-                             wire=WIRE[cfg.wire], session=self.session,
-                             size=cfg.size if size is None else size,
+                             wire=WIRE[cfg.wire], session=self.session, size=size,
                              batch=cfg.batch, segments=segments, key=cfg.key)
+        if cfg.wire == "stamp":
+            self.tx.error_estimate = rtt.clock_error_estimate()
         self.source = None
         self.stopping = False
         self.skip_pending = 0
         self.hist = np.zeros(LATE_BINS + 1, np.int64)
         self.late_max = 0
+        self.lat_parts = []
         self._last = (0, 0, 0)
+
+    def _rtt_socket(self):
+        """Turn on kernel receive timestamps (T4) on the send socket; attach a Receiver."""
+        cfg = self.cfg
+        self.sock.setsockopt(socket.SOL_SOCKET, _io.SO_TIMESTAMPNS_, 1)
+        if cfg.rcvbuf:
+            sockets.set_rcvbuf(self.sock, cfg.rcvbuf)
+        stamp = cfg.wire == "stamp"
+        self.rx = _io.Receiver(self.sock.fileno(), batch=cfg.batch, capacity=RTT_RING,
+                               key=cfg.key if not stamp else None,
+                               mode=_io.WIRE_STAMP_REFLECTED if stamp else _io.WIRE_NATIVE)
+        self.rtt = rtt.RttStats(seq_bits=32 if stamp else 64)
+        self.final_answered = False
+
+    def _pump_replies(self, wait_until_ns=0):
+        """Read the queued replies (waiting for more until wait_until_ns when that is in the
+        future) and account them. One numpy pass per drained batch."""
+        now = _io.now_ns()
+        if wait_until_ns > now:
+            self.rx.pump(wait_until_ns, RTT_RING // 2)
+        # a pump whose deadline has passed does one recvmmsg: repeat while batches come full
+        for _ in range(RTT_RING // 2 // self.rx.batch):
+            if self.rx.pump(now) < self.rx.batch:
+                break
+        recs = self.rx.drain()
+        if not len(recs):
+            return
+        if self.cfg.wire == "stamp":
+            ok = (recs["kind"] == 4) & np.isin(recs["session"], (0, self.session & 0xFFFF))
+        else:
+            ok = ((recs["kind"] == 1) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
+                  & (recs["session"] == self.session))
+        recs = recs[ok]
+        if not len(recs):
+            return
+        self.rtt.update(recs["seq"], recs["r_seq"], recs["tx_ns"], recs["t2_ns"],
+                        recs["t3_ns"], recs["rx_ns"])
+        if self.cfg.wire == "native":
+            self.final_answered |= bool((recs["flags"] & _io.FLAG_FINAL).any())
+
+    def _last_replies(self):
+        """After the final packet: wait for the replies still on their way, then settle."""
+        end = _io.now_ns() + RTT_WAIT_NS
+        while _io.now_ns() < end:
+            # the highest answered sequence is unwrapped from 0, so it compares to tx.seq
+            if self.final_answered or self.rtt.highest >= self.tx.seq - 1:
+                break
+            self._pump_replies(min(end, _io.now_ns() + RTT_SLICE_NS))
+        self._pump_replies()
+        self.rtt.close()
 
     @property
     def session_hex(self):
@@ -76,16 +165,25 @@ class SenderLoop:
                "wire": self.cfg.wire, "interval_s": round((now_ns - since_ns) / 1e9, 6)}
         return rec
 
-    def _interval(self, now_ns, since_ns):
+    def _collect(self):
+        """Move the core's lateness buffer into this interval's list and the run histogram."""
         lat = self.tx.take_lateness()
         if len(lat):
             self.hist += np.bincount(np.clip(lat // LATE_BIN_NS, 0, LATE_BINS),
                                      minlength=LATE_BINS + 1)
             self.late_max = max(self.late_max, int(lat.max()))
+            self.lat_parts.append(lat)
+
+    def _interval(self, now_ns, since_ns):
+        self._collect()
+        lat = np.concatenate(self.lat_parts) if self.lat_parts else np.zeros(0, np.int64)
+        self.lat_parts = []
         sent, missed, skipped = self.tx.sent, self.tx.missed_slots, self.tx.skipped_slots
         rec = self._record("sender", now_ns, since_ns, lat)
         rec.update(sent=sent - self._last[0], missed_slots=missed - self._last[1],
                    skipped_slots=skipped - self._last[2], **_late_stats(lat))
+        if self.rtt is not None:
+            rec.update(self.rtt.take_interval())
         self._last = (sent, missed, skipped)
         self.emit(rec)
 
@@ -102,6 +200,8 @@ class SenderLoop:
                        timer_late_max_us=round(self.late_max / 1e3, 3))
         else:
             rec.update(_late_stats(np.zeros(0, np.int64)))
+        if self.rtt is not None:
+            rec.update(self.rtt.summary(self.tx.seq))
         self.emit(rec)
 
     def run(self, deadline_ns=0):
@@ -111,6 +211,8 @@ class SenderLoop:
             _io.set_timerslack(defaults.TIMER_SLACK_NS)
         except OSError as exc:
             log.debug("timer slack unchanged: %s", exc)
+        if self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS:
+            realtime_priority()
         interval_ns = int(cfg.interval * 1e9)
         start = _io.now_ns() + 1_000_000
         self.tx.start(start, self.interval_ns, defaults.SPIN_NS)
@@ -119,10 +221,16 @@ class SenderLoop:
         last_tick = start
         while not self.stopping:
             until = next_tick if not deadline_ns else min(next_tick, deadline_ns)
+            if self.rx is not None:
+                until = min(until, _io.now_ns() + RTT_SLICE_NS)
             # with --count N the N-th packet is the final one, sent on its own slot below
             limit = cfg.count - 1 - self.tx.sent if cfg.count else 0
             if limit or not cfg.count:
                 self.tx.run(until, limit, precise)
+                self._collect()
+            if self.rx is not None:
+                slot = start + self.tx.k * self.interval_ns
+                self._pump_replies(min(until, slot) - PUMP_MARGIN_NS)
             if self.skip_pending:
                 self.tx.skip_sequence(self.skip_pending)
                 log.info("skipped %d sequence number(s) on request", self.skip_pending)
@@ -137,6 +245,8 @@ class SenderLoop:
         if cfg.count and self.tx.sent == cfg.count - 1 and not self.stopping:
             _io.sleep_until(start + self.tx.k * self.interval_ns, defaults.SPIN_NS)
         self.tx.send(1, final=True)
+        if self.rtt is not None:
+            self._last_replies()
         now = _io.now_ns()
         self._interval(now, last_tick)
         self._summary(now, start)

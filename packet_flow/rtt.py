@@ -1,0 +1,163 @@
+"""Round-trip analysis of reflected packets: pure numpy on top of FlowStats, no sockets, no clocks.
+
+Every reflection carries four timestamps and two sequence numbers: T1 (sender send), T2
+(reflector receive), T3 (reflector send), T4 (sender receive), the sender's sequence and the
+reflector's own per-flow sequence (stateful reflector, RFC 8762 §4.2). Rules:
+
+- RTT = (T4 - T1) - (T3 - T2): the reflector's dwell time is taken out, and each difference is
+  read on one clock, so the two hosts need no clock synchronisation.
+- Two FlowStats streams, fed the same batches in arrival order:
+  ``total`` follows the sender's sequence (it starts at 0, the sender's first packet), so a
+  sequence missing from it was lost in either direction; ``backward`` follows the reflector's
+  sequence, which numbers only what reached the reflector, so a gap in it was lost on the way
+  back. Hence ``forward = total - backward`` for loss, late and duplicates:
+  - loss: exact (each lost packet is missing from ``total``; only backward losses also leave a
+    reflector sequence unseen);
+  - duplicates: a packet duplicated on the way out gets two reflector sequences (duplicate in
+    ``total`` only), one duplicated on the way back repeats both (duplicate in both): exact;
+  - late (RFC 4737 reordered): exact when reordering happens in one direction at a time;
+    reordering of the same packets in both directions can cancel out.
+- The ``backward`` stream starts at reflector sequence 0 when the first reply is consistent with
+  a reflector counting this flow from 0 (its reflector sequence is not above its sender
+  sequence), else at the first reply's reflector sequence (a reflector that counts from
+  elsewhere; nothing before it is attributed).
+- Packets sent after the last reply received cannot be attributed to a direction: the summary
+  counts them in ``lost`` and in ``unattributed_lost`` only, so
+  ``lost = forward_lost + backward_lost + unattributed_lost``. A native sender's final packet is
+  reflected too, so normally nothing is left unattributed.
+- ``rtt_jitter_us`` is the RFC 3550 §6.4.1 estimator applied to the RTT (in arrival order);
+  percentiles are those of FlowStats (exact per interval, ≤ 0.05 % error in the summary).
+- STAMP Error Estimate (RFC 4656 §4.1.2, used by RFC 8762): what the kernel says about
+  CLOCK_REALTIME (adjtimex, read-only). S is set only when the kernel reports the clock
+  synchronised (state not TIME_ERROR and STA_UNSYNC clear); the error is the kernel's
+  `maxerror` bound (16 s on an unsynchronised clock), rounded up to multiplier * 2^(scale-32) s.
+"""
+
+import ctypes
+import math
+
+import numpy as np
+
+from packet_flow import defaults
+from packet_flow.analysis import FlowStats
+
+RTT_QUANTILES = ("min", "mean", "p50", "p90", "p99", "p999", "max")
+
+
+def _anchor(stats: FlowStats, start: int) -> None:
+    """Make `start` the first sequence of an empty FlowStats, so a gap right at the beginning
+    counts as loss (FlowStats otherwise starts at its first packet)."""
+    stats._low = start
+
+
+class RttStats:
+    """RTT, per-direction loss, late and duplicates of one reflected flow, batch by batch."""
+
+    def __init__(self, seq_bits: int = 64, window: int = defaults.SEQ_WINDOW):
+        self.seq_bits = seq_bits
+        self.total = FlowStats(seq_bits=seq_bits, window=window)
+        self.backward = FlowStats(seq_bits=seq_bits, window=window)
+        _anchor(self.total, 0)
+        self._started = False
+
+    def update(self, seq, r_seq, t1_ns, t2_ns, t3_ns, t4_ns) -> None:
+        """Account one batch of replies in arrival order: sender sequence, reflector sequence
+        and the four timestamps (int64 ns) of each."""
+        seq = np.asarray(seq, np.uint64)
+        if not seq.size:
+            return
+        r_seq = np.asarray(r_seq, np.uint64)
+        t4 = np.asarray(t4_ns, np.int64)
+        # FlowStats' delay is rx - tx: with tx = T1 + (T3 - T2) it is the RTT.
+        tx = np.asarray(t1_ns, np.int64) + (np.asarray(t3_ns, np.int64) - np.asarray(t2_ns, np.int64))
+        if not self._started:
+            mask = (1 << self.seq_bits) - 1
+            if int(r_seq[0]) & mask <= int(seq[0]) & mask:
+                _anchor(self.backward, 0)
+            self._started = True
+        self.total.update(seq, tx, t4)
+        self.backward.update(r_seq, tx, t4)
+
+    @property
+    def highest(self) -> int:
+        """Highest sender sequence answered so far (-1: none)."""
+        return self.total.highest if self._started else -1
+
+    def close(self) -> None:
+        """No more replies will come: settle every gap up to the highest sequences seen."""
+        self.total.close()
+        self.backward.close()
+
+    def take_interval(self) -> dict:
+        """Record fields for the interval since the previous call."""
+        return combine(self.total.take_interval(), self.backward.take_interval())
+
+    def summary(self, sent: int | None = None) -> dict:
+        """Record fields for the whole run. `sent` (packets sent, sequences 0..sent-1) adds the
+        packets after the last reply as `unattributed_lost`."""
+        rec = combine(self.total.summary(), self.backward.summary())
+        tail = max(0, sent - 1 - self.highest) if sent is not None else 0
+        rec["unattributed_lost"] = tail
+        if tail:
+            rec["lost"] += tail
+            n = rec["reflected"] + rec["lost"]
+            rec["loss_percent"] = round(max(0.0, 100 * rec["lost"] / n), 3) if n > 0 else 0.0
+        return rec
+
+
+def combine(total: dict, backward: dict) -> dict:
+    """The contract's rtt_/forward_/backward_ fields from the FlowStats records of the sender
+    sequence stream (`total`) and the reflector sequence stream (`backward`)."""
+    rec = {f"rtt_{q}_us": total[f"owd_{q}_us"] for q in RTT_QUANTILES}
+    rec["rtt_jitter_us"] = total["jitter_us"]
+    rec["reflected"] = total["received"]
+    rec["lost"] = total["lost"]
+    rec["forward_lost"] = total["lost"] - backward["lost"]
+    rec["backward_lost"] = backward["lost"]
+    rec["forward_late"] = total["late"] - backward["late"]
+    rec["backward_late"] = backward["late"]
+    rec["forward_duplicates"] = total["duplicates"] - backward["duplicates"]
+    rec["backward_duplicates"] = backward["duplicates"]
+    rec["loss_percent"] = total["loss_percent"]
+    return rec
+
+
+STA_UNSYNC = 0x0040
+TIME_ERROR = 5
+
+
+class _Timex(ctypes.Structure):
+    # struct timex (linux/timex.h) up to `status`; the rest is room for the kernel to fill
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long),
+                ("status", ctypes.c_int), ("_rest", ctypes.c_char * 256)]
+
+
+def encode_error_estimate(error_s: float, synchronised: bool) -> int:
+    """The 16-bit Error Estimate `S | Z=0 | scale (6 bits) | multiplier (8 bits)` whose value
+    multiplier * 2^(scale-32) s is the smallest such value not below error_s."""
+    units = max(1, math.ceil(error_s * 2**32))
+    scale = 0
+    while units > 255 and scale < 63:
+        units = -(-units // 2)
+        scale += 1
+    return (0x8000 if synchronised else 0) | scale << 8 | min(units, 255)
+
+
+def decode_error_estimate(value: int) -> tuple[float, bool]:
+    """(error in seconds, S bit) of a 16-bit Error Estimate."""
+    return (value & 0xFF) * 2.0 ** (((value >> 8) & 0x3F) - 32), bool(value & 0x8000)
+
+
+def clock_error_estimate() -> int:
+    """The Error Estimate of this host's clock now (see the module rules). A kernel that
+    cannot be asked gives S=0 with the unsynchronised bound of 16 s."""
+    tx = _Timex()
+    try:
+        state = ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        state = -1
+    if state < 0:
+        return encode_error_estimate(16.0, False)
+    synced = state != TIME_ERROR and not tx.status & STA_UNSYNC
+    return encode_error_estimate(tx.maxerror / 1e6, synced)
