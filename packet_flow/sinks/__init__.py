@@ -1,6 +1,6 @@
 """Metric sinks. Every sink has the same small interface, called from the probe's loop:
 
-- ``record(rec: dict)``: one contract record (docs/contract.md); never blocks, never raises.
+- ``record(rec: dict)``: one contract record (README.md (JSON-lines records)); never blocks, never raises.
 - ``packets(source, destination, rx_ns, owd_ns)`` and ``gaps(source, destination, rx_ns, lost)``:
   per-packet arrays for sinks that want them (the InfluxDB compat measurements); others ignore.
 - ``close(timeout) -> dict``: flush within ``timeout`` seconds and return the sink's counters.

@@ -4,7 +4,7 @@ Rules:
 - Only parses files (PyYAML, json); starts nothing. Run by tests/container/test_container.sh,
   or alone: `python3 tests/container/check_deploy.py`. Exit status 1 lists every failure.
 - Names are checked against their sources: PACKET_FLOW_* variables against the options in
-  packet_flow/config.py, dashboard fields against docs/contract.md, datasource uid and paths
+  packet_flow/config.py, dashboard fields against the README record tables, datasource uid and paths
   against the provisioning files and compose mounts.
 - No secret may be committed: secret-looking variables are only *_FILE paths, and the
   committed env example holds placeholders.
@@ -52,9 +52,9 @@ def cli_env_names() -> set[str] | None:
 
 
 def contract_fields() -> set[str]:
-    """Backticked field names in the record tables of docs/contract.md."""
+    """Backticked field names in the tables of README.md (the record contract is there)."""
     fields = set()
-    for line in (ROOT / "docs/contract.md").read_text().splitlines():
+    for line in (ROOT / "README.md").read_text().splitlines():
         if line.startswith("| `"):
             fields.update(re.findall(r"`([a-z0-9_]+)`", line))
     return fields
@@ -153,7 +153,7 @@ def check_dashboard(uid: str) -> None:
         for m in re.findall(r'r\._measurement == "([a-z_]+)"', q):
             check(m in ("packet_flow", "packet_flow_sender"), f"measurement {m} is written")
         for f in re.findall(r'r\._field == "([a-z0-9_]+)"', q):
-            check(f in known, f"dashboard field {f} is in docs/contract.md")
+            check(f in known, f"dashboard field {f} is in the README record tables")
             used.add(f)
     required = {"lost", "received", "loss_bursts", "owd_p50_us", "owd_p99_us", "owd_max_us",
                 "jitter_us", "late", "duplicates", "timer_late_p99_us"}
