@@ -317,3 +317,20 @@ def test_without_matplotlib_returns_2_with_install_hint(tmp_path, monkeypatch, c
         report.build_figure(records())
     # the text summary does not need matplotlib
     assert report.main([str(RUN)]) == 0
+
+
+def test_recorded_loopback_run_with_injected_loss(tmp_path):
+    """A real run (both mode, SIGUSR1 bursts; the README's example figure)."""
+    path = Path(__file__).parent / "data" / "loopback_injected_loss.jsonl"
+    records = report.load_records(str(path), strict=True)
+    fig = report.build_figure(records)
+    assert len(fig.axes) == 4
+    w, h = (fig.get_size_inches() * fig.dpi).round().astype(int)
+    assert (w, h) == report.figure_size_px(1)
+    (rx,) = [r for r in records if r["type"] == "summary" and r["role"] == "receiver"]
+    text = report.text_summary(records)
+    assert f"{rx['received']:,}" in text and f"{rx['lost']:,}" in text
+    assert rx["lost"] > 0 and rx["late"] == 0 and rx["max_loss_burst"] > 1
+    out = tmp_path / "r.png"
+    assert report.main([str(path), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
