@@ -303,7 +303,7 @@ _OPTS = (
     _Opt("username", "str", None, "InfluxDB username", _optional, short="-u"),
     _Opt("password", "str", None, "InfluxDB password", _optional, short="-p", secret=True),
     _Opt("password-file", "str", None, "read the InfluxDB password from this file", _optional),
-    _Opt("auth-basic", "bool", False, "send username:password as HTTP Basic auth"),
+    _Opt("auth-basic", "bool", False, "use HTTP Basic auth: --username/--password, or a --token of the form user:password"),
     _Opt("compat-points", "bool", False,
          "also write the original's per-packet `latency`/`packet_loss` points"),
     _Opt("compat-max-pps", "int", defaults.COMPAT_MAX_PPS,

@@ -1,16 +1,13 @@
-"""Console output: a compact live table (one line per flow per interval, at most 80
-columns) and a summary table per flow at exit."""
+"""Console output: a compact live table (one line per flow per interval, never wider than
+80 columns: long addresses keep their tail, large counts shrink to k/M/G) and a summary
+per flow at exit."""
 
 import sys
 import threading
 
 
-def _f(v, scale=1.0, digits=3):
-    return "-" if v is None else f"{v / scale:.{digits}f}"
-
-
 def _t(us):
-    """A duration given in µs, in at most 6 characters: 812n, 5.2µ, 504µ, 2.50m, 21.4m, 3.2s."""
+    """A duration given in µs, in at most 6 characters: 812n, 5.2µ, 504µ, 2.5m, 21.4m, 3.2s."""
     if us is None:
         return "-"
     for unit, scale in (("s", 1e6), ("m", 1e3), ("µ", 1.0)):
@@ -22,13 +19,30 @@ def _t(us):
     return f"{v:.3g}{unit}"
 
 
-def _flow(rec, width=17):
-    src = rec.get("source") or "?"
-    return src if len(src) <= width else "…" + src[-(width - 1):]
+def _n(v, width=6):
+    """A count in at most `width` characters (1234567 -> 1.23M)."""
+    if v is None:
+        return "-"
+    if len(str(v)) <= width:
+        return str(v)
+    scale, unit = next((s, u) for s, u in ((1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T"),
+                                           (1e15, "P")) if abs(v / s) < 999.5 or u == "P")
+    return f"{v / scale:.3g}{unit}"
 
 
-HEADER = (f"{'time':8} {'source':17}{'recv':>7}{'lost':>6}{'loss%':>6}{'late':>5}{'dup':>5}"
-          f"{'owd p50':>8}{'owd p99':>8}{'jitter':>7} ")
+def _pct(v):
+    return "-" if v is None else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def _tail(text, width):
+    text = text or "?"
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+HEADER = (f"{'time':8} {'source':16} {'recv':>6} {'lost':>5} {'loss%':>5} {'late':>5} "
+          f"{'dup':>5} {'owd50':>6} {'owd99':>6} {'jitter':>6}")
+
+
 class ConsoleSink:
     """Writes human-readable lines to a text stream (stdout unless told otherwise)."""
 
@@ -49,25 +63,32 @@ class ConsoleSink:
             return
         t = rec["time"][11:19]
         if kind == "interval":
-            state = "S" if rec.get("stalled") else "F" if rec.get("closed") else " "
+            state = "S" if rec.get("stalled") else "F" if rec.get("closed") else ""
             self._write(
-                f"{t} {_flow(rec):17}{rec['received']:>7}{rec['lost']:>6}"
-                f"{_f(rec['loss_percent'], 1, 2):>6}{rec['late']:>5}{rec['duplicates']:>5}"
-                f"{_t(rec['owd_p50_us']):>8}{_t(rec['owd_p99_us']):>8}"
-                f"{_t(rec['jitter_us']):>7}{state}")
+                f"{t} {_tail(rec['source'], 16):16} {_n(rec['received']):>6} "
+                f"{_n(rec['lost'], 5):>5} {_pct(rec['loss_percent']):>5} "
+                f"{_n(rec['late'], 5):>5} {_n(rec['duplicates'], 5):>5} "
+                f"{_t(rec['owd_p50_us']):>6} {_t(rec['owd_p99_us']):>6} "
+                f"{_t(rec['jitter_us']):>6}{state}")
         elif kind == "sender":
-            dest = rec.get("destination") or "?"
             self._write(
-                f"{t} → {dest[-17:]:17} sent{rec['sent']:>7} missed{rec['missed_slots']:>5}"
-                f" late {_t(rec['timer_late_p50_us'])}/{_t(rec['timer_late_p99_us'])}"
-                f"/{_t(rec['timer_late_max_us'])}")
+                f"{t} → {_tail(rec['destination'], 16):16} sent {_n(rec['sent']):>6} missed "
+                f"{_n(rec['missed_slots'], 5):>5} late {_t(rec['timer_late_p50_us'])}/"
+                f"{_t(rec['timer_late_p99_us'])}/{_t(rec['timer_late_max_us'])}")
+            if "rtt_p50_us" in rec:
+                self._write(
+                    f"{'':8}   rtt {_t(rec['rtt_p50_us'])}/{_t(rec['rtt_p99_us'])} "
+                    f"lost fwd {_n(rec['forward_lost'], 5)} back "
+                    f"{_n(rec['backward_lost'], 5)} late {_n(rec['forward_late'], 5)}/"
+                    f"{_n(rec['backward_late'], 5)} dup {_n(rec['forward_duplicates'], 5)}/"
+                    f"{_n(rec['backward_duplicates'], 5)}")
         elif kind == "receiver" and (rec.get("overwritten") or rec.get("kernel_drops")):
             self._write(f"{t} receiver: ring overwritten {rec['overwritten']}, "
                         f"kernel drops {rec['kernel_drops']}")
 
     def header(self):
         self._write(HEADER + "\n" + " " * 9 + "(S = stalled, F = final packet seen; "
-                    "timer late = p50/p99/max)")
+                    "sender: late = timer p50/p99/max)")
 
     def packets(self, *args):
         pass
@@ -79,28 +100,39 @@ class ConsoleSink:
 
 
 def summary_table(records):
-    """The per-flow summary at exit, readable at 80 columns."""
+    """The per-flow summary at exit, every line at most 80 columns."""
     lines = ["", "summary"]
     for rec in records:
-        head = f"{rec['source']} → {rec['destination']}  session {rec['session']}"
-        lines.append(head[:80])
+        role = "sender" if rec["role"] == "sender" else "flow"
+        head = f"{role} {rec['source']} → {rec['destination']}  session {rec['session']}"
+        if len(head) > 80:
+            lines += [f"{role} {rec['source']} →",
+                      f"    {rec['destination']}  session {rec['session']}"]
+        else:
+            lines.append(head)
         if rec["role"] == "sender":
-            lines.append(
-                f"  sent {rec['sent']}  missed slots {rec['missed_slots']}  skipped "
-                f"{rec['skipped_slots']}  timer late p50 {_t(rec['timer_late_p50_us'])} "
-                f"p99 {_t(rec['timer_late_p99_us'])} max {_t(rec['timer_late_max_us'])}")
+            lines.append(f"  sent {rec['sent']}  missed slots {rec['missed_slots']}  "
+                         f"skipped slots {rec['skipped_slots']}")
+            lines.append(f"  timer late p50 {_t(rec['timer_late_p50_us'])}  p99 "
+                         f"{_t(rec['timer_late_p99_us'])}  max {_t(rec['timer_late_max_us'])}")
+            if "rtt_p50_us" in rec:
+                lines.append(f"  rtt min {_t(rec['rtt_min_us'])}  p50 {_t(rec['rtt_p50_us'])}"
+                             f"  p99 {_t(rec['rtt_p99_us'])}  max {_t(rec['rtt_max_us'])}"
+                             f"  jitter {_t(rec['rtt_jitter_us'])}")
+                lines.append(f"  lost {rec['lost']} (forward {rec['forward_lost']}, backward "
+                             f"{rec['backward_lost']})  late {rec['forward_late']}/"
+                             f"{rec['backward_late']}  dup {rec['forward_duplicates']}/"
+                             f"{rec['backward_duplicates']}")
             continue
-        lines.append(
-            f"  received {rec['received']}  lost {rec['lost']} ({_f(rec['loss_percent'], 1, 3)}%)"
-            f"  late {rec['late']}  dup {rec['duplicates']}  malformed {rec['malformed']}")
-        lines.append(
-            f"  loss bursts {rec['loss_bursts']} (longest {rec['max_loss_burst']})"
-            f"  jitter {_f(rec['jitter_us'], 1e3)} ms  |ipdv| mean "
-            f"{_f(rec['ipdv_mean_us'], 1e3)} p99 {_f(rec['ipdv_p99_us'], 1e3)} ms")
-        lines.append(
-            f"  owd ms min {_f(rec['owd_min_us'], 1e3)} p50 {_f(rec['owd_p50_us'], 1e3)}"
-            f" p90 {_f(rec['owd_p90_us'], 1e3)} p99 {_f(rec['owd_p99_us'], 1e3)}"
-            f" max {_f(rec['owd_max_us'], 1e3)}")
+        lines.append(f"  received {rec['received']}  lost {rec['lost']} "
+                     f"({_pct(rec['loss_percent'])} %)  late {rec['late']}  dup "
+                     f"{rec['duplicates']}  malformed {rec['malformed']}")
+        lines.append(f"  loss bursts {rec['loss_bursts']} (longest {rec['max_loss_burst']})"
+                     f"  jitter {_t(rec['jitter_us'])}  |ipdv| mean "
+                     f"{_t(rec['ipdv_mean_us'])} p99 {_t(rec['ipdv_p99_us'])}")
+        lines.append(f"  owd min {_t(rec['owd_min_us'])}  p50 {_t(rec['owd_p50_us'])}  p90 "
+                     f"{_t(rec['owd_p90_us'])}  p99 {_t(rec['owd_p99_us'])}  p99.9 "
+                     f"{_t(rec['owd_p999_us'])}  max {_t(rec['owd_max_us'])}")
         if rec.get("negative_owd"):
             lines.append(f"  {rec['negative_owd']} negative delays: clocks not synchronised")
-    return "\n".join(line[:80] for line in lines)
+    return "\n".join(lines)
