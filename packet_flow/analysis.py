@@ -30,7 +30,8 @@ Rules (the metric names are those of README.md (JSON-lines records) and REFERENC
   p99 of |IPDV| (RFC 3393/5481): |D(s) - D(s-1)| for consecutive sequences that both arrived,
   whatever their arrival order; a pair counts when its second packet arrives.
 - Counters are Python ints; output floats are µs rounded to 3 decimals (ns); no data gives None,
-  never NaN. Memory per flow: one int64 ring of ``window`` entries (1 MiB at the default) plus the
+  never NaN. Memory per flow: one int64 ring of up to ``window`` entries (8 KiB at first, doubling
+  as the flow's rate or reordering needs it, 1 MiB at most by default) plus the
   lost runs inside the window and the summary histograms.
 """
 
@@ -219,13 +220,19 @@ class FlowStats:
     returns the record fields since its previous call; ``summary`` the totals of the flow's life.
     """
 
-    def __init__(self, seq_bits: int = 64, window: int = defaults.SEQ_WINDOW):
+    def __init__(self, seq_bits: int = 64, window: int = defaults.SEQ_WINDOW,
+                 initial_window: int = defaults.SEQ_WINDOW_INITIAL):
         if not 2 <= seq_bits <= 64:
             raise ValueError(f"seq_bits must be 2..64, not {seq_bits}")
         if window < 2:
             raise ValueError(f"window must be at least 2, not {window}")
         self._bits = seq_bits
         self._mask = (1 << seq_bits) - 1
+        self._max_w = window
+        # A power-of-two window starts small and doubles as the flow needs it (fast flows,
+        # deep reordering), so a thousand slow flows cost a thousand small rings.
+        if window & (window - 1) == 0 and initial_window < window:
+            window = max(2, initial_window)
         self._w = window
         self._pow2 = window & (window - 1) == 0
         self._ring = np.full(window, EMPTY, np.int64)  # delay of received sequences, by s % window
@@ -240,6 +247,18 @@ class FlowStats:
         self._jitter = 0.0
         self._cur = _Acc(True)
         self._tot = _Acc(False)
+
+    def _grow(self, need: int) -> None:
+        """Widen the ring to the next power of two >= 4 * need (at most the maximum window),
+        keeping what it holds for the sequences it covered."""
+        w = min(self._max_w, 1 << max(1, (4 * need - 1).bit_length()))
+        if w <= self._w:
+            return
+        ring = np.full(w, EMPTY, np.int64)
+        if self._h >= 0:
+            s = np.arange(max(0, self._h - self._w + 1), self._h + 1)
+            ring[s & (w - 1)] = self._ring[self._slot(s)]
+        self._ring, self._w, self._pow2 = ring, w, True
 
     def _slot(self, x):
         return x & (self._w - 1) if self._pow2 else x % self._w
@@ -268,6 +287,10 @@ class FlowStats:
         if self._low is None:
             self._low = int(seq[0]) & self._mask
         u = self._unwrap(seq)
+        if self._w < self._max_w:
+            need = max(self._h, int(u.max())) - min(int(u.min()), self._h) + 1
+            if 2 * need > self._w:
+                self._grow(need)
         h0, f0, w = self._h, self._f, self._w
         h_new = int(u.max())
         if u[0] > h0 and (u.size == 1 or bool((u[1:] > u[:-1]).all())):

@@ -44,7 +44,8 @@ GSO_BELOW_NS = 20_000       # use UDP GSO when the interval is shorter than this
 # Receiver
 RING_CAPACITY = 1 << 20     # records in the receive ring
 RCVBUF_BYTES = 8 << 20
-SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection
+SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection (at most)
+SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it needs
 
 # InfluxDB sink
 FLUSH_INTERVAL_S = 0.0      # 0 = the record interval

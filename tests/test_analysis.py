@@ -420,3 +420,30 @@ def test_log_histogram_precision():
         got = h.quantiles([1, 50, 90, 99, 99.9], int(vals.min()), int(vals.max()))
         want = np.percentile(vals, [1, 50, 90, 99, 99.9])
         assert np.allclose(got, want, rtol=5e-4, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 3000), st.integers(100, 4000))
+def test_growing_window_equals_full_window(seed, depth, batch):
+    """A window that starts small and doubles gives exactly what the full window gives."""
+    rng = np.random.default_rng(seed)
+    n = 12_000
+    seq = np.arange(n, dtype=np.uint64)
+    for i in rng.integers(0, n - depth - 1, 200):      # displace packets by up to `depth`
+        j = i + rng.integers(1, depth + 1)
+        seq[i], seq[j] = seq[j], seq[i]
+    seq = seq[rng.random(n) > 0.01]                      # lose some
+    seq = np.insert(seq, rng.integers(0, seq.size, 50), seq[rng.integers(0, seq.size, 50)])
+    tx = seq.astype(np.int64) * 1000 + seed % 1000
+    rx = tx + 5000 + (np.arange(seq.size) % 7) * 100
+    full = FlowStats(window=1 << 14, initial_window=1 << 14)
+    grown = FlowStats(window=1 << 14)
+    for a in range(0, seq.size, batch):
+        part = slice(a, a + batch)
+        full.update(seq[part], tx[part], rx[part])
+        grown.update(seq[part], tx[part], rx[part])
+        assert grown.take_interval() == full.take_interval()
+    full.close()
+    grown.close()
+    assert grown.summary() == full.summary()
+    assert grown._w <= 1 << 14
