@@ -15,7 +15,7 @@ $(BIN)/python:
 # Builds the extension and runs a short loopback probe in `both` mode (1000 packets/s).
 run: $(BIN)/python
 	$(BIN)/pip install -q .
-	$(BIN)/packet-flow --mode both --local-addr 127.0.0.1:$(PORT) \
+	$(BIN)/packet-flow --mode both --local-addr 127.0.0.1:$(PORT) --log-level warning \
 	    --remote-addr 127.0.0.1:$(PORT) --rate 1 --duration 5
 
 # Installs what the tests need (Debian packages, the package with its test extras), lints, tests.

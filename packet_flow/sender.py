@@ -23,14 +23,13 @@ import socket
 import numpy as np
 
 from packet_flow import _io, defaults, rtt, sockets
+from packet_flow.analysis import LogHistogram
 from packet_flow.errors import ConfigError
 from packet_flow.flows import rfc3339
 
 log = logging.getLogger(__name__)
 
 WIRE = {"native": _io.WIRE_NATIVE, "legacy": _io.WIRE_LEGACY, "stamp": _io.WIRE_STAMP}
-LATE_BIN_NS = 100           # summary lateness histogram: 100 ns bins up to 100 ms
-LATE_BINS = 1_000_000
 RTT_SLICE_NS = 10_000_000   # --rtt: longest schedule slice between two reply pumps
 PUMP_MARGIN_NS = 2_000_000  # --rtt: wait for replies only when no slot is due this soon
 RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after the final packet
@@ -91,8 +90,8 @@ class SenderLoop:
         self.source = None
         self.stopping = False
         self.skip_pending = 0
-        self.hist = np.zeros(LATE_BINS + 1, np.int64)
-        self.late_max = 0
+        self.hist = LogHistogram()       # the run's lateness, for the summary percentiles
+        self.late_min = self.late_max = 0
         self.lat_parts = []
         self._last = (0, 0, 0)
 
@@ -157,7 +156,7 @@ class SenderLoop:
         """SIGUSR1: leave one sequence number unused (deliberate loss)."""
         self.skip_pending += 1
 
-    def _record(self, kind, now_ns, since_ns, lat):
+    def _record(self, kind, now_ns, since_ns):
         if self.source is None:
             self.source = sockets.local_name(self.sock, self.cfg.remote)
         rec = {"type": kind, "role": "sender", "time": rfc3339(now_ns), "source": self.source,
@@ -165,12 +164,25 @@ class SenderLoop:
                "wire": self.cfg.wire, "interval_s": round((now_ns - since_ns) / 1e9, 6)}
         return rec
 
+    def _warm_up(self):
+        """Run the record path once before the first slot: first calls (lazy imports, route
+        lookup, allocator growth) cost milliseconds, which would make the first tick late."""
+        self.source = sockets.local_name(self.sock, self.cfg.remote)
+        probe = np.arange(1000, dtype=np.int64)
+        LogHistogram().add(probe)
+        LogHistogram().quantiles([50, 99], 0, 999)
+        _late_stats(probe)
+        rfc3339(_io.now_ns())
+        if self.rtt is not None:
+            rtt.RttStats().take_interval()
+
     def _collect(self):
         """Move the core's lateness buffer into this interval's list and the run histogram."""
         lat = self.tx.take_lateness()
         if len(lat):
-            self.hist += np.bincount(np.clip(lat // LATE_BIN_NS, 0, LATE_BINS),
-                                     minlength=LATE_BINS + 1)
+            self.hist.add(lat)
+            self.late_min = min(self.late_min, int(lat.min())) if self.hist.n > len(lat) \
+                else int(lat.min())
             self.late_max = max(self.late_max, int(lat.max()))
             self.lat_parts.append(lat)
 
@@ -179,7 +191,7 @@ class SenderLoop:
         lat = np.concatenate(self.lat_parts) if self.lat_parts else np.zeros(0, np.int64)
         self.lat_parts = []
         sent, missed, skipped = self.tx.sent, self.tx.missed_slots, self.tx.skipped_slots
-        rec = self._record("sender", now_ns, since_ns, lat)
+        rec = self._record("sender", now_ns, since_ns)
         rec.update(sent=sent - self._last[0], missed_slots=missed - self._last[1],
                    skipped_slots=skipped - self._last[2], **_late_stats(lat))
         if self.rtt is not None:
@@ -188,15 +200,12 @@ class SenderLoop:
         self.emit(rec)
 
     def _summary(self, now_ns, start_ns):
-        rec = self._record("summary", now_ns, start_ns, None)
+        rec = self._record("summary", now_ns, start_ns)
         rec.update(sent=self.tx.sent, missed_slots=self.tx.missed_slots,
                    skipped_slots=self.tx.skipped_slots)
-        total = int(self.hist.sum())
-        if total:
-            cum = np.cumsum(self.hist)
-            p50, p99 = (int(np.searchsorted(cum, q * total)) for q in (0.5, 0.99))
-            rec.update(timer_late_p50_us=round(p50 * LATE_BIN_NS / 1e3, 3),
-                       timer_late_p99_us=round(p99 * LATE_BIN_NS / 1e3, 3),
+        if self.hist.n:
+            p50, p99 = self.hist.quantiles([50, 99], self.late_min, self.late_max)
+            rec.update(timer_late_p50_us=round(p50 / 1e3, 3), timer_late_p99_us=round(p99 / 1e3, 3),
                        timer_late_max_us=round(self.late_max / 1e3, 3))
         else:
             rec.update(_late_stats(np.zeros(0, np.int64)))
@@ -214,13 +223,17 @@ class SenderLoop:
         if self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS:
             realtime_priority()
         interval_ns = int(cfg.interval * 1e9)
+        self._warm_up()
         start = _io.now_ns() + 1_000_000
         self.tx.start(start, self.interval_ns, defaults.SPIN_NS)
         precise = cfg.timer == "precise"
         next_tick = start + interval_ns
         last_tick = start
+        # A slice ends half a slot after the record tick, so the tick's Python work runs
+        # right after a slot is sent, never on top of the next one.
+        half = min(self.interval_ns, interval_ns) // 2
         while not self.stopping:
-            until = next_tick if not deadline_ns else min(next_tick, deadline_ns)
+            until = next_tick + half if not deadline_ns else min(next_tick + half, deadline_ns)
             if self.rx is not None:
                 until = min(until, _io.now_ns() + RTT_SLICE_NS)
             # with --count N the N-th packet is the final one, sent on its own slot below
@@ -236,6 +249,9 @@ class SenderLoop:
                 log.info("skipped %d sequence number(s) on request", self.skip_pending)
                 self.skip_pending = 0
             now = _io.now_ns()
+            if now < next_tick <= until and not self.stopping:
+                _io.sleep_until(next_tick)          # no slot before next_tick + half
+                now = _io.now_ns()
             if now >= next_tick:
                 self._interval(now, last_tick)
                 last_tick = now
