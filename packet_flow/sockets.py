@@ -47,10 +47,12 @@ def set_rcvbuf(sock, size):
 
 def send_socket(family, dscp=0, ttl=0, sndbuf=4 << 20, bind=None):
     """A nonblocking, unconnected UDP socket for Sender (no ICMP errors on send), bound to
-    `bind` (a sockaddr) when given, else to an ephemeral port on first send."""
+    `bind` (a sockaddr) when given, else to an ephemeral port on the wildcard address (bound
+    at once, so the flow's source port is known before the first packet)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    if bind is not None:
-        sock.bind(bind)
+    if bind is None:
+        bind = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
+    sock.bind(bind)
     tos = (dscp & 0x3F) << 2
     if family == socket.AF_INET6:
         if tos:
