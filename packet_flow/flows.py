@@ -37,7 +37,10 @@ def address(addr, port, family):
     raw = bytes(addr)
     if family == 4:
         return f"{ipaddress.IPv4Address(raw[12:])}:{port}"
-    return f"[{ipaddress.IPv6Address(raw)}]:{port}"
+    v6 = ipaddress.IPv6Address(raw)
+    if v6.ipv4_mapped is not None:        # an IPv4 peer of a dual-stack socket
+        return f"{v6.ipv4_mapped}:{port}"
+    return f"[{v6}]:{port}"
 
 
 class Flow:
