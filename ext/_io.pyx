@@ -37,7 +37,8 @@
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EAGAIN, EINTR, EIO, ENOBUFS, errno
+from libc.errno cimport (EACCES, EAGAIN, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH, EINTR, EIO,
+                         EMSGSIZE, ENETDOWN, ENETUNREACH, ENOBUFS, EPERM, errno)
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
@@ -132,13 +133,18 @@ assert RECORD.itemsize == sizeof(rec_t)
 
 cdef int _errno_path(int err) except -1:
     """EINTR: run Python signal handlers (they may raise), then 0 = retry.
-    EAGAIN (= EWOULDBLOCK on Linux)/ENOBUFS: 1 = nothing done now. Anything else: OSError."""
+    EAGAIN (= EWOULDBLOCK on Linux)/ENOBUFS: 1 = nothing done now.
+    A send refused for this one datagram (a local firewall drop: EPERM/EACCES; no route;
+    ICMP-reported unreachable; too big): 2 = count it, skip it, go on. Anything else: OSError."""
     if err == EINTR:
         if PyErr_CheckSignals() < 0:
             return -1
         return 0
     if err == EAGAIN or err == ENOBUFS:
         return 1
+    if err in (EPERM, EACCES, ENETUNREACH, EHOSTUNREACH, EHOSTDOWN, ENETDOWN, ECONNREFUSED,
+               EMSGSIZE):
+        return 2
     raise OSError(err, os.strerror(err))
 
 
@@ -272,7 +278,7 @@ cdef class Sender:
 
     cdef int fd
     cdef readonly int wire, size, batch, segments
-    cdef readonly uint64_t session, seq, sent, k, missed_slots, skipped_slots
+    cdef readonly uint64_t session, seq, sent, k, missed_slots, skipped_slots, send_errors
     cdef readonly int64_t start_ns, interval_ns, spin_ns
     cdef uint8_t *bufs
     cdef mmsghdr *msgs
@@ -434,6 +440,9 @@ cdef class Sender:
                 pfd.fd = self.fd
                 pfd.events = POLLOUT
                 poll(&pfd, 1, 10)
+            elif rc == 2:
+                self.send_errors += self.iovs[done].iov_len // self.size
+                done += 1
         self.seq += n
         self.sent += n
         if scheduled:
@@ -529,7 +538,7 @@ cdef class Receiver:
     cdef bint keyed
     cdef size_t ctrl_len
     cdef readonly bint reflect
-    cdef readonly uint64_t reflected
+    cdef readonly uint64_t reflected, reflect_errors
     cdef mmsghdr *smsgs
     cdef iovec *siovs
     cdef uint64_t *rseq_keys
@@ -709,6 +718,9 @@ cdef class Receiver:
                 pfd.fd = self.fd
                 pfd.events = POLLOUT
                 poll(&pfd, 1, 10)
+            elif rc == 2:
+                self.reflect_errors += out[done].msg_hdr.msg_iovlen
+                done += 1
         self.reflected += n
         return 0
 
@@ -786,6 +798,9 @@ cdef class Receiver:
             r.kind = K_STAMP_REFLECTED
             return
         if n == LEGACY_SIZE:
+            if self.keyed:
+                r.reason = R_NO_TAG     # the legacy format has no room for a tag
+                return
             if p[16] > 1:
                 r.reason = R_LEGACY
                 return

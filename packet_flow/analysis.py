@@ -236,6 +236,7 @@ class FlowStats:
         self._w = window
         self._pow2 = window & (window - 1) == 0
         self._ring = np.full(window, EMPTY, np.int64)  # delay of received sequences, by s % window
+        self._known = -_JUMP_MAX  # the lowest sequence the ring has history for (see _grow)
         self._low = None  # the first sequence (start of the flow), unwrapped
         self._h = -1  # highest sequence, relative to _low
         self._f = -1  # every sequence <= _f is settled
@@ -258,6 +259,8 @@ class FlowStats:
         if self._h >= 0:
             s = np.arange(max(0, self._h - self._w + 1), self._h + 1)
             ring[s & (w - 1)] = self._ring[self._slot(s)]
+            # the ring knows nothing below the old window: packets there stay "too old"
+            self._known = max(self._known, int(s[0]))
         self._ring, self._w, self._pow2 = ring, w, True
 
     def _slot(self, x):
@@ -359,7 +362,7 @@ class FlowStats:
         pm[0] = h0
         np.maximum(cm[:-1], h0, out=pm[1:])
         new = u > pm
-        too_old = ~new & (u <= pm - w)
+        too_old = ~new & ((u <= pm - w) | (u < self._known))
         old_i = np.flatnonzero(~new & ~too_old)
         uo = u[old_i]
         # an old packet equal to a new one of this batch came after it: duplicate

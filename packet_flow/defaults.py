@@ -42,10 +42,11 @@ GSO_SEGMENTS = 64           # packets per UDP_SEGMENT super-datagram
 GSO_BELOW_NS = 20_000       # use UDP GSO when the interval is shorter than this (50k packets/s)
 
 # Receiver
-RING_CAPACITY = 1 << 20     # records in the receive ring
+RING_CAPACITY = 1 << 17     # records in the receive ring (96 bytes each: 12 MiB)
 RCVBUF_BYTES = 8 << 20
 SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection (at most)
 SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it needs
+MAX_FLOWS = 10_000          # flows tracked at once (a spoofing flood cannot exhaust memory)
 
 # InfluxDB sink
 FLUSH_INTERVAL_S = 0.0      # 0 = the record interval

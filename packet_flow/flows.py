@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from packet_flow import _io
+from packet_flow import _io, defaults
 from packet_flow.analysis import FlowStats
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class FlowTable:
         self.on_gaps = on_gaps
         self.flows = {}
         self.unattributed = 0
+        self.untracked = 0          # packets of new flows refused beyond MAX_FLOWS
 
     def _base(self, kind, flow, now_ns, since_ns):
         return {"type": kind, "role": "receiver", "time": rfc3339(now_ns),
@@ -114,6 +115,12 @@ class FlowTable:
             part = recs[a:b]
             flow = self.flows.get(fid)
             if flow is None:
+                if len(self.flows) >= defaults.MAX_FLOWS:
+                    if not self.untracked:
+                        log.warning("%d flows are open: packets of new flows are counted as "
+                                    "untracked until some are forgotten", len(self.flows))
+                    self.untracked += len(part)
+                    continue
                 flow = self._open(fid, part[0], now_ns)
             final = np.flatnonzero(part["flags"] & _io.FLAG_FINAL)
             if len(final):
@@ -152,7 +159,6 @@ class FlowTable:
         session = "legacy" if kind == 2 else f"{int(rec['session']):016x}"
         seq_bits = 32 if kind in (3, 4) else 64
         flow = Flow(fid, source, session, wire, now_ns, seq_bits, self.window)
-        flow.malformed_total = flow.malformed = 0
         self.flows[fid] = flow
         log.info("new flow from %s, session %s (%s)", source, session, wire)
         return flow

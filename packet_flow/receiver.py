@@ -37,25 +37,38 @@ class ReceiverLoop:
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps)
         self.stopping = False
-        self._last = {"datagrams": 0, "overwritten": 0, "kernel_drops": 0}
+        self._last = {}
 
     def stop(self):
         self.stopping = True
 
+    def counters(self):
+        """Cumulative receiver-wide counters (the `receiver` record holds their increments)."""
+        out = {"datagrams": self.rx.datagrams, "overwritten": self.rx.overwritten,
+               "kernel_drops": sockets.drops(self.sock, self.rx.kernel_drops),
+               "unattributed_malformed": self.table.unattributed,
+               "untracked": self.table.untracked}
+        out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
+        if self.rx.reflect:
+            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors)
+        return out
+
     def _receiver_record(self, now_ns, since_ns):
-        counters = {"datagrams": self.rx.datagrams, "overwritten": self.rx.overwritten,
-                    "kernel_drops": self.rx.kernel_drops}
+        now = self.counters()
+        delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
+        self._last = now
         rec = {"type": "receiver", "role": "receiver", "time": rfc3339(now_ns),
                "source": None, "destination": self.local, "session": None,
-               "interval_s": round((now_ns - since_ns) / 1e9, 6), "flows": len(self.table.flows),
-               "unattributed_malformed": self.table.unattributed,
-               "malformed": dict(self.rx.malformed)}
-        for key, value in counters.items():
-            rec[key] = value - self._last[key]
+               "interval_s": round((now_ns - since_ns) / 1e9, 6), "flows": len(self.table.flows)}
+        rec["malformed"] = {k[len("malformed_"):]: delta.pop(k) for k in list(delta)
+                            if k.startswith("malformed_")}
+        rec.update(delta)
         if rec["overwritten"]:
             log.warning("receive ring overflowed: %d records lost before analysis",
                         rec["overwritten"])
-        self._last = counters
+        if rec["kernel_drops"]:
+            log.warning("the socket dropped %d datagrams (receive buffer full: raise --rcvbuf)",
+                        rec["kernel_drops"])
         return rec
 
     def _drain(self, now_ns):
@@ -89,9 +102,7 @@ class ReceiverLoop:
         self.rx.pump(now)
         self._drain(now)
         self.table.finish(now)
-        rec = self._receiver_record(now, last_tick)
-        rec["type"] = "receiver"
-        self.emit(rec)
+        self.emit(self._receiver_record(now, last_tick))
 
     def close(self):
         self.sock.close()

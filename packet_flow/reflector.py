@@ -31,7 +31,6 @@ class ReflectorLoop(ReceiverLoop):
     def __init__(self, cfg, emit, on_packets=None, sock=None):
         mode = _io.WIRE_STAMP if cfg.wire == "stamp" else _io.WIRE_NATIVE
         super().__init__(cfg, emit, on_packets, mode=mode, sock=sock, reflect=True)
-        self._reflected = 0
         self.rx.error_estimate = rtt.clock_error_estimate()
         self.rx.reflect_gso = sockets.gso_supported(self.sock)
 
@@ -40,8 +39,3 @@ class ReflectorLoop(ReceiverLoop):
         """Replies sent so far."""
         return self.rx.reflected
 
-    def _receiver_record(self, now_ns, since_ns):
-        rec = super()._receiver_record(now_ns, since_ns)
-        rec["reflected"] = self.rx.reflected - self._reflected
-        self._reflected = self.rx.reflected
-        return rec

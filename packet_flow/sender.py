@@ -93,7 +93,7 @@ class SenderLoop:
         self.hist = LogHistogram()       # the run's lateness, for the summary percentiles
         self.late_min = self.late_max = 0
         self.lat_parts = []
-        self._last = (0, 0, 0)
+        self._last = (0, 0, 0, 0)
 
     def _rtt_socket(self):
         """Turn on kernel receive timestamps (T4) on the send socket; attach a Receiver."""
@@ -191,18 +191,23 @@ class SenderLoop:
         lat = np.concatenate(self.lat_parts) if self.lat_parts else np.zeros(0, np.int64)
         self.lat_parts = []
         sent, missed, skipped = self.tx.sent, self.tx.missed_slots, self.tx.skipped_slots
+        errors = self.tx.send_errors
         rec = self._record("sender", now_ns, since_ns)
         rec.update(sent=sent - self._last[0], missed_slots=missed - self._last[1],
-                   skipped_slots=skipped - self._last[2], **_late_stats(lat))
+                   skipped_slots=skipped - self._last[2], send_errors=errors - self._last[3],
+                   **_late_stats(lat))
+        if errors and not self._last[3]:
+            log.warning("the kernel refused to send some packets (a local firewall, no route, "
+                        "or too big): counted in send_errors; the receiver sees them as lost")
         if self.rtt is not None:
             rec.update(self.rtt.take_interval())
-        self._last = (sent, missed, skipped)
+        self._last = (sent, missed, skipped, errors)
         self.emit(rec)
 
     def _summary(self, now_ns, start_ns):
         rec = self._record("summary", now_ns, start_ns)
         rec.update(sent=self.tx.sent, missed_slots=self.tx.missed_slots,
-                   skipped_slots=self.tx.skipped_slots)
+                   skipped_slots=self.tx.skipped_slots, send_errors=self.tx.send_errors)
         if self.hist.n:
             p50, p99 = self.hist.quantiles([50, 99], self.late_min, self.late_max)
             rec.update(timer_late_p50_us=round(p50 / 1e3, 3), timer_late_p99_us=round(p99 / 1e3, 3),

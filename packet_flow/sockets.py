@@ -101,3 +101,17 @@ def local_name(sock, remote):
         finally:
             probe.close()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
+
+
+def drops(sock, fallback):
+    """Datagrams the kernel dropped on this socket (SO_MEMINFO), else `fallback` (the last
+    SO_RXQ_OVFL value, which misses drops after the last datagram read)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+        return int.from_bytes(raw[4 * SK_MEMINFO_DROPS:4 * SK_MEMINFO_DROPS + 4], "little")
+    except OSError:
+        return fallback

@@ -111,6 +111,8 @@ def decode(data, key=None, stamp=None):
         return Packet("stamp_reflected", ssid, seq, ntp_to_ns(t1), 0, r_seq,
                       ntp_to_ns(t2), ntp_to_ns(t3), ttl)
     if n == LEGACY_SIZE:
+        if key:
+            raise WireError("no_tag")
         seq, ts_us, final = _LEGACY.unpack(data)
         if final > 1:
             raise WireError("legacy")

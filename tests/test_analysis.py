@@ -425,7 +425,9 @@ def test_log_histogram_precision():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32), st.integers(1, 3000), st.integers(100, 4000))
 def test_growing_window_equals_full_window(seed, depth, batch):
-    """A window that starts small and doubles gives exactly what the full window gives."""
+    """A window that starts small and doubles gives exactly what the full window gives,
+    as long as no packet comes from further back than the window had reached when the
+    flow needed it (duplicates here are of packets at most `depth` back)."""
     rng = np.random.default_rng(seed)
     n = 12_000
     seq = np.arange(n, dtype=np.uint64)
@@ -433,7 +435,8 @@ def test_growing_window_equals_full_window(seed, depth, batch):
         j = i + rng.integers(1, depth + 1)
         seq[i], seq[j] = seq[j], seq[i]
     seq = seq[rng.random(n) > 0.01]                      # lose some
-    seq = np.insert(seq, rng.integers(0, seq.size, 50), seq[rng.integers(0, seq.size, 50)])
+    at = np.sort(rng.integers(depth, seq.size, 50))
+    seq = np.insert(seq, at, seq[at - rng.integers(1, depth + 1, 50)])   # duplicates
     tx = seq.astype(np.int64) * 1000 + seed % 1000
     rx = tx + 5000 + (np.arange(seq.size) % 7) * 100
     full = FlowStats(window=1 << 14, initial_window=1 << 14)
@@ -447,3 +450,15 @@ def test_growing_window_equals_full_window(seed, depth, batch):
     grown.close()
     assert grown.summary() == full.summary()
     assert grown._w <= 1 << 14
+
+
+def test_growing_window_treats_history_it_never_had_as_too_old():
+    """After the window grows, a packet from before the old window's reach is counted late
+    only (as the full-size window does for packets beyond its reach), never as received."""
+    st_ = FlowStats(window=1 << 14, initial_window=1024)
+    for a in range(0, 5000, 100):        # small batches: the window stays at 1024
+        st_.update(np.arange(a, a + 100, dtype=np.uint64), np.zeros(100, np.int64),
+                   np.full(100, 10, np.int64))
+    st_.update(np.array([100], np.uint64), np.zeros(1, np.int64), np.full(1, 10, np.int64))
+    rec = st_.take_interval()
+    assert rec["late"] == 1 and rec["duplicates"] == 0 and rec["received"] == 5000

@@ -179,7 +179,7 @@ def test_garbage_mixed_into_live_flow_and_legacy_sender(tmp_path):
     # random bytes can be a legacy-sized packet by chance only with length 17: counted either way
     datagrams = sum(r["datagrams"] for r in recs if r["type"] == "receiver")
     assert datagrams == 1000 + 249 + 500
-    assert malformed >= 495
+    assert 495 <= malformed <= 500
 
 
 def test_bad_option_is_one_line_exit_2():
