@@ -107,12 +107,15 @@ class FlowTable:
             recs = recs[~bad]
         if not len(recs):
             return
-        order = np.argsort(recs["flow"], kind="stable")
-        recs = recs[order]
-        fids, starts = np.unique(recs["flow"], return_index=True)
-        ends = np.append(starts[1:], len(recs))
-        for fid, a, b in zip(fids.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            part = recs[a:b]
+        fcol = recs["flow"]
+        if fcol[0] == fcol[-1] and not (fcol != fcol[0]).any():
+            groups = ((int(fcol[0]), recs),)        # one flow: the common case, no sorting
+        else:
+            order = np.argsort(fcol, kind="stable")
+            fids, starts = np.unique(fcol[order], return_index=True)
+            groups = ((fid, recs[idx]) for fid, idx in
+                      zip(fids.tolist(), np.split(order, starts[1:]), strict=True))
+        for fid, part in groups:
             flow = self.flows.get(fid)
             if flow is None:
                 if len(self.flows) >= defaults.MAX_FLOWS:

@@ -34,6 +34,8 @@ class ReceiverLoop:
         self.rx = _io.Receiver(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
                                bufsize=65536,
                                key=cfg.key, mode=mode, reflect=reflect)
+        if not reflect:     # a reflector answers at once; a receiver may read in bunches
+            self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps)
         self.stopping = False
