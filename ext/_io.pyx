@@ -70,9 +70,10 @@ KINDS = ("malformed", "native", "legacy", "stamp", "stamp_reflected")
 REASONS = ("ok", "short", "magic", "version", "truncated", "legacy", "no_tag", "bad_tag")
 
 cdef enum:
-    SPIN_MIN = 20000        # ns: precise timer's adaptive spin bounds and margin
+    SPIN_MIN = 40000        # ns: precise timer's adaptive spin bounds and margin
     SPIN_MAX = 250000
-    SPIN_MARGIN = 15000
+    SPIN_MARGIN = 50000
+    COMP_MAX = 200000       # ns: economy timer's largest early aim
     RSEQ_SLOTS = 65536
     RSEQ_PROBE = 64
     GSO_MAX = 64            # replies per UDP GSO message
@@ -279,7 +280,10 @@ cdef class Sender:
     cdef int fd
     cdef readonly int wire, size, batch, segments
     cdef readonly uint64_t session, seq, sent, k, missed_slots, skipped_slots, send_errors
-    cdef readonly int64_t start_ns, interval_ns, spin_ns
+    cdef readonly int64_t start_ns, interval_ns, spin_ns, comp_ns
+    # lateness is recorded for every lat_every-th slot (a systematic sample at high rates);
+    # slots further behind than catchup_max are skipped instead of sent late
+    cdef public uint64_t lat_every, catchup_max
     cdef uint8_t *bufs
     cdef mmsghdr *msgs
     cdef iovec *iovs
@@ -349,8 +353,11 @@ cdef class Sender:
         self.start_ns = start_ns
         self.interval_ns = interval_ns
         self.spin_ns = spin_ns
+        self.comp_ns = 0
         self.k = 0
         self.seq = seq
+        self.lat_every = max(1, self.lat_every)
+        self.catchup_max = max(self.catchup_max, self.batch * self.segments)
 
     def skip_sequence(self, uint64_t n=1):
         """Leave n sequence numbers unused (deliberate loss, SIGUSR1)."""
@@ -405,7 +412,7 @@ cdef class Sender:
             self._build(p, self.seq + i, t, flags)
             if scheduled:
                 slot = self.start_ns + <int64_t>(self.k + i) * self.interval_ns
-                if self.lat_n < self.lat.shape[0]:
+                if (self.k + i) % self.lat_every == 0 and self.lat_n < self.lat.shape[0]:
                     self.lat[self.lat_n] = t - slot
                     self.lat_n += 1
                 if t - slot >= self.interval_ns:
@@ -460,7 +467,7 @@ cdef class Sender:
     cdef int _run(self, int64_t until_ns, uint64_t limit, int64_t spin) except -1 nogil:
         cdef uint64_t sent0 = self.sent, due, skip, n
         cdef uint64_t cap = self.batch * self.segments
-        cdef int64_t deadline, now
+        cdef int64_t deadline, now, target
         cdef int rc
         while True:
             if limit and self.sent - sent0 >= limit:
@@ -473,29 +480,43 @@ cdef class Sender:
             now = _now()
             if now < deadline:
                 rc = 0
-                if deadline - spin > now:
-                    rc = _sleep_abs(deadline - spin)
-                    if rc == 0 and spin > 0:
-                        # precise: spin just longer than the timer's recent wake-up lateness
-                        # (a decaying maximum, bounded so a preemption cannot pin it high)
-                        now = _now() - (deadline - spin) + SPIN_MARGIN
-                        spin = max(spin - spin // 128, min(now, SPIN_MAX), SPIN_MIN)
-                        self.spin_ns = spin
+                if spin > 0:
+                    if deadline - spin > now:
+                        rc = _sleep_abs(deadline - spin)
+                        if rc == 0:
+                            # precise: spin just longer than the timer's recent wake-up
+                            # lateness (a decaying maximum, bounded so that one preemption
+                            # cannot pin it high)
+                            now = _now() - (deadline - spin) + SPIN_MARGIN
+                            spin = max(spin - spin // 256, min(now, SPIN_MAX), SPIN_MIN)
+                            self.spin_ns = spin
+                else:
+                    # economy: sleep only, aimed early by the running mean of the timer's
+                    # wake-up lateness (irtt's "comp" timer), so sends centre on the slot
+                    target = deadline - self.comp_ns
+                    if target > now:
+                        rc = _sleep_abs(target)
+                        if rc == 0:
+                            self.comp_ns += (_now() - target - self.comp_ns) // 16
+                            self.comp_ns = max(0, min(self.comp_ns, COMP_MAX,
+                                                      self.interval_ns // 2))
                 if rc != 0:
                     with gil:
                         _errno_path(rc)
                     return 1        # a signal: let the caller look at its flags
-                while _now() < deadline:
+                while spin > 0 and _now() < deadline:
                     pass
                 now = _now()
-            due = <uint64_t>((now - self.start_ns) // self.interval_ns) - self.k + 1
-            if due > cap:
-                skip = due - cap
+            due = 1
+            if now >= deadline:
+                due = <uint64_t>((now - self.start_ns) // self.interval_ns) - self.k + 1
+            if due > self.catchup_max:
+                skip = due - self.catchup_max
                 self.k += skip
                 self.skipped_slots += skip
                 self.missed_slots += skip
-                due = cap
-            n = due
+                due = self.catchup_max
+            n = min(due, cap)
             if limit and n > limit - (self.sent - sent0):
                 n = limit - (self.sent - sent0)
             self._transmit(<int>n, 0, True)
@@ -503,8 +524,8 @@ cdef class Sender:
     def run(self, int64_t until_ns, uint64_t limit=0, bint precise=True):
         """Send on the grid until slot time `until_ns`, `limit` packets (0 = no limit),
         a full lateness buffer, or a signal. Slots found already due are sent together in
-        bounded batches (at most one sendmmsg's worth); slots further behind than that are
-        skipped and counted (skipped_slots, missed_slots) without using sequence numbers.
+        batches of one sendmmsg each; slots more than catchup_max behind are skipped and
+        counted (skipped_slots, missed_slots) without using sequence numbers.
         The whole loop runs without the GIL, so another thread's Python work cannot delay
         a slot. Returns the packets sent by this call."""
         cdef uint64_t sent0 = self.sent

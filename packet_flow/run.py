@@ -8,6 +8,7 @@ packet, flush, exit 0); SIGUSR1 makes the sender skip one sequence number.
 """
 
 import logging
+import queue
 import signal
 import sys
 import threading
@@ -27,15 +28,27 @@ GIL_SWITCH_S = 0.0001       # `both`: how long the sender may wait for the recei
 
 
 class Fanout:
-    """Hands every record to every sink; per-packet data only to sinks that want it."""
+    """Hands every record to every sink from one output thread, so a slow terminal or disk
+    never delays a send slot or a receive batch; per-packet data (compat InfluxDB points)
+    goes straight to the sinks that want it, whose own hand-off never blocks."""
 
     def __init__(self, sinks):
         self.sinks = sinks
         self.per_packet = [s for s in sinks if getattr(s, "wants_packets", False)]
+        self.queue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._write, name="outputs", daemon=True)
+        self.thread.start()
+
+    def _write(self):
+        for rec in iter(self.queue.get, None):
+            for sink in self.sinks:
+                try:
+                    sink.record(rec)
+                except Exception:       # one broken output must not silence the others
+                    log.exception("output %s failed", type(sink).__name__)
 
     def record(self, rec):
-        for sink in self.sinks:
-            sink.record(rec)
+        self.queue.put(rec)
 
     def packets(self, source, destination, rx_ns, owd_ns):
         for sink in self.per_packet:
@@ -46,7 +59,10 @@ class Fanout:
             sink.gaps(source, destination, rx_ns, lost)
 
     def close(self, timeout):
-        """Close every sink; returns {sink name: its counters} for those that keep any."""
+        """Write every queued record, close every sink; returns {sink name: its counters}
+        for those that keep any."""
+        self.queue.put(None)
+        self.thread.join()
         counters = {}
         for sink in self.sinks:
             got = sink.close(timeout)

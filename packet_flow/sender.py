@@ -87,6 +87,10 @@ class SenderLoop:
                              batch=cfg.batch, segments=segments, key=cfg.key)
         if cfg.wire == "stamp":
             self.tx.error_estimate = rtt.clock_error_estimate()
+        # lateness of a systematic sample of at most LATENESS_SAMPLES_PER_S slots a second,
+        # so the percentiles cost the schedule nothing at a million packets a second
+        self.tx.lat_every = max(1, round(1e9 / self.interval_ns / defaults.LATENESS_SAMPLES_PER_S))
+        self.tx.catchup_max = max(1, defaults.CATCHUP_NS // self.interval_ns)
         self.source = None
         self.stopping = False
         self.skip_pending = 0
