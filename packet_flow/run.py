@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 RECEIVER_GRACE_S = 0.3      # `both`: time for the final packet to arrive after the sender ends
 SIGNAL_FLUSH_S = 1.5        # bounded sink flush after a stop signal (exit within 2 s)
-GIL_SWITCH_S = 0.0001       # `both`: how long the sender may wait for the receiver's GIL
+GIL_SWITCH_S = 0.0001       # how long the sender may wait for another thread's GIL
 
 
 class Fanout:
@@ -142,10 +142,10 @@ def run(cfg, ready=None):
                 thread = threading.Thread(target=receiver.run, args=(rx_deadline,),
                                           name="receiver", daemon=True)
                 thread.start()
-            if thread is not None:
-                # The sender needs the GIL for a moment at every record tick; by default a
-                # thread waits up to 5 ms for it, which would make the next slots late.
-                sys.setswitchinterval(GIL_SWITCH_S)
+            # The sender needs the GIL for a moment at every record tick, while the receiver
+            # and output threads may hold it; by default a thread waits up to 5 ms for it,
+            # which would make the next slots late.
+            sys.setswitchinterval(GIL_SWITCH_S)
             sender.run(deadline)
             if thread is not None:
                 thread.join(RECEIVER_GRACE_S)
