@@ -22,8 +22,8 @@ Rules (the metric names are those of README.md (JSON-lines records) and REFERENC
   the summary.
 - Delays are ``rx - tx`` in int64 ns, negative kept (``negative_owd``), over unique arrivals only
   (new and late, never duplicates). Interval percentiles are exact (numpy, linear interpolation);
-  summary percentiles come from a log-bucket histogram with at most 0.05 % relative error
-  (10 mantissa bits per octave, separate buckets for negative values and zero); summary min, max
+  summary percentiles come from a log-bucket histogram with at most 0.2 % relative error
+  (8 mantissa bits per octave, separate buckets for negative values and zero); summary min, max
   and mean are exact.
 - ``jitter_us`` is the RFC 3550 §6.4.1 interarrival jitter estimator over unique arrivals in
   arrival order across batches, its value at the end of the interval. ``ipdv_*`` are the mean and
@@ -43,7 +43,7 @@ EMPTY = np.iinfo(np.int64).min  # ring entry of a sequence not received
 _JUMP_MAX = 1 << 62
 _JITTER_TAIL = 2000  # (15/16)**2000 < 1e-56: older |D| values no longer change J
 _JITTER_W = (15 / 16) ** np.arange(_JITTER_TAIL - 1, -1, -1, dtype=np.float64)
-_HIST_SHIFT = 42  # float64 bits >> 42 keeps the exponent and 10 mantissa bits
+_HIST_SHIFT = 44  # float64 bits >> 44 keeps the exponent and 8 mantissa bits
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
@@ -109,8 +109,8 @@ class _Buckets:
 class LogHistogram:
     """Bounded-memory histogram of int64 values (ns) for the summary percentiles.
 
-    A bucket is one float64 exponent and 10 mantissa bits, so its width is at most 2**-10 of its
-    lower bound and its midpoint is within 0.05 % of every value in it. Negative values use a
+    A bucket is one float64 exponent and 8 mantissa bits, so its width is at most 2**-8 of its
+    lower bound and its midpoint is within 0.2 % of every value in it. Negative values use a
     mirrored set of buckets; zero has its own count.
     """
 

@@ -26,7 +26,7 @@ reflector's own per-flow sequence (stateful reflector, RFC 8762 §4.2). Rules:
   ``lost = forward_lost + backward_lost + unattributed_lost``. A native sender's final packet is
   reflected too, so normally nothing is left unattributed.
 - ``rtt_jitter_us`` is the RFC 3550 §6.4.1 estimator applied to the RTT (in arrival order);
-  percentiles are those of FlowStats (exact per interval, ≤ 0.05 % error in the summary).
+  percentiles are those of FlowStats (exact per interval, ≤ 0.2 % error in the summary).
 - STAMP Error Estimate (RFC 4656 §4.1.2, used by RFC 8762): what the kernel says about
   CLOCK_REALTIME (adjtimex, read-only). S is set only when the kernel reports the clock
   synchronised (state not TIME_ERROR and STA_UNSYNC clear); the error is the kernel's
