@@ -8,13 +8,15 @@ import json
 import os
 import select
 import socket
-import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_probe import free_port, pf, wait_bound  # noqa: E402
 
 from packet_flow import _io, config, rtt, sockets
 from packet_flow.reflector import ReflectorLoop
@@ -285,39 +287,15 @@ def test_config_stamp_port_and_rtt_legacy():
 # ---------------------------------------------------------------- the CLI end to end
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pf(*args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PACKET_FLOW_")}
-    return subprocess.Popen([sys.executable, "-m", "packet_flow", "--log-level", "warning",
-                             *map(str, args)], stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _wait_bound(port, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.02)
-    raise AssertionError("reflector did not bind")
-
-
 @pytest.mark.parametrize("wire", ["native", "stamp"])
 def test_cli_reflector_and_rtt_sender(tmp_path, wire):
-    port = _free_port()
+    port = free_port()
     rout, sout = tmp_path / "reflector.jsonl", tmp_path / "sender.jsonl"
-    refl = _pf("--mode", "reflector", "--local-addr", f"127.0.0.1:{port}", "--wire", wire,
+    refl = pf("--mode", "reflector", "--local-addr", f"127.0.0.1:{port}", "--wire", wire,
                "--duration", 4, "--output", f"jsonl:{rout}")
     try:
-        _wait_bound(port)
-        snd = _pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--wire", wire,
+        wait_bound(port)
+        snd = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--wire", wire,
                   "--rtt", "--rate", 2, "--count", 300, "--interval", 0.2,
                   "--output", f"jsonl:{sout}")
         _, err = snd.communicate(timeout=20)
