@@ -64,10 +64,14 @@ class Fanout:
         self.queue.put(None)
         self.thread.join()
         counters = {}
+        consoles = [s for s in self.sinks if isinstance(s, ConsoleSink)]
         for sink in self.sinks:
-            got = sink.close(timeout)
-            if got:
-                counters[type(sink).__name__] = got
+            if sink not in consoles:
+                got = sink.close(timeout)
+                if got:
+                    counters[type(sink).__name__] = got
+        for sink in consoles:       # last, so its summary can show the other outputs' counters
+            sink.close(timeout, counters)
         return counters
 
 
@@ -156,7 +160,8 @@ def run(cfg, ready=None):
             if loop is not None:
                 loop.close()
         timeout = SIGNAL_FLUSH_S if signalled.is_set() else defaults.SHUTDOWN_FLUSH_S
-        counters = out.close(timeout)
-        if counters:
-            log.info("sink counters: %s", counters)
+        for name, got in out.close(timeout).items():
+            lossy = got.get("dropped") or got.get("spooled") or got.get("queued")
+            log.log(logging.WARNING if lossy else logging.INFO, "%s counters: %s", name,
+                    ", ".join(f"{k} {v}" for k, v in got.items()))
     return 0

@@ -9,7 +9,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_probe import finish, free_port, pf, wait_bound  # noqa: E402
+from test_probe import finish, free_port, pf, records, wait_bound  # noqa: E402
 from vmserver import BINARY, VMServer  # noqa: E402
 
 pytestmark = [pytest.mark.influx, pytest.mark.skipif(
@@ -24,7 +24,7 @@ def test_probe_to_influx_with_compat_points(tmp_path):
         url = f"http://127.0.0.1:{vm.port}"
         rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", 4,
                 "--interval", 0.5, "--influx-url", url, "--token", "any", "--compat-points",
-                "--spool-dir", tmp_path / "spool")
+                "--spool-dir", tmp_path / "spool", "--output", f"jsonl:{tmp_path / 'rx.jsonl'}")
         wait_bound(port)
         tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 4,
                 "--count", 400)
@@ -32,11 +32,13 @@ def test_probe_to_influx_with_compat_points(tmp_path):
         tx.send_signal(signal.SIGUSR1)
         finish(tx)
         finish(rx)
-        received = vm.export("packet_flow_received", min_samples=3)
+        # every interval point: export() polls until all of them are visible (ingestion lags)
+        n_points = sum(1 for r in records(tmp_path / "rx.jsonl") if r["type"] == "interval")
+        received = vm.export("packet_flow_received", min_samples=n_points)
         assert sum(sum(s["values"]) for s in received) == 400
         tags = received[0]["metric"]
         assert tags["destination"] == f"127.0.0.1:{port}" and len(tags["session"]) == 16
-        lost = vm.export("packet_flow_lost", min_samples=3)
+        lost = vm.export("packet_flow_lost", min_samples=n_points)
         assert sum(sum(s["values"]) for s in lost) == 1
         latency = vm.export("latency_value", min_samples=400)
         assert sum(len(s["values"]) for s in latency) == 400

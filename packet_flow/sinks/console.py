@@ -3,6 +3,7 @@
 per flow at exit."""
 
 import sys
+import textwrap
 import threading
 
 
@@ -93,9 +94,16 @@ class ConsoleSink:
     def packets(self, *args):
         pass
 
-    def close(self, timeout=0):
-        if self.summaries:
-            self._write(summary_table(self.summaries))
+    def close(self, timeout=0, counters=None):
+        """Print the summary per flow, and the other outputs' counters (InfluxDB: points
+        written, retried, spooled, dropped)."""
+        lines = summary_table(self.summaries).split("\n") if self.summaries else []
+        for name, got in (counters or {}).items():
+            text = ", ".join(f"{k} {v}" for k, v in got.items())
+            lines += [f"{name.removesuffix('Sink').lower()} output:",
+                      *textwrap.wrap(text, 78, initial_indent="  ", subsequent_indent="  ")]
+        if lines:
+            self._write("\n".join(lines))
         return {}
 
 
