@@ -7,6 +7,7 @@ threads do not slow each other down. Signals: SIGINT/SIGTERM/SIGQUIT stop the ru
 packet, flush, exit 0); SIGUSR1 makes the sender skip one sequence number.
 """
 
+import gc
 import logging
 import queue
 import signal
@@ -134,6 +135,10 @@ def run(cfg, ready=None):
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
                 signal.signal(sig, on_stop)
             signal.signal(signal.SIGUSR1, on_skip)
+        # Everything made so far lives for the whole run: keep it out of the cyclic garbage
+        # collector's full passes, which would otherwise stall a send slot for milliseconds.
+        gc.collect()
+        gc.freeze()
         if ready is not None:
             ready({"sender": sender, "receiver": receiver})
         deadline = _io.now_ns() + int(cfg.duration * 1e9) if cfg.duration else 0
