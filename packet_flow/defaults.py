@@ -73,3 +73,13 @@ REPORT_WIDTH_IN = 16.0      # figure width, inches
 REPORT_ROW_IN = 3.2         # height of one flow's row of panels, inches
 REPORT_HEADER_IN = 0.6      # height of the run title, inches
 REPORT_DPI = 100            # PNG pixels per inch
+
+# Loops and threads
+RECEIVE_SLICE_NS = 50_000_000  # receiver: longest pump before analysis and ticks
+RECEIVER_GRACE_S = 0.3      # `both`: time for the final packet to arrive after the sender ends
+SIGNAL_FLUSH_S = 1.5        # bounded sink flush after a stop signal (exit within 2 s)
+GIL_SWITCH_S = 0.0001       # how long the sender may wait for another thread's GIL
+RTT_SLICE_NS = 10_000_000   # --rtt: longest schedule slice between two reply pumps
+PUMP_MARGIN_NS = 2_000_000  # --rtt: wait for replies only when no slot is due this soon
+RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after the final packet
+RTT_RING = 1 << 17          # --rtt: receive ring records

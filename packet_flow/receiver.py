@@ -11,7 +11,6 @@ from packet_flow.flows import FlowTable, rfc3339
 
 log = logging.getLogger(__name__)
 
-SLICE_NS = 50_000_000
 
 
 class ReceiverLoop:
@@ -87,7 +86,7 @@ class ReceiverLoop:
         max_records = defaults.RING_CAPACITY // 4
         while not self.stopping:
             now = _io.now_ns()
-            until = min(next_tick, now + SLICE_NS)
+            until = min(next_tick, now + defaults.RECEIVE_SLICE_NS)
             if deadline_ns:
                 until = min(until, deadline_ns)
             self.rx.pump(until, max_records)

@@ -23,9 +23,6 @@ from packet_flow.sinks.jsonl import JsonlSink
 
 log = logging.getLogger(__name__)
 
-RECEIVER_GRACE_S = 0.3      # `both`: time for the final packet to arrive after the sender ends
-SIGNAL_FLUSH_S = 1.5        # bounded sink flush after a stop signal (exit within 2 s)
-GIL_SWITCH_S = 0.0001       # how long the sender may wait for another thread's GIL
 
 
 class Fanout:
@@ -147,24 +144,24 @@ def run(cfg, ready=None):
         else:
             thread = None
             if receiver is not None:
-                rx_deadline = deadline + int(RECEIVER_GRACE_S * 1e9) if deadline else 0
+                rx_deadline = deadline + int(defaults.RECEIVER_GRACE_S * 1e9) if deadline else 0
                 thread = threading.Thread(target=receiver.run, args=(rx_deadline,),
                                           name="receiver", daemon=True)
                 thread.start()
             # The sender needs the GIL for a moment at every record tick, while the receiver
             # and output threads may hold it; by default a thread waits up to 5 ms for it,
             # which would make the next slots late.
-            sys.setswitchinterval(GIL_SWITCH_S)
+            sys.setswitchinterval(defaults.GIL_SWITCH_S)
             sender.run(deadline)
             if thread is not None:
-                thread.join(RECEIVER_GRACE_S)
+                thread.join(defaults.RECEIVER_GRACE_S)
                 receiver.stop()
                 thread.join()
     finally:
         for loop in (sender, receiver):
             if loop is not None:
                 loop.close()
-        timeout = SIGNAL_FLUSH_S if signalled.is_set() else defaults.SHUTDOWN_FLUSH_S
+        timeout = defaults.SIGNAL_FLUSH_S if signalled.is_set() else defaults.SHUTDOWN_FLUSH_S
         for name, got in out.close(timeout).items():
             lossy = got.get("dropped") or got.get("spooled") or got.get("queued")
             log.log(logging.WARNING if lossy else logging.INFO, "%s counters: %s", name,

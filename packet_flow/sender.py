@@ -8,11 +8,12 @@ slot is collected per interval; slots skipped after a stall are counted, never s
 in a burst larger than one batch.
 
 With --rtt the same socket receives the reflections: an _io.Receiver on the sender's fd is
-pumped between schedule slices (slices of at most RTT_SLICE_NS; it waits for replies in poll()
-only while no slot is due within PUMP_MARGIN_NS, else it only reads what is queued), and the
-replies feed packet_flow.rtt.RttStats. After the final packet the sender waits up to
-RTT_WAIT_NS for the last replies (less when the final packet's reply arrives). Native packets
-are at least REFLECTED_HEADER bytes then, so reflections are as long as the test packets.
+pumped between schedule slices (slices of at most RTT_SLICE_NS; it waits for replies in
+poll() only while no slot is due within PUMP_MARGIN_NS, else it only reads what is queued),
+and the replies feed packet_flow.rtt.RttStats. After the final packet the sender waits up to
+RTT_WAIT_NS for the last replies (less when the final packet's reply arrives); the constants
+are in packet_flow.defaults. Native packets are at least REFLECTED_HEADER bytes then, so
+reflections are as long as the test packets.
 """
 
 import logging
@@ -30,10 +31,6 @@ from packet_flow.flows import rfc3339
 log = logging.getLogger(__name__)
 
 WIRE = {"native": _io.WIRE_NATIVE, "legacy": _io.WIRE_LEGACY, "stamp": _io.WIRE_STAMP}
-RTT_SLICE_NS = 10_000_000   # --rtt: longest schedule slice between two reply pumps
-PUMP_MARGIN_NS = 2_000_000  # --rtt: wait for replies only when no slot is due this soon
-RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after the final packet
-RTT_RING = 1 << 17          # --rtt: receive ring records
 
 
 def _late_stats(lat_ns):
@@ -106,7 +103,7 @@ class SenderLoop:
         if cfg.rcvbuf:
             sockets.set_rcvbuf(self.sock, cfg.rcvbuf)
         stamp = cfg.wire == "stamp"
-        self.rx = _io.Receiver(self.sock.fileno(), batch=cfg.batch, capacity=RTT_RING,
+        self.rx = _io.Receiver(self.sock.fileno(), batch=cfg.batch, capacity=defaults.RTT_RING,
                                key=cfg.key if not stamp else None,
                                mode=_io.WIRE_STAMP_REFLECTED if stamp else _io.WIRE_NATIVE)
         self.rtt = rtt.RttStats(seq_bits=32 if stamp else 64)
@@ -117,9 +114,9 @@ class SenderLoop:
         future) and account them. One numpy pass per drained batch."""
         now = _io.now_ns()
         if wait_until_ns > now:
-            self.rx.pump(wait_until_ns, RTT_RING // 2)
+            self.rx.pump(wait_until_ns, defaults.RTT_RING // 2)
         # a pump whose deadline has passed does one recvmmsg: repeat while batches come full
-        for _ in range(RTT_RING // 2 // self.rx.batch):
+        for _ in range(defaults.RTT_RING // 2 // self.rx.batch):
             if self.rx.pump(now) < self.rx.batch:
                 break
         recs = self.rx.drain()
@@ -140,12 +137,12 @@ class SenderLoop:
 
     def _last_replies(self):
         """After the final packet: wait for the replies still on their way, then settle."""
-        end = _io.now_ns() + RTT_WAIT_NS
+        end = _io.now_ns() + defaults.RTT_WAIT_NS
         while _io.now_ns() < end:
             # the highest answered sequence is unwrapped from 0, so it compares to tx.seq
             if self.final_answered or self.rtt.highest >= self.tx.seq - 1:
                 break
-            self._pump_replies(min(end, _io.now_ns() + RTT_SLICE_NS))
+            self._pump_replies(min(end, _io.now_ns() + defaults.RTT_SLICE_NS))
         self._pump_replies()
         self.rtt.close()
 
@@ -244,7 +241,7 @@ class SenderLoop:
         while not self.stopping:
             until = next_tick + half if not deadline_ns else min(next_tick + half, deadline_ns)
             if self.rx is not None:
-                until = min(until, _io.now_ns() + RTT_SLICE_NS)
+                until = min(until, _io.now_ns() + defaults.RTT_SLICE_NS)
             # with --count N the N-th packet is the final one, sent on its own slot below
             limit = cfg.count - 1 - self.tx.sent if cfg.count else 0
             if limit or not cfg.count:
@@ -252,7 +249,7 @@ class SenderLoop:
                 self._collect()
             if self.rx is not None:
                 slot = start + self.tx.k * self.interval_ns
-                self._pump_replies(min(until, slot) - PUMP_MARGIN_NS)
+                self._pump_replies(min(until, slot) - defaults.PUMP_MARGIN_NS)
             if self.skip_pending:
                 self.tx.skip_sequence(self.skip_pending)
                 log.info("skipped %d sequence number(s) on request", self.skip_pending)
