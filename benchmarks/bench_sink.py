@@ -9,11 +9,16 @@ Rows:
 
 Starts its own victoria-metrics on a free loopback port (tests/vmserver.py) unless --url
 is given. Bounded: every row writes a fixed number of points.
+- the probe at 1.5M packets/s while its receiver writes to the server (with --compat-points):
+  packets sent, received, lost, kernel drops, and the `received` total the server stored.
 Usage: python3 benchmarks/bench_sink.py [--points 2000000] [--url http://127.0.0.1:8428]
 """
 
 import argparse
+import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,12 +107,49 @@ def bench_records(url: str, spool: str, n: int) -> float:
     return rate
 
 
+def probe_with_sink(vm, tmp: str, rate_ms: float, seconds: float) -> dict:
+    """The probe (CLI processes) at a high rate while its receiver writes to the server:
+    interval points plus the capped per-packet compat points. Returns what was lost."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rx_out, tx_out = os.path.join(tmp, "rx.jsonl"), os.path.join(tmp, "tx.jsonl")
+    base = [sys.executable, "-m", "packet_flow", "--log-level", "warning"]
+    rx = subprocess.Popen(base + ["--mode", "receiver", "--local-addr", f"127.0.0.1:{port}",
+                                  "--duration", str(seconds + 3), "--rcvbuf", str(64 << 20),
+                                  "--influx-url", vm.url, "--token", "bench", "--compat-points",
+                                  "--spool-dir", os.path.join(tmp, "spool"),
+                                  "--output", f"jsonl:{rx_out}"])
+    time.sleep(1.0)
+    subprocess.run(base + ["--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate",
+                           str(rate_ms), "--size", "64", "--duration", str(seconds),
+                           "--output", f"jsonl:{tx_out}"], check=True)
+    rx.wait()
+
+    def records(path):
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    rrecs, trecs = records(rx_out), records(tx_out)
+    rsum = next(r for r in rrecs if r["type"] == "summary")
+    tsum = next(r for r in trecs if r["type"] == "summary")
+    n_intervals = sum(1 for r in rrecs if r["type"] == "interval")
+    stored = vm.export("packet_flow_received", min_samples=n_intervals)
+    return {"sent": tsum["sent"], "received": rsum["received"], "lost": rsum["lost"],
+            "kernel_drops": sum(r["kernel_drops"] for r in rrecs if r["type"] == "receiver"),
+            "stored_received": int(sum(sum(x["values"]) for x in stored
+                                       if x["metric"].get("destination") == f"127.0.0.1:{port}"))}
+
+
 def main() -> None:
     """Parse options, run each row, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=2_000_000)
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--url", help="an already running server (default: start victoria-metrics)")
+    ap.add_argument("--probe-rate", type=float, default=0.000667,
+                    help="ms between packets for the probe-while-writing row (1.5M packets/s)")
+    ap.add_argument("--probe-seconds", type=float, default=5.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         vm = None
@@ -122,12 +164,17 @@ def main() -> None:
                 ("sink.packets()", args.points, bench_packets(url, tmp, args.points)),
                 ("sink.record()", args.records, bench_records(url, tmp, args.records)),
             ]
+            probe = probe_with_sink(vm, tmp, args.probe_rate, args.probe_seconds) if vm else None
         finally:
             if vm is not None:
                 vm.stop()
     print(f"{'path':<24}{'points':>12}{'points/s':>14}")
     for name, n, rate in rows:
         print(f"{name:<24}{n:>12,}{rate:>14,.0f}")
+    if probe:
+        print(f"\nprobe at --rate {args.probe_rate} ms for {args.probe_seconds} s while its "
+              f"receiver writes (interval + capped compat points):")
+        print("  " + ", ".join(f"{k} {v:,}" for k, v in probe.items()))
 
 
 if __name__ == "__main__":
