@@ -12,7 +12,6 @@ from packet_flow.flows import FlowTable, rfc3339
 log = logging.getLogger(__name__)
 
 
-
 class ReceiverLoop:
     """Receives on cfg.local until stop() or the deadline; emits records through emit()."""
 
@@ -31,7 +30,6 @@ class ReceiverLoop:
             port = sock.getsockname()[1]
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.rx = _io.Receiver(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
-                               bufsize=65536,
                                key=cfg.key, mode=mode, reflect=reflect)
         if not reflect:     # a reflector answers at once; a receiver may read in bunches
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
