@@ -149,6 +149,39 @@ cdef int _errno_path(int err) except -1:
     raise OSError(err, os.strerror(err))
 
 
+cdef int _send_all(int fd, mmsghdr *msgs, int n, int *done, size_t seg,
+                   uint64_t *refused) except -1 nogil:
+    """sendmmsg until msgs[done:n] are all out (done advances). EAGAIN/ENOBUFS: wait in
+    poll(POLLOUT). A message the kernel refuses for itself (_errno_path 2) is skipped and its
+    datagrams added to refused (its iovecs, or its bytes / seg for one GSO buffer).
+    Returns 0, or EIO (UDP GSO refused by the device) for the caller to resend without GSO."""
+    cdef int rc, err
+    cdef pollfd pfd
+    cdef msghdr *h
+    while done[0] < n:
+        rc = sendmmsg(fd, msgs + done[0], n - done[0], 0)
+        if rc >= 0:
+            done[0] += rc
+            continue
+        err = errno
+        if err == EIO:
+            return EIO
+        with gil:
+            rc = _errno_path(err)
+        if rc == 1:
+            pfd.fd = fd
+            pfd.events = POLLOUT
+            poll(&pfd, 1, 10)
+        elif rc == 2:
+            h = &msgs[done[0]].msg_hdr
+            if h.msg_iovlen > 1 or seg == 0:
+                refused[0] += h.msg_iovlen
+            else:
+                refused[0] += h.msg_iov[0].iov_len // seg
+            done[0] += 1
+    return 0
+
+
 cdef inline int64_t _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
@@ -395,17 +428,41 @@ cdef class Sender:
             # bytes 14-15 (RFC 8972 SSID) carry the low 16 bits of the session id
             _stbe16(p + 14, <uint16_t>self.session)
 
+    cdef (int, int) _messages(self, int first, int n) noexcept nogil:
+        """Point up to `batch` messages at the built packets first..n-1, `segments` packets
+        per message; returns (messages, the packet after the last one covered)."""
+        cdef int m = 0, k
+        cdef cmsghdr *c
+        while first < n and m < self.batch:
+            k = min(self.segments, n - first)
+            self.iovs[m].iov_base = self.bufs + <size_t>first * self.size
+            self.iovs[m].iov_len = <size_t>k * self.size
+            memset(&self.msgs[m].msg_hdr, 0, sizeof(msghdr))
+            self.msgs[m].msg_hdr.msg_name = &self.dest
+            self.msgs[m].msg_hdr.msg_namelen = self.dest_len
+            self.msgs[m].msg_hdr.msg_iov = &self.iovs[m]
+            self.msgs[m].msg_hdr.msg_iovlen = 1
+            if k > 1:
+                # UDP_SEGMENT: the kernel cuts this buffer into datagrams of `size` bytes.
+                self.msgs[m].msg_hdr.msg_control = self.ctrl + m * CMSG_SPACE(sizeof(uint16_t))
+                self.msgs[m].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+                c = CMSG_FIRSTHDR(&self.msgs[m].msg_hdr)
+                c.cmsg_level = SOL_UDP
+                c.cmsg_type = UDP_SEGMENT
+                c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                (<uint16_t *>CMSG_DATA(c))[0] = <uint16_t>self.size
+            first += k
+            m += 1
+        return m, first
+
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef int _transmit(self, int n, uint8_t flags, bint scheduled) except -1 nogil:
         """Build packets for the next n sequence numbers (slots, when scheduled) and send
         them all with sendmmsg. Runs without the GIL; takes it only on a failed syscall."""
-        cdef int i, m, nmsg, done = 0, rc, err
-        cdef int segs = self.segments
+        cdef int i, m, nmsg, done, rc, first, end
         cdef int64_t t, slot
         cdef uint8_t *p
-        cdef cmsghdr *c
-        cdef pollfd pfd
         for i in range(n):
             p = self.bufs + <size_t>i * self.size
             t = _now()
@@ -417,39 +474,22 @@ cdef class Sender:
                     self.lat_n += 1
                 if t - slot >= self.interval_ns:
                     self.missed_slots += 1
-        nmsg = (n + segs - 1) // segs
-        for m in range(nmsg):
-            self.iovs[m].iov_base = self.bufs + <size_t>m * segs * self.size
-            self.iovs[m].iov_len = <size_t>(min(segs, n - m * segs)) * self.size
-            memset(&self.msgs[m].msg_hdr, 0, sizeof(msghdr))
-            self.msgs[m].msg_hdr.msg_name = &self.dest
-            self.msgs[m].msg_hdr.msg_namelen = self.dest_len
-            self.msgs[m].msg_hdr.msg_iov = &self.iovs[m]
-            self.msgs[m].msg_hdr.msg_iovlen = 1
-            if segs > 1 and n - m * segs > 1:
-                # UDP_SEGMENT: the kernel cuts this buffer into datagrams of `size` bytes.
-                self.msgs[m].msg_hdr.msg_control = self.ctrl + m * CMSG_SPACE(sizeof(uint16_t))
-                self.msgs[m].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-                c = CMSG_FIRSTHDR(&self.msgs[m].msg_hdr)
-                c.cmsg_level = SOL_UDP
-                c.cmsg_type = UDP_SEGMENT
-                c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-                (<uint16_t *>CMSG_DATA(c))[0] = <uint16_t>self.size
-        while done < nmsg:
-            rc = sendmmsg(self.fd, self.msgs + done, nmsg - done, 0)
-            if rc >= 0:
-                done += rc
+        first = 0
+        while first < n:
+            nmsg, end = self._messages(first, n)
+            done = 0
+            rc = _send_all(self.fd, self.msgs, nmsg, &done, self.size, &self.send_errors)
+            if rc == EIO and self.segments > 1:
+                # UDP GSO refused by the route's device (no checksum offload, IPsec): send
+                # the rest, and everything after, one datagram per message
+                self.segments = 1
+                for m in range(done):
+                    first += <int>(self.iovs[m].iov_len // self.size)
                 continue
-            err = errno
-            with gil:
-                rc = _errno_path(err)
-            if rc == 1:
-                pfd.fd = self.fd
-                pfd.events = POLLOUT
-                poll(&pfd, 1, 10)
-            elif rc == 2:
-                self.send_errors += self.iovs[done].iov_len // self.size
-                done += 1
+            if rc:
+                with gil:
+                    _errno_path(rc)
+            first = end
         self.seq += n
         self.sent += n
         if scheduled:
@@ -663,7 +703,7 @@ cdef class Receiver:
     @cython.wraparound(False)
     cdef int _reflect(self, int nmsg, uint64_t head0) except -1 nogil:
         """Answer the nmsg datagrams just stored at ring[head0...] (one record each)."""
-        cdef int i, n = 0, done = 0, rc, err, nsend
+        cdef int i, n = 0, done = 0, rc, nsend
         cdef mmsghdr *out
         cdef rec_t *r
         cdef uint8_t *p
@@ -671,7 +711,6 @@ cdef class Receiver:
         cdef uint8_t sender[14]
         cdef uint32_t length, newlen
         cdef int64_t t3 = _now()
-        cdef pollfd pfd
         for i in range(nmsg):
             r = &self.ring[(head0 + i) & (self.capacity - 1)]
             p = <uint8_t *>self.iovs[i].iov_base
@@ -717,13 +756,9 @@ cdef class Receiver:
         if self.reflect_gso and n > 1:
             out = self.gmsgs
             nsend = self._coalesce(n)
-        while done < nsend:
-            rc = sendmmsg(self.fd, out + done, nsend - done, 0)
-            if rc >= 0:
-                done += rc
-                continue
-            err = errno
-            if err == EIO and out == self.gmsgs:
+        while True:
+            rc = _send_all(self.fd, out, nsend, &done, 0, &self.reflect_errors)
+            if rc == EIO and out == self.gmsgs:
                 # UDP GSO refused (no checksum offload on the route's device, IPsec): send
                 # the rest of this batch, and every later one, one datagram per message.
                 self.reflect_gso = False
@@ -734,15 +769,10 @@ cdef class Receiver:
                 nsend = n
                 done = rc
                 continue
-            with gil:
-                rc = _errno_path(err)
-            if rc == 1:
-                pfd.fd = self.fd
-                pfd.events = POLLOUT
-                poll(&pfd, 1, 10)
-            elif rc == 2:
-                self.reflect_errors += out[done].msg_hdr.msg_iovlen
-                done += 1
+            if rc:
+                with gil:
+                    _errno_path(rc)
+            break
         self.reflected += n
         return 0
 
