@@ -221,7 +221,10 @@ class FlowStats:
     """
 
     def __init__(self, seq_bits: int = 64, window: int = defaults.SEQ_WINDOW,
-                 initial_window: int = defaults.SEQ_WINDOW_INITIAL):
+                 initial_window: int = defaults.SEQ_WINDOW_INITIAL, start: int | None = None):
+        """`start`: the flow's first sequence when it is known in advance (a sender's own
+        replies start at 0), so a gap right at the beginning counts as loss; by default the
+        first packet to arrive starts the flow."""
         if not 2 <= seq_bits <= 64:
             raise ValueError(f"seq_bits must be 2..64, not {seq_bits}")
         if window < 2:
@@ -237,7 +240,7 @@ class FlowStats:
         self._pow2 = window & (window - 1) == 0
         self._ring = np.full(window, EMPTY, np.int64)  # delay of received sequences, by s % window
         self._known = -_JUMP_MAX  # the lowest sequence the ring has history for (see _grow)
-        self._low = None  # the first sequence (start of the flow), unwrapped
+        self._low = start  # the first sequence (start of the flow), unwrapped
         self._h = -1  # highest sequence, relative to _low
         self._f = -1  # every sequence <= _f is settled
         self._horizon = 0

@@ -44,20 +44,15 @@ from packet_flow.analysis import FlowStats
 RTT_QUANTILES = ("min", "mean", "p50", "p90", "p99", "p999", "max")
 
 
-def _anchor(stats: FlowStats, start: int) -> None:
-    """Make `start` the first sequence of an empty FlowStats, so a gap right at the beginning
-    counts as loss (FlowStats otherwise starts at its first packet)."""
-    stats._low = start
-
-
 class RttStats:
     """RTT, per-direction loss, late and duplicates of one reflected flow, batch by batch."""
 
     def __init__(self, seq_bits: int = 64, window: int = defaults.SEQ_WINDOW):
         self.seq_bits = seq_bits
-        self.total = FlowStats(seq_bits=seq_bits, window=window)
+        self.window = window
+        # the sender's own sequence starts at 0: a gap right at the beginning is loss
+        self.total = FlowStats(seq_bits=seq_bits, window=window, start=0)
         self.backward = FlowStats(seq_bits=seq_bits, window=window)
-        _anchor(self.total, 0)
         self._started = False
 
     def update(self, seq, r_seq, t1_ns, t2_ns, t3_ns, t4_ns) -> None:
@@ -73,7 +68,8 @@ class RttStats:
         if not self._started:
             mask = (1 << self.seq_bits) - 1
             if int(r_seq[0]) & mask <= int(seq[0]) & mask:
-                _anchor(self.backward, 0)
+                # the reflector's count began with this run: anchor it at 0 too
+                self.backward = FlowStats(seq_bits=self.seq_bits, window=self.window, start=0)
             self._started = True
         self.total.update(seq, tx, t4)
         self.backward.update(r_seq, tx, t4)
