@@ -18,11 +18,12 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from _proc import free_port, proc_stat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
@@ -30,21 +31,6 @@ ROOT = os.path.join(HERE, "..")
 RING_PATCH = ("import sys; from packet_flow import defaults; "
               "defaults.RING_CAPACITY = int(sys.argv.pop(1)); "
               "from packet_flow.cli import main; sys.exit(main())")
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_stat(pid):
-    """(RSS kB, user+system CPU seconds) of a process."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def socket_drops(pid, port):

@@ -14,17 +14,12 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _proc import free_port, wait_bound
 
 
 def pf(*args, out=None):
@@ -45,22 +40,11 @@ def summary(path, role):
     return next(r for r in recs if r["type"] == "summary" and r["role"] == role)
 
 
-def wait_port(port):
-    end = time.monotonic() + 5
-    while time.monotonic() < end:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.02)
-
-
 def schedule(timer, seconds, tmp):
     port = free_port()
     rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}",
             "--duration", seconds + 3, out=f"{tmp}/rx-{timer}.jsonl")
-    wait_port(port)
+    wait_bound(port)
     c0 = child_cpu()
     t0 = time.monotonic()
     tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 1,
@@ -106,7 +90,7 @@ def top_rate(rate_ms, seconds, tmp):
     port = free_port()
     rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration",
             seconds + 4, "--rcvbuf", 64 << 20, out=f"{tmp}/top-rx-{rate_ms}.jsonl")
-    wait_port(port)
+    wait_bound(port)
     tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", rate_ms,
             "--size", 64, "--duration", seconds, out=f"{tmp}/top-tx-{rate_ms}.jsonl")
     tx.wait()

@@ -23,27 +23,11 @@ import sys
 import tempfile
 import time
 
+from _proc import free_port, wait_bound
+
 from packet_flow import _io, sockets
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_bound(port, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.02)
-    raise RuntimeError("reflector did not bind")
 
 
 def cpu_s(pid):

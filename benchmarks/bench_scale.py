@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from _proc import free_port, proc_stat
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path[:0] = [ROOT]
@@ -35,21 +37,6 @@ sys.path[:0] = [ROOT]
 from packet_flow import _io, sockets  # noqa: E402
 
 STALL_S, FORGET_S = 1.0, 2.0
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_stat(pid):
-    """(RSS kB, user+system CPU seconds) of a process."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_time(text):

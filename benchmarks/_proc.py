@@ -1,0 +1,35 @@
+"""Process and port helpers the benchmark scripts share (they run as scripts, so this
+folder is on sys.path)."""
+
+import os
+import socket
+import time
+
+
+def free_port():
+    """A UDP port on 127.0.0.1 that nothing is bound to right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_bound(port, timeout=5.0):
+    """Wait until some process has bound UDP 127.0.0.1:port."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing bound UDP port {port} within {timeout} s")
+
+
+def proc_stat(pid):
+    """(RSS kB, user+system CPU seconds) of a process."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
