@@ -96,8 +96,7 @@ def bench_records(url: str, spool: str, n: int) -> float:
            "owd_p999_us": 30.0, "owd_max_us": 40.0, "negative_owd": 0, "jitter_us": 1.5,
            "ipdv_mean_us": 1.0, "ipdv_p99_us": 5.0, "stalled": False, "closed": False}
     recs = [dict(rec, source=f"10.0.0.{i % 250}:{4000 + i % 4}",
-                 time=f"2026-01-01T{i // 3_600_000 % 24:02d}:{i // 60_000 % 60:02d}:"
-                      f"{i // 1000 % 60:02d}.{i % 1000:03d}000Z")
+                 time=1767225600_000000000 + i * 1_000_000)
             for i in range(n)]
     start = time.perf_counter()
     for r in recs:
