@@ -24,8 +24,8 @@ import socket
 import numpy as np
 
 from packet_flow import _io, defaults, rtt, sockets
-from packet_flow.analysis import LogHistogram
 from packet_flow.errors import ConfigError
+from packet_flow.histogram import LogHistogram
 
 log = logging.getLogger(__name__)
 
