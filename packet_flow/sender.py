@@ -30,6 +30,30 @@ from packet_flow.histogram import LogHistogram
 log = logging.getLogger(__name__)
 
 WIRE = {"native": _io.WIRE_NATIVE, "legacy": _io.WIRE_LEGACY, "stamp": _io.WIRE_STAMP}
+UDP_IP_HEADERS = {socket.AF_INET: 8 + 20, socket.AF_INET6: 8 + 40}
+IP_MAX = 65535              # an IP datagram's largest length field (IPv6: payload only)
+
+
+def packet_bytes(wire, size, keyed):
+    """The UDP payload of every packet: --size, at least the wire format's header (the
+    Cython Sender applies the same floor)."""
+    if wire == "legacy":
+        return _io.LEGACY_SIZE
+    if wire == "stamp":
+        return max(size, _io.STAMP_SIZE)
+    return max(size, _io.HEADER + (_io.TAG if keyed else 0))
+
+
+def gso_segments(size, mtu, family, most=defaults.GSO_SEGMENTS):
+    """Packets per UDP GSO message: at most `most` (the kernel's UDP_MAX_SEGMENTS is 64 on
+    older kernels), at most 64 KiB of payload per message, and 1 (no GSO) when one packet
+    with its UDP/IP headers exceeds the path MTU `mtu` (None = unknown): the kernel refuses
+    a GSO segment over the MTU, where it fragments a single datagram."""
+    headers = UDP_IP_HEADERS[family]
+    if mtu and size + headers > mtu:
+        return 1
+    payload = IP_MAX - (headers if family == socket.AF_INET else 8)
+    return max(1, min(most, payload // size))
 
 
 def _late_stats(lat_ns):
@@ -64,10 +88,6 @@ class SenderLoop:
         self.sock = sock or sockets.send_socket(cfg.remote.family, cfg.dscp, cfg.ttl)
         self.session = secrets.randbits(64)
         self.interval_ns = max(1, round(cfg.rate_ms * 1e6))
-        segments = 1
-        if self.interval_ns < defaults.GSO_BELOW_NS and cfg.wire != "legacy" \
-                and sockets.gso_supported(self.sock):
-            segments = defaults.GSO_SEGMENTS
         size = cfg.size if size is None else size
         self.rx = self.rtt = None
         if cfg.rtt:
@@ -77,6 +97,18 @@ class SenderLoop:
             if cfg.wire == "native":
                 size = max(size, _io.REFLECTED_HEADER + (_io.TAG if cfg.key else 0))
             self._rtt_socket()
+        size = packet_bytes(cfg.wire, size, bool(cfg.key))
+        self.mtu = sockets.path_mtu(cfg.remote)
+        family = cfg.remote.family
+        if self.mtu and size + UDP_IP_HEADERS[family] > self.mtu:
+            log.warning("--size %d: packets of %d bytes with their UDP/IP headers exceed the "
+                        "path MTU %d to %s (%d bytes fit): the kernel fragments every packet",
+                        cfg.size, size + UDP_IP_HEADERS[family], self.mtu, cfg.remote,
+                        self.mtu - UDP_IP_HEADERS[family])
+        segments = 1
+        if self.interval_ns < defaults.GSO_BELOW_NS and cfg.wire != "legacy" \
+                and sockets.gso_supported(self.sock):
+            segments = gso_segments(size, self.mtu, family)
         self.tx = _io.Sender(self.sock.fileno(),
                              sockets.dest_tuple(cfg.remote.sockaddr, cfg.remote.family),
                              wire=WIRE[cfg.wire], session=self.session, size=size,
