@@ -6,7 +6,7 @@ Rules:
   --print-config and --generate-config lines and the Config attribute all come from it.
 - A converter takes the text argparse collected (a list of texts for `kind="list"`) and returns
   the value, or raises Bad(reason); config.py adds the option, value and source to the reason.
-- `secret` values are never shown (see masking.py); `file_of` names the secret an option reads
+- `secret` values are never shown, and `show` masks part of a value (masking.py); `file_of` names the secret an option reads
   from a file (`--token-file` holds the value of `--token`).
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 
 from . import defaults
 from .addresses import Addr
+from .masking import MASK, mask_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 UDP_PAYLOAD_MAX = 65507
@@ -185,6 +186,7 @@ class Opt:
     enables_influx: bool = False  # setting it turns the InfluxDB output on
     commented: bool = False   # commented out in the file --generate-config writes
     attr: str | None = None   # the Config attribute, when not the name with `_`
+    show: Callable[[Any], Any] | None = None  # how people see a value (masking by field)
 
     @property
     def env(self) -> str:
@@ -201,6 +203,16 @@ class Opt:
     @property
     def dest(self) -> str:
         return self.name.replace("-", "_")
+
+    def shown(self, value: Any) -> Any:
+        """The value as messages, the log and --print-config show it: a secret is "***"."""
+        if value is None:
+            return None
+        if self.secret:
+            return MASK
+        if isinstance(value, Addr):
+            return str(value)
+        return self.show(value) if self.show and isinstance(value, str) else value
 
 
 OPTS = (
@@ -235,7 +247,7 @@ OPTS = (
         "seconds of silence before a sender is forgotten (> --stall-timeout)",
         _float(above=0.0)),
     Opt("influx-url", "str", defaults.INFLUX_URL, "InfluxDB URL (http or https); setting it "
-        "turns the InfluxDB output on", _url, short="-i", enables_influx=True),
+        "turns the InfluxDB output on", _url, short="-i", enables_influx=True, show=mask_url),
     Opt("database", "str", defaults.DATABASE, "InfluxDB database (1.x) or bucket (2.x)",
         _nonempty, short="-d"),
     Opt("influx-org", "str", defaults.INFLUX_ORG, "InfluxDB organisation (2.x)"),
