@@ -96,6 +96,9 @@ class Config:
     log_level: str
     batch: int
     rcvbuf: int
+    max_flow_memory: int
+    reflect_max_pps: int
+    reflect_authenticated: bool
     config_file: str | None
     force: bool
     sources: dict = dataclasses.field(default_factory=dict, compare=False)
@@ -322,6 +325,13 @@ _OPTS = (
          _int(1, 1024)),
     _Opt("rcvbuf", "int", defaults.RCVBUF_BYTES, "receive socket buffer bytes, 0 = the "
          "kernel's default", _int(0)),
+    _Opt("max-flow-memory", "int", defaults.MAX_FLOW_MEMORY_MIB, "MiB for the state of all "
+         "flows together; past it idle flows are evicted, else new flows are untracked",
+         _int(1)),
+    _Opt("reflect-max-pps", "int", defaults.REFLECT_MAX_PPS, "reflector: replies per second "
+         "to one source address, 0 = no limit", _int(0)),
+    _Opt("reflect-authenticated", "bool", False, "reflector: answer only probes whose HMAC "
+         "tag verifies (needs --key and --wire native)"),
     _Opt("config-file", "str", None, "TOML config file to read (or to write with "
          f"--generate-config). {_CONFIG_ENV} overrides this flag, as in the original",
          _optional, in_file=False, run_only=True),
@@ -616,6 +626,9 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
     if vals["rtt"] and vals["wire"] == "legacy":
         raise _fail("rtt", True, sources["rtt"], f"needs --wire native or stamp, not legacy "
                     f"({sources['wire']}): legacy packets cannot carry reflector timestamps")
+    if vals["reflect-authenticated"] and (vals["key"] is None or vals["wire"] != "native"):
+        raise _fail("reflect-authenticated", True, sources["reflect-authenticated"],
+                    "needs --key and --wire native: only native probes carry a tag")
     if vals["forget-timeout"] <= vals["stall-timeout"]:
         raise _fail("forget-timeout", vals["forget-timeout"], sources["forget-timeout"],
                     f"must be greater than --stall-timeout {vals['stall-timeout']:g} "
