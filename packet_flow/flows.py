@@ -17,35 +17,17 @@ them into the record's `flow` id). Rules:
 All per-packet work is per batch with numpy; the Python loop runs once per flow per batch.
 """
 
-import datetime
-import ipaddress
 import logging
 
 import numpy as np
 
 from packet_flow import _io, defaults
+from packet_flow.addresses import address
 from packet_flow.analysis import FlowStats
 
 log = logging.getLogger(__name__)
 
 WIRES = {1: "native", 2: "legacy", 3: "stamp", 4: "stamp_reflected"}
-
-
-def rfc3339(ns):
-    """RFC 3339 UTC time with microseconds for integer ns since the epoch."""
-    dt = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def address(addr, port, family):
-    """host:port or [v6]:port from a record's 16-byte address field."""
-    raw = bytes(addr)
-    if family == 4:
-        return f"{ipaddress.IPv4Address(raw[12:])}:{port}"
-    v6 = ipaddress.IPv6Address(raw)
-    if v6.ipv4_mapped is not None:        # an IPv4 peer of a dual-stack socket
-        return f"{v6.ipv4_mapped}:{port}"
-    return f"[{v6}]:{port}"
 
 
 class Flow:
@@ -91,7 +73,7 @@ class FlowTable:
         self._pressure = [0, 0]     # untracked packets, evicted flows since the last warning
 
     def _base(self, kind, flow, now_ns, since_ns):
-        return {"type": kind, "role": "receiver", "time": rfc3339(now_ns),
+        return {"type": kind, "role": "receiver", "time": now_ns,
                 "source": flow.source, "destination": self.destination,
                 "session": flow.session, "wire": flow.wire,
                 "interval_s": round((now_ns - since_ns) / 1e9, 6)}
