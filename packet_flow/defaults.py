@@ -83,3 +83,8 @@ RTT_SLICE_NS = 10_000_000   # --rtt: longest schedule slice between two reply pu
 PUMP_MARGIN_NS = 2_000_000  # --rtt: wait for replies only when no slot is due this soon
 RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after the final packet
 RTT_RING = 1 << 17          # --rtt: receive ring records
+
+# Prometheus output
+PROMETHEUS_LISTEN = ""      # "" = off; ADDR:PORT serves /metrics
+PROMETHEUS_MAX_SERIES = 2000  # label sets per table; new flows beyond count as source="overflow"
+PROMETHEUS_ACTIVE_S = 300.0   # render after every tick while a scraper came this recently
