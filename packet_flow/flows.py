@@ -13,12 +13,12 @@ All per-packet work is per batch with numpy; the Python loop runs once per flow 
 """
 
 import datetime
-import ipaddress
 import logging
 
 import numpy as np
 
 from packet_flow import _io, defaults
+from packet_flow.addresses import address
 from packet_flow.analysis import FlowStats
 
 log = logging.getLogger(__name__)
@@ -30,17 +30,6 @@ def rfc3339(ns):
     """RFC 3339 UTC time with microseconds for integer ns since the epoch."""
     dt = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def address(addr, port, family):
-    """host:port or [v6]:port from a record's 16-byte address field."""
-    raw = bytes(addr)
-    if family == 4:
-        return f"{ipaddress.IPv4Address(raw[12:])}:{port}"
-    v6 = ipaddress.IPv6Address(raw)
-    if v6.ipv4_mapped is not None:        # an IPv4 peer of a dual-stack socket
-        return f"{v6.ipv4_mapped}:{port}"
-    return f"[{v6}]:{port}"
 
 
 class Flow:

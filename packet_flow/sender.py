@@ -24,9 +24,9 @@ import socket
 import numpy as np
 
 from packet_flow import _io, defaults, rtt, sockets
-from packet_flow.analysis import LogHistogram
 from packet_flow.errors import ConfigError
 from packet_flow.flows import rfc3339
+from packet_flow.histogram import LogHistogram
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packet_flow.analysis import FlowStats, LogHistogram
+from packet_flow.analysis import FlowStats
+from packet_flow.histogram import LogHistogram
 
 COUNTS = ("received", "lost", "late", "duplicates", "negative_owd")
 
