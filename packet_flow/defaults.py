@@ -85,6 +85,5 @@ RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after
 RTT_RING = 1 << 17          # --rtt: receive ring records
 
 # Prometheus output
-PROMETHEUS_LISTEN = ""      # "" = off; ADDR:PORT serves /metrics
 PROMETHEUS_MAX_SERIES = 2000  # label sets per table; new flows beyond count as source="overflow"
 PROMETHEUS_ACTIVE_S = 300.0   # render after every tick while a scraper came this recently

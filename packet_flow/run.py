@@ -33,6 +33,8 @@ class Fanout:
     def __init__(self, sinks):
         self.sinks = sinks
         self.per_packet = [s for s in sinks if getattr(s, "wants_packets", False)]
+        self.per_gap = [s for s in self.per_packet if getattr(s, "wants_gaps", True)]
+        self.per_rtt = [s for s in self.per_packet if hasattr(s, "rtts")]
         self.queue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._write, name="outputs", daemon=True)
         self.thread.start()
@@ -53,8 +55,12 @@ class Fanout:
             sink.packets(source, destination, rx_ns, owd_ns)
 
     def gaps(self, source, destination, rx_ns, lost):
-        for sink in self.per_packet:
+        for sink in self.per_gap:
             sink.gaps(source, destination, rx_ns, lost)
+
+    def rtts(self, source, destination, rtt_ns):
+        for sink in self.per_rtt:
+            sink.rtts(source, destination, rtt_ns)
 
     def close(self, timeout):
         """Write every queued record, close every sink; returns {sink name: its counters}
@@ -76,6 +82,9 @@ class Fanout:
 def build_sinks(cfg):
     """Sinks named by cfg.outputs; the console moves to stderr when JSON goes to stdout."""
     sinks = []
+    if cfg.prometheus_listen is not None:     # first: a port in use fails before anything opens
+        from packet_flow.sinks.prometheus import PrometheusSink
+        sinks.append(PrometheusSink(cfg))
     to_stdout = "jsonl:-" in cfg.outputs
     for out in cfg.outputs:
         if out == "console":
@@ -100,9 +109,8 @@ def run(cfg, ready=None):
     signalled = threading.Event()
     try:
         if cfg.mode in ("receiver", "both"):
-            per_packet = bool(out.per_packet)
-            receiver = ReceiverLoop(cfg, out.record, out.packets if per_packet else None,
-                                    on_gaps=out.gaps if per_packet else None)
+            receiver = ReceiverLoop(cfg, out.record, out.packets if out.per_packet else None,
+                                    on_gaps=out.gaps if out.per_gap else None)
         if cfg.mode in ("sender", "both"):
             sock = None
             if cfg.mode == "sender" and cfg.sources.get("local-addr", "default") != "default":
@@ -112,7 +120,8 @@ def run(cfg, ready=None):
                                       f"address family of --remote-addr '{cfg.remote}'")
                 sock = sockets.send_socket(cfg.local.family, cfg.dscp, cfg.ttl,
                                            bind=cfg.local.sockaddr)
-            sender = SenderLoop(cfg, out.record, sock=sock)
+            sender = SenderLoop(cfg, out.record, sock=sock,
+                                on_rtt=out.rtts if out.per_rtt else None)
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
             receiver = ReflectorLoop(cfg, out.record)

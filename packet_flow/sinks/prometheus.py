@@ -146,7 +146,7 @@ class _Table:
         if s is None:
             if pending is None and not any(rec.get(f) for f in self.fields):
                 return None          # a flow's zero-only records never (re)create its series
-            if len(self.series) >= self.cap:
+            if len(self.series) >= self.cap - 1:     # the last one is the overflow
                 if not self.warned:
                     self.warned = True
                     log.warning("prometheus: %d label sets: new flows are counted under "
@@ -202,9 +202,11 @@ class PrometheusSink:
                                       server_class=_server_class(addr.family),
                                       handler_class=_Handler)
         except OSError as exc:
-            raise ConfigError(f"option --prometheus-listen: value '{addr}': cannot listen: "
+            where = cfg.sources.get("prometheus-listen", "cli")
+            raise ConfigError(f"option --prometheus-listen: value '{addr}' from {where}: "
+                              f"cannot listen: "
                               f"{exc.strerror or exc}") from None
-        self.thread = threading.Thread(target=self.server.serve_forever, name="prometheus",
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="prometheus",
                                        daemon=True)
         self.thread.start()
         log.info("prometheus: serving http://%s/metrics", addr)
