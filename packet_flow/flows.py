@@ -12,7 +12,6 @@ them into the record's `flow` id). Rules:
 All per-packet work is per batch with numpy; the Python loop runs once per flow per batch.
 """
 
-import datetime
 import logging
 
 import numpy as np
@@ -24,12 +23,6 @@ from packet_flow.analysis import FlowStats
 log = logging.getLogger(__name__)
 
 WIRES = {1: "native", 2: "legacy", 3: "stamp", 4: "stamp_reflected"}
-
-
-def rfc3339(ns):
-    """RFC 3339 UTC time with microseconds for integer ns since the epoch."""
-    dt = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Flow:
@@ -69,7 +62,7 @@ class FlowTable:
         self.untracked = 0          # packets of new flows refused beyond MAX_FLOWS
 
     def _base(self, kind, flow, now_ns, since_ns):
-        return {"type": kind, "role": "receiver", "time": rfc3339(now_ns),
+        return {"type": kind, "role": "receiver", "time": now_ns,
                 "source": flow.source, "destination": self.destination,
                 "session": flow.session, "wire": flow.wire,
                 "interval_s": round((now_ns - since_ns) / 1e9, 6)}

@@ -7,7 +7,7 @@ it into FlowTable after every slice, and ticks interval records on the `interval
 import logging
 
 from packet_flow import _io, defaults, sockets
-from packet_flow.flows import FlowTable, rfc3339
+from packet_flow.flows import FlowTable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ReceiverLoop:
         now = self.counters()
         delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
         self._last = now
-        rec = {"type": "receiver", "role": "receiver", "time": rfc3339(now_ns),
+        rec = {"type": "receiver", "role": "receiver", "time": now_ns,
                "source": None, "destination": self.local, "session": None,
                "interval_s": round((now_ns - since_ns) / 1e9, 6), "flows": len(self.table.flows)}
         rec["malformed"] = {k[len("malformed_"):]: delta.pop(k) for k in list(delta)
