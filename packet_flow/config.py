@@ -323,6 +323,9 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
     if vals["rtt"] and vals["wire"] == "legacy":
         raise _fail("rtt", True, sources["rtt"], f"needs --wire native or stamp, not legacy "
                     f"({sources['wire']}): legacy packets cannot carry reflector timestamps")
+    if vals["reflect-authenticated"] and (vals["key"] is None or vals["wire"] != "native"):
+        raise _fail("reflect-authenticated", True, sources["reflect-authenticated"],
+                    "needs --key and --wire native: only native probes carry a tag")
     if vals["forget-timeout"] <= vals["stall-timeout"]:
         raise _fail("forget-timeout", vals["forget-timeout"], sources["forget-timeout"],
                     f"must be greater than --stall-timeout {vals['stall-timeout']:g} "

@@ -49,7 +49,12 @@ RCVBUF_BYTES = 8 << 20
 RECEIVE_COALESCE_NS = 500_000  # after draining the socket, let datagrams queue this long
 SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection (at most)
 SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it needs
-MAX_FLOWS = 10_000          # flows tracked at once (a spoofing flood cannot exhaust memory)
+MAX_FLOWS = 10_000          # flows tracked at once (bounds the work of every interval tick)
+MAX_FLOW_MEMORY_MIB = 256   # memory budget of all flows together (--max-flow-memory)
+FLOW_BYTES = 4096           # a flow's Python objects, beyond its numpy buffers (measured)
+
+# Reflector
+REFLECT_MAX_PPS = 2_000_000  # replies/s to one source address: above one sender's top rate
 
 # InfluxDB sink
 FLUSH_INTERVAL_S = 0.0      # 0 = the record interval

@@ -282,6 +282,13 @@ OPTS = (
         _int(1, 1024)),
     Opt("rcvbuf", "int", defaults.RCVBUF_BYTES, "receive socket buffer bytes, 0 = the "
         "kernel's default", _int(0)),
+    Opt("max-flow-memory", "int", defaults.MAX_FLOW_MEMORY_MIB, "MiB for the state of all "
+        "flows together; past it idle flows are evicted, else new flows are untracked",
+        _int(1)),
+    Opt("reflect-max-pps", "int", defaults.REFLECT_MAX_PPS, "reflector: replies per second "
+        "to one source address, 0 = no limit", _int(0)),
+    Opt("reflect-authenticated", "bool", False, "reflector: answer only probes whose HMAC "
+        "tag verifies (needs --key and --wire native)", _bool, negatable=True),
     Opt("config-file", "str", None, "TOML config file to read (or to write with "
         f"--generate-config). {CONFIG_ENV} overrides this flag, as in the original",
         _optional, in_file=False, run_only=True),
