@@ -147,6 +147,11 @@ def _addr(allow_port0: bool):
     return lambda text: parse_addr(text, allow_port0)
 
 
+def _listen(text: str) -> Addr | None:
+    """An HTTP listen address (host:port, [v6addr]:port); empty = off."""
+    return parse_addr(text) if text.strip() else None
+
+
 def _outputs(items: list[str]) -> tuple[str, ...]:
     out: list[str] = []
     for item in (part.strip() for raw in items for part in raw.split(",")):
@@ -274,6 +279,9 @@ OPTS = (
         "seconds between InfluxDB writes, 0 = --interval", _float(0.0)),
     Opt("spool-dir", "str", defaults.SPOOL_DIR,
         "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
+    Opt("prometheus-listen", "str", None, "serve Prometheus metrics at http://ADDR:PORT/metrics "
+        "(e.g. 127.0.0.1:9469; 0.0.0.0:9469 for every address), empty = off; beside the other "
+        "outputs", _listen),
     Opt("key", "str", None, "shared secret: sign packets with HMAC-SHA-256", _optional,
         secret=True, commented=True),
     Opt("key-file", "str", None, "read the shared secret from this file", _optional,
