@@ -305,6 +305,19 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     return _finish(vals, sources, generate)
 
 
+def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
+    """A jsonl:PATH output must be a file in an existing folder (checked before the run starts)."""
+    for item in outputs:
+        kind, _, path = item.partition(":")
+        if kind != "jsonl" or path == "-":
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise _fail("output", item, source, f"{path!r} is a folder, not a file")
+        if not os.path.isdir(folder):
+            raise _fail("output", item, source, f"folder {folder!r} of {path!r} does not exist")
+
+
 def opt_env(name: str) -> str:
     """The environment variable of an option, e.g. opt_env("rate") == "PACKET_FLOW_RATE"."""
     return BY_NAME[name].env
@@ -362,6 +375,8 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
                         "--token or --username and --password")
 
     action = "generate" if vals["generate-config"] else "print" if vals["print-config"] else "run"
+    if action == "run":
+        _check_jsonl_paths(outputs, sources["output"])
     kwargs = {BY_NAME[n].field: v for n, v in vals.items()}
     kwargs.update(action=action, outputs=outputs, sources=dict(sources))
     return Config(**kwargs)

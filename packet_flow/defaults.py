@@ -28,6 +28,7 @@ STAMP_PORT = 862
 TIMER = "precise"
 TIMERS = ("precise", "economy")
 INTERVAL_S = 1.0
+INTERVAL_MIN_S = 0.001       # shortest record (and InfluxDB flush) interval
 OUTPUT = "console"
 STALL_TIMEOUT_S = 5.0
 FORGET_TIMEOUT_S = 60.0

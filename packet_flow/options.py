@@ -37,7 +37,9 @@ class Bad(ValueError):
 # --- converters: text -> value, raising Bad(reason) --------------------------------------------
 
 
-def _float(lo: float | None = None, hi: float | None = None, above: float | None = None):
+def _float(lo: float | None = None, hi: float | None = None, above: float | None = None,
+           zero: bool = False):
+    """A float in [lo, hi] or above `above`; `zero` allows 0 besides (0 = off)."""
     def conv(text: str) -> float:
         try:
             value = float(text)
@@ -45,6 +47,10 @@ def _float(lo: float | None = None, hi: float | None = None, above: float | None
             raise Bad("not a number") from None
         if not math.isfinite(value):
             raise Bad("not a finite number")
+        if zero and value == 0:
+            return value
+        if zero and lo is not None and value < lo:
+            raise Bad(f"must be 0 or at least {lo:g}")
         if above is not None and value <= above:
             raise Bad(f"must be greater than {above:g}")
         if lo is not None and hi is not None and not lo <= value <= hi:
@@ -242,8 +248,8 @@ OPTS = (
         _choice(defaults.WIRES)),
     Opt("timer", "str", defaults.TIMER, "send scheduler: " + ", ".join(defaults.TIMERS),
         _choice(defaults.TIMERS)),
-    Opt("interval", "float", defaults.INTERVAL_S, "seconds per metrics record (> 0)",
-        _float(above=0.0)),
+    Opt("interval", "float", defaults.INTERVAL_S, "seconds per metrics record "
+        f"(>= {defaults.INTERVAL_MIN_S:g})", _float(defaults.INTERVAL_MIN_S)),
     Opt("output", "list", (defaults.OUTPUT,), "where metrics go: console, jsonl:PATH "
         "(jsonl:- = stdout), influx; repeat or separate with commas", _outputs, attr="outputs"),
     Opt("stall-timeout", "float", defaults.STALL_TIMEOUT_S,
@@ -276,7 +282,8 @@ OPTS = (
     Opt("compat-max-pps", "int", defaults.COMPAT_MAX_PPS,
         "cap on per-packet compat points per second per flow", _int(0)),
     Opt("flush-interval", "float", defaults.FLUSH_INTERVAL_S,
-        "seconds between InfluxDB writes, 0 = --interval", _float(0.0)),
+        f"seconds between InfluxDB writes (>= {defaults.INTERVAL_MIN_S:g}), 0 = --interval",
+        _float(defaults.INTERVAL_MIN_S, zero=True)),
     Opt("spool-dir", "str", defaults.SPOOL_DIR,
         "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
     Opt("prometheus-listen", "str", None, "serve Prometheus metrics at http://ADDR:PORT/metrics "

@@ -274,7 +274,13 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
                                 "and 3.6e+06"),
         (["-r", "3600001"], {}, "option --rate: value '3600001' from cli: must be between 0.0001 "
                                 "and 3.6e+06"),
-        (["--interval", "0"], {}, "option --interval: value '0' from cli: must be greater than 0"),
+        (["--interval", "0"], {}, "option --interval: value '0' from cli: must be at least 0.001"),
+        (["--interval", "1e-10"], {},
+         "option --interval: value '1e-10' from cli: must be at least 0.001"),
+        ([], {"PACKET_FLOW_INTERVAL": "0.0009"},
+         "option --interval: value '0.0009' from env PACKET_FLOW_INTERVAL: must be at least 0.001"),
+        (["--flush-interval", "1e-12"], {},
+         "option --flush-interval: value '1e-12' from cli: must be 0 or at least 0.001"),
         (["--duration", "-1"], {}, "option --duration: value '-1' from cli: must be at least 0"),
         (["--count", "1.5"], {}, "option --count: value '1.5' from cli: not an integer"),
         (["--size", "70000"], {}, "option --size: value '70000' from cli: must be between 0 and "
@@ -325,6 +331,37 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
 )
 def test_validation_error_messages(argv, env, message):
     assert error(argv, env).startswith(message)
+
+
+def test_config_errors_exit_2_with_one_line(tmp_path, capsys):
+    """Issue 13.4: an interval of 0 ns and a jsonl file in a missing folder are configuration
+    errors naming the option, the value, its source and the path, before anything starts."""
+    missing = tmp_path / "no-such-folder" / "run.jsonl"
+    cases = [
+        (["-m", "both", "--interval", "1e-10"], {},
+         "option --interval: value '1e-10' from cli: must be at least 0.001"),
+        (["-m", "both", "--output", f"console,jsonl:{missing}"], {},
+         f"option --output: value 'jsonl:{missing}' from cli: folder "
+         f"'{missing.parent}' of '{missing}' does not exist"),
+        (["-m", "both"], {"PACKET_FLOW_OUTPUT": f"jsonl:{tmp_path}"},
+         f"option --output: value 'jsonl:{tmp_path}' from env PACKET_FLOW_OUTPUT: "
+         f"'{tmp_path}' is a folder, not a file"),
+    ]
+    for argv, env, message in cases:
+        assert error(argv, env) == message
+    # through the command line: exit status 2 and exactly one line on stderr
+    assert cli.main(["-m", "both", "--output", f"jsonl:{missing}"]) == 2
+    assert capsys.readouterr().err == (
+        f"packet-flow: error: option --output: value 'jsonl:{missing}' from cli: folder "
+        f"'{missing.parent}' of '{missing}' does not exist\n")
+    assert cli.main(["-m", "both", "--interval", "0.0001", "--duration", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "packet-flow: error: option --interval: value '0.0001' from cli: must be at least 0.001\n")
+    # printing the configuration does not need the folder; 1 ms intervals are fine
+    cfg = config.load(["--print-config", "--interval", "0.001", "--flush-interval", "0",
+                       "--output", f"jsonl:{missing}"], {})
+    assert (cfg.action, cfg.interval, cfg.flush_interval) == ("print", 0.001, 0.0)
+    assert not missing.parent.exists()
 
 
 def test_secret_file_errors(tmp_path):
