@@ -80,12 +80,12 @@ cdef class Reflector(Receiver):
     cdef Status _received(self, int nmsg, uint64_t head0) except ERROR nogil:
         # Answers the nmsg datagrams just stored at ring[head0...] (one record each: the
         # socket has no UDP GRO), from their own buffers, to their own source addresses.
-        cdef int i, n = 0, done = 0, nsend
+        cdef int i, n = 0, done = 0, nsend, gso_errno = 0
         cdef mmsghdr *out
         cdef rec_t *r
         cdef uint8_t *p
         cdef uint32_t newlen
-        cdef int64_t t3 = _now()
+        cdef int64_t t3 = _wall()
         for i in range(nmsg):
             r = &self.ring[(head0 + i) & (self.capacity - 1)]
             p = <uint8_t *>self.iovs[i].iov_base
@@ -112,7 +112,8 @@ cdef class Reflector(Receiver):
         if self.reflect_gso and n > 1:
             out = self.gmsgs
             nsend = self._coalesce(n)
-        while _send_all(self.fd, out, nsend, &done, 0, &self.reflect_errors) == NO_GSO:
+        while _send_all(self.fd, out, nsend, &done, 0, &self.reflect_errors,
+                        &gso_errno) == NO_GSO:
             if out != self.gmsgs:
                 with gil:
                     _errno_path(EIO)

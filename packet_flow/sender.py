@@ -128,6 +128,7 @@ class SenderLoop:
         self.late_min = self.late_max = 0
         self.lat_parts = []
         self._last = (0, 0, 0, 0)
+        self.gso_warned = False
 
     def _rtt_socket(self):
         """Turn on kernel receive timestamps (T4) on the send socket; attach a Receiver."""
@@ -145,7 +146,7 @@ class SenderLoop:
     def _pump_replies(self, wait_until_ns=0):
         """Read the queued replies (waiting for more until wait_until_ns when that is in the
         future) and account them. One numpy pass per drained batch."""
-        now = _io.now_ns()
+        now = _io.mono_ns()
         if wait_until_ns > now:
             self.rx.pump(wait_until_ns, defaults.RTT_RING // 2)
         # a pump whose deadline has passed does one recvmmsg: repeat while batches come full
@@ -173,12 +174,12 @@ class SenderLoop:
 
     def _last_replies(self):
         """After the final packet: wait for the replies still on their way, then settle."""
-        end = _io.now_ns() + defaults.RTT_WAIT_NS
-        while _io.now_ns() < end:
+        end = _io.mono_ns() + defaults.RTT_WAIT_NS
+        while _io.mono_ns() < end:
             # the highest answered sequence is unwrapped from 0, so it compares to tx.seq
             if self.final_answered or self.rtt.highest >= self.tx.seq - 1:
                 break
-            self._pump_replies(min(end, _io.now_ns() + defaults.RTT_SLICE_NS))
+            self._pump_replies(min(end, _io.mono_ns() + defaults.RTT_SLICE_NS))
         self._pump_replies()
         self.rtt.close()
 
@@ -196,7 +197,7 @@ class SenderLoop:
     def _record(self, kind, now_ns, since_ns):
         if self.source is None:
             self.source = sockets.local_name(self.sock, self.cfg.remote)
-        rec = {"type": kind, "role": "sender", "time": now_ns, "source": self.source,
+        rec = {"type": kind, "role": "sender", "time": _io.wall_of(now_ns), "source": self.source,
                "destination": str(self.cfg.remote), "session": self.session_hex,
                "wire": self.cfg.wire, "interval_s": round((now_ns - since_ns) / 1e9, 6)}
         return rec
@@ -232,6 +233,11 @@ class SenderLoop:
         rec.update(sent=sent - self._last[0], missed_slots=missed - self._last[1],
                    skipped_slots=skipped - self._last[2], send_errors=errors - self._last[3],
                    **_late_stats(lat))
+        if self.tx.gso_errno and not self.gso_warned:
+            self.gso_warned = True
+            log.warning("the kernel refused a UDP GSO message (%s): sending one datagram per "
+                        "message from now on; the refused packets were sent again",
+                        os.strerror(self.tx.gso_errno))
         if errors and not self._last[3]:
             log.warning("the kernel refused to send some packets (a local firewall, no route, "
                         "or too big): counted in send_errors; the receiver sees them as lost")
@@ -265,7 +271,7 @@ class SenderLoop:
             realtime_priority()
         interval_ns = int(cfg.interval * 1e9)
         self._warm_up()
-        start = _io.now_ns() + 1_000_000
+        start = _io.mono_ns() + 1_000_000
         self.tx.start(start, self.interval_ns, defaults.SPIN_NS)
         precise = cfg.timer == "precise"
         next_tick = start + interval_ns
@@ -276,7 +282,7 @@ class SenderLoop:
         while not self.stopping:
             until = next_tick + half if not deadline_ns else min(next_tick + half, deadline_ns)
             if self.rx is not None:
-                until = min(until, _io.now_ns() + defaults.RTT_SLICE_NS)
+                until = min(until, _io.mono_ns() + defaults.RTT_SLICE_NS)
             # with --count N the N-th packet is the final one, sent on its own slot below
             limit = cfg.count - 1 - self.tx.sent if cfg.count else 0
             if limit or not cfg.count:
@@ -289,10 +295,10 @@ class SenderLoop:
                 self.tx.skip_sequence(self.skip_pending)
                 log.info("skipped %d sequence number(s) on request", self.skip_pending)
                 self.skip_pending = 0
-            now = _io.now_ns()
+            now = _io.mono_ns()
             if now < next_tick <= until and not self.stopping:
                 _io.sleep_until(next_tick)          # no slot before next_tick + half
-                now = _io.now_ns()
+                now = _io.mono_ns()
             if now >= next_tick:
                 self._interval(now, last_tick)
                 last_tick = now
@@ -304,7 +310,7 @@ class SenderLoop:
         self.tx.send(1, final=True)
         if self.rtt is not None:
             self._last_replies()
-        now = _io.now_ns()
+        now = _io.mono_ns()
         self._interval(now, last_tick)
         self._summary(now, start)
 

@@ -121,19 +121,19 @@ class Relay:
         received = sent = 0
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        start = last_rx = _io.now_ns()
+        start = last_rx = _io.mono_ns()
         try:
             _io.set_timerslack(1)
         except OSError:
             pass
         while True:
-            now = _io.now_ns()
+            now = _io.mono_ns()
             if queue and queue[0][0] - now <= WAKE_NS:
                 deadline, data = queue.popleft()
                 late = _io.sleep_until(deadline, SPIN_NS)
                 self.sock.sendto(data, self.forward)
                 sent += 1
-                lateness.append(late if late is not None else _io.now_ns() - deadline)
+                lateness.append(late if late is not None else _io.mono_ns() - deadline)
                 continue
             if received and now - last_rx > self.idle_ns and not queue:
                 if not held:
@@ -151,10 +151,12 @@ class Relay:
                             MAX_DATAGRAM, socket.CMSG_SPACE(16))
                     except BlockingIOError:
                         break
-                    deadline = _rx_stamp(anc, _io.now_ns()) + self.delay_ns
+                    # the kernel stamp is wall-clock time; deadlines are monotonic
+                    wall = _io.wall_ns()
+                    deadline = _io.mono_ns() - (wall - _rx_stamp(anc, wall)) + self.delay_ns
                     i = received
                     received += 1
-                    last_rx = _io.now_ns()
+                    last_rx = _io.mono_ns()
                     if sched.reordered(i):
                         held[i + sched.reorder_by] = data
                         continue
