@@ -239,6 +239,9 @@ OPTS = (
     Opt("database", "str", defaults.DATABASE, "InfluxDB database (1.x) or bucket (2.x)",
         _nonempty, short="-d"),
     Opt("influx-org", "str", defaults.INFLUX_ORG, "InfluxDB organisation (2.x)"),
+    Opt("influx-api", "str", defaults.INFLUX_API, "InfluxDB write API: auto (from the version "
+        "the server's /ping reports), v1 (/write?db=), v2 (/api/v2/write)",
+        _choice(defaults.INFLUX_APIS)),
     Opt("retention-policy", "str", defaults.RETENTION_POLICY,
         "InfluxDB 1.x retention policy, empty = the database's default"),
     Opt("token", "str", None, "InfluxDB token", _optional, short="-t", secret=True,
@@ -262,6 +265,8 @@ OPTS = (
         "seconds between InfluxDB writes, 0 = --interval", _float(0.0)),
     Opt("spool-dir", "str", defaults.SPOOL_DIR,
         "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
+    Opt("spool-max-bytes", "int", defaults.SPOOL_MAX_BYTES,
+        "cap on the spool's size; past it the oldest points go first, 0 = no cap", _int(0)),
     Opt("key", "str", None, "shared secret: sign packets with HMAC-SHA-256", _optional,
         secret=True, commented=True),
     Opt("key-file", "str", None, "read the shared secret from this file", _optional,

@@ -35,7 +35,7 @@ def interval(ns: int, seq: int, **extra) -> dict:
            "destination": "[::1]:8000", "session": "00112233aabbccdd", "interval_s": 1.0,
            "received": 1000 + seq, "lost": seq % 3, "late": 0, "duplicates": 0,
            "loss_percent": 0.25, "owd_p50_us": 12.5, "owd_p999_us": None, "stalled": False,
-           "closed": False, "loss_burst_hist": {"1": 2}}
+           "closed": False, "loss_burst_hist": {}}
     rec.update(extra)
     return rec
 
@@ -74,11 +74,15 @@ def vm(tmp_path):
 # ---- pure: no server -------------------------------------------------------------------
 
 def test_format_record_schema():
-    line = format_record(interval(1795545715123456000, 4), "probe host")
+    line = format_record(interval(1795545715123456000, 4, loss_burst_hist={"1": 2, "3": 0}),
+                         "probe host")
     assert line == (
         b"packet_flow,destination=[::1]:8000,host=probe\\ host,session=00112233aabbccdd,"
         b"source=127.0.0.1:4000 interval_s=1.0,received=1004i,lost=1i,late=0i,duplicates=0i,"
-        b"loss_percent=0.25,owd_p50_us=12.5,stalled=false,closed=false 1795545715123456000\n")
+        b"loss_percent=0.25,owd_p50_us=12.5,stalled=false,closed=false 1795545715123456000\n"
+        # the loss-burst histogram: one point per burst length
+        b"packet_flow_loss_burst,destination=[::1]:8000,host=probe\\ host,length=1,"
+        b"session=00112233aabbccdd,source=127.0.0.1:4000 count=2i 1795545715123456000\n")
     # integer values of float-named fields stay floats, so field types never flip
     assert b"loss_percent=0.0," in format_record(interval(0, 0, loss_percent=0), "h")
     summary = format_record({"type": "summary", "role": "sender", "time": 0,
@@ -128,6 +132,9 @@ def test_points_land_with_tags_fields_timestamps(vm, tmp_path):
 @pytest.mark.influx
 @needs_vm
 def test_wrong_password_gives_clear_error_and_keeps_accepting(tmp_path, caplog):
+    """401 is an outage, not permission to drop: one clear line naming the server and the
+    cause; the points wait in the spool and are written exactly once when the password is
+    right."""
     with VMServer(str(tmp_path / "vmdata"), username="probe", password="right") as vm:
         cfg = make_cfg(vm.url, str(tmp_path / "spool"), token=None, username="probe",
                        password="wrong", auth_basic=True)
@@ -137,18 +144,21 @@ def test_wrong_password_gives_clear_error_and_keeps_accepting(tmp_path, caplog):
         for i in range(5):
             sink.record(interval(t0 + i * 1_000_000, i))  # must neither raise nor block
             time.sleep(0.25)
-        c = sink.close()
-        errors = [r.getMessage() for r in caplog.records if "rejected the credentials" in r.getMessage()]
+        c = sink.close(timeout=1.0)
+        errors = [r.getMessage() for r in caplog.records if "refused the credentials" in r.getMessage()]
         assert len(errors) == 1, caplog.text
-        assert f"(401 Unauthorized) at {vm.url}" in errors[0] and "--token" in errors[0]
+        assert errors[0].startswith(f"InfluxDB at {vm.url} refused the credentials (401: ")
+        assert "--username/--password" in errors[0] and "keeping points" in errors[0]
         assert sink.error == errors[0]
-        assert c["written"] == 0 and c["rejected"] == c["dropped"] == 5 and c["spooled"] == 0
+        assert c["written"] == c["rejected"] == c["dropped"] == 0 and c["spool_points"] == 5
 
         ok = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool"), token=None, username="probe",
                                  password="right", auth_basic=True))
-        ok.record(interval(t0, 0))
-        assert ok.close()["written"] == 1
-        assert len(samples(vm, "packet_flow_received")) == 1
+        ok.record(interval(t0 + 5 * 1_000_000, 5))
+        c = ok.close()
+        assert c["written"] == 6 and c["replayed"] == 5 and c["spool_points"] == 0
+        (series,) = samples(vm, "packet_flow_received", 6, settle=1.0).values()
+        assert [v for _, v in series] == [1000 + i for i in range(6)]
 
 
 @pytest.mark.influx
@@ -324,7 +334,7 @@ def test_5xx_and_429_are_retried_in_order(tmp_path, script):
     assert [int(line.rsplit(b" ", 1)[1]) // 1000 % 10 for line in lines] == list(range(6))
 
 
-def test_404_names_the_bucket_and_keeps_going(tmp_path, caplog):
+def test_404_names_the_bucket_and_keeps_the_points(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
     server = http.server.HTTPServer(("127.0.0.1", 0), _Scripted)
     server.script, server.bodies = [404] * 100, []
@@ -340,8 +350,8 @@ def test_404_names_the_bucket_and_keeps_going(tmp_path, caplog):
     finally:
         server.shutdown()
         server.server_close()
-    assert c["written"] == 0 and c["rejected"] == c["dropped"] == 3
-    assert caplog.text.count("InfluxDB has no bucket/database 'packet_flow/week'") == 1
+    assert c["written"] == c["rejected"] == c["dropped"] == 0 and c["spool_points"] == 3
+    assert caplog.text.count("has no bucket 'packet_flow/week' in org '-' (404: ") == 1
 
 
 def test_unusable_spool_dir_is_a_sink_error(tmp_path):
