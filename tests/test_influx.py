@@ -22,6 +22,15 @@ from vmserver import BINARY, VMServer  # noqa: E402
 
 from packet_flow.errors import SinkError  # noqa: E402
 from packet_flow.sinks.influx import InfluxSink  # noqa: E402
+from packet_flow.sinks.influxlink import (  # noqa: E402
+    Answer,
+    Verdict,
+    auth_headers,
+    choose_api,
+    classify,
+    server_message,
+    split,
+)
 from packet_flow.sinks.lineproto import format_int_points, format_record  # noqa: E402
 
 needs_vm = pytest.mark.skipif(
@@ -101,6 +110,43 @@ def test_format_int_points_matches_python():
     assert format_int_points(b"x", np.array([], np.int64), np.array([], np.int64)) == b""
 
 
+def test_answers_classified():
+    """What the writer does with each answer: exact partial-write counts only."""
+    ok, retry = Verdict("ok"), Verdict("retry")
+    assert classify(Answer(204, ""), 10) == ok
+    for status in (None, 401, 403, 404, 405, 429, 500, 503):
+        assert classify(Answer(status, "x"), 10) == retry
+    msg = ('partial write: field type conflict: input field "received" on measurement '
+           '"packet_flow" is type integer, already exists as type float dropped=4')
+    assert classify(Answer(400, msg), 10) == Verdict(
+        "partial", 4, 'field type conflict: input field "received" on measurement '
+        '"packet_flow" is type integer, already exists as type float')
+    assert classify(Answer(422, "partial write: points beyond retention policy dropped=3"),
+                    8) == Verdict("partial", 3, "points beyond retention policy")
+    # no exact count (a parse error's dropped=0 does not count the bad line): split
+    assert classify(Answer(400, "partial write: unable to parse 'x': bad dropped=0"),
+                    5) == Verdict("split")
+    assert classify(Answer(400, "field type conflict"), 5) == Verdict("split")
+    assert classify(Answer(400, "field type conflict"), 1) == Verdict(
+        "refused", 1, "field type conflict")
+    assert classify(Answer(413, "Request Entity Too Large"), 2) == Verdict("split")
+    assert split(b"a 1\nb 2\nc 3\n") in ((b"a 1\nb 2\n", b"c 3\n"), (b"a 1\n", b"b 2\nc 3\n"))
+    assert split(b"a 1\nb 2\n") == (b"a 1\n", b"b 2\n")
+    assert server_message(b'{"error":"authorization failed"}\n') == "authorization failed"
+    assert server_message('{"code":"not found","message":"bucket \\"x\\" not found"}') == \
+        'bucket "x" not found'
+
+
+def test_credentials_per_api():
+    assert auth_headers("u", "p", None, False) == {}  # 1.x: u/p query parameters
+    assert auth_headers("u", "p", None, True) == {"Authorization": "Basic dTpw"}
+    assert auth_headers(None, None, "tok", False) == {"Authorization": "Token tok"}
+    assert auth_headers(None, None, "u:p", True) == {"Authorization": "Basic dTpw"}
+    assert choose_api("v1", "http://127.0.0.1:9", {}, 0.5) == ("v1", "forced by --influx-api")
+    api, why = choose_api("auto", "http://127.0.0.1:9", {}, 0.5)
+    assert api is None and why.startswith("unreachable (")
+
+
 # ---- against a real VictoriaMetrics ------------------------------------------------------
 
 @pytest.mark.influx
@@ -116,6 +162,7 @@ def test_points_land_with_tags_fields_timestamps(vm, tmp_path):
                  "session": "00112233aabbccdd", "sent": 77, "timer_late_p99_us": 3.25})
     c = sink.close()
     assert c["written"] == 6 and c["dropped"] == c["spooled"] == c["queued"] == 0
+    assert sink.api == "v2"  # VictoriaMetrics' /ping has no version header: the 2.x path
 
     got = samples(vm, "packet_flow_received", 5, settle=1.0)
     labels = frozenset({"source": "127.0.0.1:4000", "destination": "[::1]:8000",
