@@ -30,9 +30,16 @@ Rules (the metric names are those of README.md (JSON-lines records) and REFERENC
   p99 of |IPDV| (RFC 3393/5481): |D(s) - D(s-1)| for consecutive sequences that both arrived,
   whatever their arrival order; a pair counts when its second packet arrives.
 - Counters are Python ints; output floats are µs rounded to 3 decimals (ns); no data gives None,
-  never NaN. Memory per flow: one int64 ring of up to ``window`` entries (8 KiB at first, doubling
-  as the flow's rate or reordering needs it, 1 MiB at most by default) plus the
-  lost runs inside the window and the summary histograms.
+  never NaN.
+- Memory per flow (``nbytes``): one int64 ring of ``window`` entries (8 KiB at first, 1 MiB at
+  most by default) plus the lost runs inside the window, the interval's delays and the summary
+  histograms. The ring grows (to a power of two >= 4 x the need) only for what the flow itself
+  shows: the packets of a batch (its rate) and the depth of the reordering it sees; a jump ahead
+  is a gap, not a reason to grow, and the need never exceeds the packets the flow has delivered,
+  so a spoofed flow buys at most a few dozen bytes of ring per datagram. A packet from further
+  back than the ring reached when it arrived is late only (above); the ring then grows, so the
+  same depth is exact next time. ``growable = False`` (the owner's memory budget is spent)
+  keeps the ring at its size.
 """
 
 import numpy as np
@@ -86,6 +93,7 @@ class _Acc:
         self.owd_min = self.owd_max = None
         self.ipdv_n = self.ipdv_sum = 0
         self.jitter_n = 0
+        self.parts_bytes = 0  # bytes of the interval's delay arrays
         if interval:
             self.owd_parts: list[np.ndarray] = []
             self.ipdv_parts: list[np.ndarray] = []
@@ -164,6 +172,7 @@ class FlowStats:
         self._pow2 = window & (window - 1) == 0
         self._ring = np.full(window, EMPTY, np.int64)  # delay of received sequences, by s % window
         self._known = -_JUMP_MAX  # the lowest sequence the ring has history for (see _grow)
+        self.growable = True  # False: the window keeps its size (its owner's memory is spent)
         self._low = start  # the first sequence (start of the flow), unwrapped
         self._h = -1  # highest sequence, relative to _low
         self._f = -1  # every sequence <= _f is settled
@@ -189,6 +198,19 @@ class FlowStats:
             # the ring knows nothing below the old window: packets there stay "too old"
             self._known = max(self._known, int(s[0]))
         self._ring, self._w, self._pow2 = ring, w, True
+
+    def _depth(self, u: np.ndarray) -> int:
+        """Deepest reordering in a batch: how far below the highest sequence before it a
+        packet arrives (0 when none does)."""
+        pm = np.maximum.accumulate(np.concatenate(([self._h], u[:-1])))
+        return max(0, int((pm - u).max()))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this flow's numpy buffers: the ring, the lost runs inside the window,
+        the current interval's delays and the summary histograms."""
+        return (self._ring.nbytes + self._run_s.nbytes + self._run_e.nbytes
+                + self._cur.parts_bytes + self._tot.owd_hist.nbytes + self._tot.ipdv_hist.nbytes)
 
     def _slot(self, x):
         return x & (self._w - 1) if self._pow2 else x % self._w
@@ -217,13 +239,15 @@ class FlowStats:
         if self._low is None:
             self._low = int(seq[0]) & self._mask
         u = self._unwrap(seq)
-        if self._w < self._max_w:
-            need = max(self._h, int(u.max())) - min(int(u.min()), self._h) + 1
+        in_order = u[0] > self._h and (u.size == 1 or bool((u[1:] > u[:-1]).all()))
+        if self._w < self._max_w and self.growable:
+            need = u.size if in_order else max(u.size, self._depth(u))
+            need = min(need, self._tot.received + u.size)
             if 2 * need > self._w:
                 self._grow(need)
         h0, f0, w = self._h, self._f, self._w
         h_new = int(u.max())
-        if u[0] > h0 and (u.size == 1 or bool((u[1:] > u[:-1]).all())):
+        if in_order:
             uu, dd, su, sd = u, owd, u, owd  # everything new, in order: the common case
             horizon, fixes, late, dups = self._horizon, (), 0, 0
             f_new = max(f0, h_new - horizon - 1)
@@ -433,6 +457,7 @@ class FlowStats:
             a.ipdv_n += int(ipdv.size)
             a.ipdv_sum += total
         self._cur.ipdv_parts.append(ipdv)
+        self._cur.parts_bytes += ipdv.nbytes
         self._tot.ipdv_hist.add(ipdv)
 
     def _delays(self, d: np.ndarray) -> None:
@@ -458,4 +483,5 @@ class FlowStats:
             a.negative_owd += neg
             a.jitter_n += n
         self._cur.owd_parts.append(d)
+        self._cur.parts_bytes += d.nbytes
         self._tot.owd_hist.add(d)

@@ -69,6 +69,11 @@ class LogHistogram:
         self._neg.add(neg)
         self.zeros += int(idx.size - np.count_nonzero(idx))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the bucket counts."""
+        return self._pos.counts.nbytes + self._neg.counts.nbytes
+
     def quantiles(self, percents, lo: int, hi: int) -> list:
         """Linear-interpolated percentiles (numpy's default method), clamped to [lo, hi]."""
         if not self.n:

@@ -29,12 +29,14 @@ class ReceiverLoop:
             host = cfg.local.host
             port = sock.getsockname()[1]
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.rx = _io.Receiver(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
-                               key=cfg.key, mode=mode, reflect=reflect)
+        core = _io.Reflector if reflect else _io.Receiver
+        self.rx = core(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
+                       key=cfg.key, mode=mode)
         if not reflect:     # a reflector answers at once; a receiver may read in bunches
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
-                               defaults.SEQ_WINDOW, on_packets, on_gaps)
+                               defaults.SEQ_WINDOW, on_packets, on_gaps,
+                               budget=cfg.max_flow_memory << 20)
         self.stopping = False
         self._last = {}
 
@@ -46,9 +48,9 @@ class ReceiverLoop:
         out = {"datagrams": self.rx.datagrams, "overwritten": self.rx.overwritten,
                "kernel_drops": sockets.drops(self.sock, self.rx.kernel_drops),
                "unattributed_malformed": self.table.unattributed,
-               "untracked": self.table.untracked}
+               "untracked": self.table.untracked, "evicted": self.table.evicted}
         out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
-        if self.rx.reflect:
+        if isinstance(self.rx, _io.Reflector):
             out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors)
         return out
 

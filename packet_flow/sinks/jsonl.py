@@ -18,9 +18,11 @@ def rfc3339(ns: int) -> str:
 class JsonlSink:
     """Appends records to PATH (`-` = stdout), flushing after each interval's records."""
 
-    def __init__(self, path):
+    def __init__(self, path, stream=None):
         self.path = path
-        self.stream = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+        if stream is None:
+            stream = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self.stream = stream
         self.lock = threading.Lock()
 
     def record(self, rec):
@@ -37,6 +39,6 @@ class JsonlSink:
     def close(self, timeout=0):
         with self.lock:
             self.stream.flush()
-            if self.stream is not sys.stdout:
+            if self.path != "-":
                 self.stream.close()
         return {}
