@@ -289,14 +289,11 @@ OPTS = (
         _float(defaults.INTERVAL_MIN_S, zero=True)),
     Opt("spool-dir", "str", defaults.SPOOL_DIR,
         "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
-<<<<<<< HEAD
     Opt("spool-max-bytes", "int", defaults.SPOOL_MAX_BYTES,
         "cap on the spool's size; past it the oldest points go first, 0 = no cap", _int(0)),
-=======
     Opt("prometheus-listen", "str", None, "serve Prometheus metrics at http://ADDR:PORT/metrics "
         "(e.g. 127.0.0.1:9469; 0.0.0.0:9469 for every address), empty = off; beside the other "
         "outputs", _listen),
->>>>>>> main
     Opt("key", "str", None, "shared secret: sign packets with HMAC-SHA-256", _optional,
         secret=True, commented=True),
     Opt("key-file", "str", None, "read the shared secret from this file", _optional,
