@@ -35,7 +35,7 @@ cdef class Receiver:
     cdef iovec *iovs
     cdef sockaddr_storage *names
     cdef uint8_t *ctrl
-    cdef pf_hmac_key hkey
+    cdef hmac_key hkey
     cdef bint keyed
     cdef size_t ctrl_len
     cdef public int64_t coalesce_ns
@@ -65,7 +65,7 @@ cdef class Receiver:
         self.ring = <rec_t *>&raw[0]
         self.keyed = bool(key)
         if self.keyed:
-            pf_hmac_init(&self.hkey, <const uint8_t *><char *>key, len(key))
+            _hmac_init(&self.hkey, <const uint8_t *><char *>key, len(key))
         self.ctrl_len = 256
         self.bufs = <uint8_t *>calloc(batch, bufsize)
         self.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))

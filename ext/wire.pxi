@@ -151,11 +151,18 @@ cdef inline void _ns_to_ntp(uint8_t *p, int64_t ns) noexcept nogil:
     _stbe32(p + 4, <uint32_t>((rem << 32) // 1000000000))
 
 
-cdef inline void _sign(const pf_hmac_key *key, uint8_t *p, size_t n) noexcept nogil:
+cdef inline void _sign(const hmac_key *key, uint8_t *p, size_t n) noexcept nogil:
     # the last TAG bytes of p[:n] become the truncated HMAC-SHA-256 of the bytes before them
     cdef uint8_t mac[32]
-    pf_hmac(key, p, n - TAG, mac)
+    _hmac(key, p, n - TAG, mac)
     memcpy(p + n - TAG, mac, TAG)
+
+
+cdef inline bint _tag_ok(const hmac_key *key, const uint8_t *p, size_t n) noexcept nogil:
+    # whether the last TAG bytes of p[:n] are the tag of the bytes before them
+    cdef uint8_t mac[32]
+    _hmac(key, p, n - TAG, mac)
+    return CRYPTO_memcmp(mac, p + n - TAG, TAG) == 0
 
 
 # ---------------------------------------------------------------- encoders
@@ -191,7 +198,7 @@ cdef inline void _encode_stamp(uint8_t *p, uint64_t seq, int64_t tx_ns, uint16_t
 
 cdef inline uint32_t _reflect_native(uint8_t *p, uint32_t length, uint8_t flags, uint64_t r_seq,
                                      int64_t t2_ns, int64_t t3_ns,
-                                     const pf_hmac_key *key) noexcept nogil:
+                                     const hmac_key *key) noexcept nogil:
     # Turns the valid native test packet p[:length] into its reflection in place (the buffer
     # has room for REFLECTED_HEADER + TAG) and returns its length: grown to the reflected
     # header (zero-filled) if shorter, REFLECTED set, reflector sequence, T2, T3, and a new
@@ -233,11 +240,10 @@ cdef inline void _reflect_stamp(uint8_t *p, uint32_t r_seq, int64_t t2_ns, int64
 # ---------------------------------------------------------------- decoder
 
 cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
-                        const pf_hmac_key *key) noexcept nogil:
+                        const hmac_key *key) noexcept nogil:
     # Fills the wire fields of r (kind, reason, flags, session, seq, tx_ns, r_seq, t2_ns,
     # t3_ns; ttl for STAMP replies) from the datagram p[:n]. mode: WIRE_NATIVE (native and
     # legacy), WIRE_STAMP or WIRE_STAMP_REFLECTED. key: require a valid tag (NULL: none).
-    cdef uint8_t mac[32]
     r.kind = K_MALFORMED
     r.reason = 0
     r.flags = 0
@@ -297,8 +303,7 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
         if not (r.flags & FLAG_AUTH):
             r.reason = R_NO_TAG
             return
-        pf_hmac(key, p, n - TAG, mac)
-        if memcmp(mac, p + n - TAG, TAG) != 0:
+        if not _tag_ok(key, p, n):
             r.reason = R_BAD_TAG
             return
     r.kind = K_NATIVE
