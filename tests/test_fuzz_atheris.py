@@ -30,7 +30,9 @@ import fuzz_io  # noqa: E402
 
 FUZZ_SECONDS = int(os.environ.get("PF_FUZZ_SECONDS", "60"))   # shorter for a quick local run
 SEEDS = sorted(glob.glob(os.path.join(FUZZ, "corpus", "io", "*")))
-CRASHES = sorted(glob.glob(os.path.join(FUZZ, "crashes", "*")))
+ARTIFACTS = ("crash-", "leak-", "timeout-", "oom-")   # what libFuzzer names its findings
+CRASHES = sorted(p for p in glob.glob(os.path.join(FUZZ, "crashes", "*"))
+                 if os.path.basename(p).startswith(ARTIFACTS))
 
 
 def _asan_build(out):
@@ -78,8 +80,7 @@ def test_atheris_fuzz_with_asan(tmp_path):
         assert run.returncode == 0, run.stderr[-4000:]
     run = subprocess.run(base + [f"-max_total_time={FUZZ_SECONDS}", "-timeout=10", str(corpus)],
                          env=env, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
-    found = [p for p in glob.glob(str(tmp_path / "*")) if os.path.basename(p).startswith(
-        ("crash-", "leak-", "timeout-", "oom-"))]
+    found = [p for p in glob.glob(str(tmp_path / "*")) if os.path.basename(p).startswith(ARTIFACTS)]
     if found:
         os.makedirs(os.path.join(FUZZ, "crashes"), exist_ok=True)
         for p in found:
