@@ -330,6 +330,27 @@ class FlowStats:
             a.late += late
             a.duplicates += dups
 
+    def unwrap(self, seq: np.ndarray) -> np.ndarray:
+        """The unwrapped (absolute, int64) sequences of a batch not yet given to update(), as
+        update() will see them: a 32-bit STAMP sequence after a wrap continues above 2**32."""
+        seq = np.asarray(seq, np.uint64)
+        if self._low is None:
+            low = int(seq[0]) & self._mask if seq.size else 0
+            return self._unwrap(seq, low) + low
+        return self._unwrap(seq) + self._low
+
+    def received(self, u: np.ndarray) -> np.ndarray:
+        """Whether each unwrapped sequence (from unwrap()) was received in an earlier batch.
+        Sequences older than the window remembers count as received (nothing can be said of
+        them but that they are far in the past)."""
+        if self._low is None:
+            return np.zeros(np.shape(u), bool)
+        x = np.asarray(u, np.int64) - self._low
+        out = x <= self._h
+        known = out & (x > self._h - self._w) & (x >= max(0, self._known))
+        out[known] = self._ring[self._slot(x[known])] != EMPTY
+        return out
+
     def close(self) -> None:
         """The final packet was seen: settle every gap up to the highest sequence."""
         if self._f < self._h:
@@ -347,8 +368,8 @@ class FlowStats:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _unwrap(self, seq: np.ndarray) -> np.ndarray:
-        ref = np.uint64((self._low + self._h) & self._mask)
+    def _unwrap(self, seq: np.ndarray, low: int | None = None) -> np.ndarray:
+        ref = np.uint64(((self._low if low is None else low) + self._h) & self._mask)
         delta = seq - ref  # uint64 arithmetic wraps modulo 2**64
         if self._bits == 64:
             signed = delta.view(np.int64)

@@ -146,7 +146,7 @@ class FlowTable:
                 del self.flows[fid]
 
     def _gaps(self, flow, part):
-        seq = part["seq"].astype(np.int64)
+        seq = flow.stats.unwrap(part["seq"])     # a 32-bit STAMP sequence wraps
         before = np.maximum.accumulate(np.concatenate(([flow.stats.highest], seq[:-1])))
         if flow.stats.highest < 0:
             before[0] = seq[0] - 1
