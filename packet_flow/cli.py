@@ -5,14 +5,15 @@ a JSON-lines run. Errors the user can fix become one line on stderr and an exit 
 import logging
 import sys
 
-from packet_flow import config
+from packet_flow import config, config_render
 from packet_flow.errors import PacketFlowError
+from packet_flow.masking import mask
 
 log = logging.getLogger("packet_flow")
 
 
 def _fail(msg, code, cfg=None):
-    print(f"packet-flow: error: {config.mask(str(msg), cfg)}", file=sys.stderr)
+    print(f"packet-flow: error: {mask(str(msg), cfg)}", file=sys.stderr)
     return code
 
 
@@ -33,12 +34,12 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if cfg.action == "generate":
-            config.write_default_config(cfg.config_file, cfg.force)
+            config_render.write_default_config(cfg.config_file, cfg.force)
             return 0
         if cfg.action == "print":
-            print(config.render_toml(cfg))
+            print(config_render.render_toml(cfg))
             return 0
-        config.log_config(cfg, log)
+        config_render.log_config(cfg, log)
         from packet_flow import run
         return run.run(cfg)
     except PacketFlowError as exc:

@@ -49,7 +49,12 @@ RCVBUF_BYTES = 8 << 20
 RECEIVE_COALESCE_NS = 500_000  # after draining the socket, let datagrams queue this long
 SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection (at most)
 SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it needs
-MAX_FLOWS = 10_000          # flows tracked at once (a spoofing flood cannot exhaust memory)
+MAX_FLOWS = 10_000          # flows tracked at once (bounds the work of every interval tick)
+MAX_FLOW_MEMORY_MIB = 256   # memory budget of all flows together (--max-flow-memory)
+FLOW_BYTES = 4096           # a flow's Python objects, beyond its numpy buffers (measured)
+
+# Reflector
+REFLECT_MAX_PPS = 2_000_000  # replies/s to one source address: above one sender's top rate
 
 # InfluxDB sink
 FLUSH_INTERVAL_S = 0.0      # 0 = the record interval
@@ -83,3 +88,5 @@ RTT_SLICE_NS = 10_000_000   # --rtt: longest schedule slice between two reply pu
 PUMP_MARGIN_NS = 2_000_000  # --rtt: wait for replies only when no slot is due this soon
 RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after the final packet
 RTT_RING = 1 << 17          # --rtt: receive ring records
+THREAD_STOP_S = 2.0         # `both`: longest wait for the receiver thread after stop()
+OUTPUT_QUEUE_RECORDS = 50_000  # records queued for the output thread; beyond, new ones are dropped

@@ -9,16 +9,20 @@ them into the record's `flow` id). Rules:
   longer than `forget` emits its summary and forgets it.
 - Malformed datagrams are attributed to the flows of their source address when there are
   any, else to the receiver-wide counters only.
+- Flows together have a memory budget (`budget` bytes: each flow's FlowStats.nbytes plus
+  FLOW_BYTES of Python objects) and a count cap (MAX_FLOWS). A new flow that does not fit
+  takes the place of the oldest idle flow (silent longer than `stall`: its interval and
+  summary are emitted, `evicted` counts it); when no flow is idle its packets are counted
+  `untracked`. Windows stop growing while the budget is spent. One warning per interval.
 All per-packet work is per batch with numpy; the Python loop runs once per flow per batch.
 """
 
-import datetime
-import ipaddress
 import logging
 
 import numpy as np
 
 from packet_flow import _io, defaults
+from packet_flow.addresses import address
 from packet_flow.analysis import FlowStats
 
 log = logging.getLogger(__name__)
@@ -26,26 +30,9 @@ log = logging.getLogger(__name__)
 WIRES = {1: "native", 2: "legacy", 3: "stamp", 4: "stamp_reflected"}
 
 
-def rfc3339(ns):
-    """RFC 3339 UTC time with microseconds for integer ns since the epoch."""
-    dt = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def address(addr, port, family):
-    """host:port or [v6]:port from a record's 16-byte address field."""
-    raw = bytes(addr)
-    if family == 4:
-        return f"{ipaddress.IPv4Address(raw[12:])}:{port}"
-    v6 = ipaddress.IPv6Address(raw)
-    if v6.ipv4_mapped is not None:        # an IPv4 peer of a dual-stack socket
-        return f"{v6.ipv4_mapped}:{port}"
-    return f"[{v6}]:{port}"
-
-
 class Flow:
     __slots__ = ("fid", "source", "session", "wire", "stats", "last_ns", "first_ns",
-                 "tick_ns", "stalled", "closed", "malformed", "malformed_total")
+                 "tick_ns", "stalled", "closed", "malformed", "malformed_total", "nbytes")
 
     def __init__(self, fid, source, session, wire, now_ns, seq_bits, window):
         self.fid = fid
@@ -56,6 +43,7 @@ class Flow:
         self.first_ns = self.last_ns = self.tick_ns = now_ns
         self.stalled = self.closed = False
         self.malformed = self.malformed_total = 0
+        self.nbytes = 0     # what the table's memory account holds for this flow
 
 
 class FlowTable:
@@ -67,7 +55,7 @@ class FlowTable:
     `packet_loss` semantics: a gap counted when the packet after it arrives)."""
 
     def __init__(self, destination, emit, stall_s, forget_s, window, on_packets=None,
-                 on_gaps=None):
+                 on_gaps=None, budget=defaults.MAX_FLOW_MEMORY_MIB << 20):
         self.destination = destination
         self.emit = emit
         self.stall_ns = int(stall_s * 1e9)
@@ -75,12 +63,17 @@ class FlowTable:
         self.window = window
         self.on_packets = on_packets
         self.on_gaps = on_gaps
-        self.flows = {}
+        self.flows = {}             # least recently active first
         self.unattributed = 0
-        self.untracked = 0          # packets of new flows refused beyond MAX_FLOWS
+        self.untracked = 0          # packets of new flows refused: budget or MAX_FLOWS full
+        self.evicted = 0            # idle flows dropped to make room for new ones
+        self.budget = budget
+        self.memory = 0             # bytes accounted to the open flows
+        self._new_bytes = defaults.FLOW_BYTES + 8 * min(window, defaults.SEQ_WINDOW_INITIAL)
+        self._pressure = [0, 0]     # untracked packets, evicted flows since the last warning
 
     def _base(self, kind, flow, now_ns, since_ns):
-        return {"type": kind, "role": "receiver", "time": rfc3339(now_ns),
+        return {"type": kind, "role": "receiver", "time": now_ns,
                 "source": flow.source, "destination": self.destination,
                 "session": flow.session, "wire": flow.wire,
                 "interval_s": round((now_ns - since_ns) / 1e9, 6)}
@@ -116,21 +109,22 @@ class FlowTable:
             groups = ((fid, recs[idx]) for fid, idx in
                       zip(fids.tolist(), np.split(order, starts[1:]), strict=True))
         for fid, part in groups:
-            flow = self.flows.get(fid)
+            flow = self.flows.pop(fid, None)
             if flow is None:
-                if len(self.flows) >= defaults.MAX_FLOWS:
-                    if not self.untracked:
-                        log.warning("%d flows are open: packets of new flows are counted as "
-                                    "untracked until some are forgotten", len(self.flows))
+                if not self._room(now_ns):
                     self.untracked += len(part)
+                    self._pressure[0] += len(part)
                     continue
                 flow = self._open(fid, part[0], now_ns)
+            self.flows[fid] = flow          # to the end: the most recently active
+            flow.stats.growable = self.memory < self.budget
             final = np.flatnonzero(part["flags"] & _io.FLAG_FINAL)
             if len(final):
                 part = part[: final[0] + 1]
             if self.on_gaps is not None:
                 self._gaps(flow, part)
             flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"])
+            self._account(flow)
             flow.last_ns = now_ns
             if flow.stalled:
                 log.info("flow %s (session %s) resumed", flow.source, flow.session)
@@ -143,7 +137,37 @@ class FlowTable:
                 flow.stats.close()
                 self._interval(flow, now_ns)
                 self._summary(flow, now_ns)
-                del self.flows[fid]
+                self._drop(flow)
+        if self.memory > self.budget:
+            self._room(now_ns, new=False)
+
+    def _account(self, flow):
+        nbytes = defaults.FLOW_BYTES + flow.stats.nbytes
+        self.memory += nbytes - flow.nbytes
+        flow.nbytes = nbytes
+
+    def _drop(self, flow):
+        del self.flows[flow.fid]
+        self.memory -= flow.nbytes
+
+    def _room(self, now_ns, new=True):
+        """Evict the oldest idle flows until one more flow fits (new=True: the budget and
+        MAX_FLOWS) or the open flows are back within the budget; False if they do not."""
+        extra = self._new_bytes if new else 0
+        while self.flows and not self._fits(extra, new):
+            flow = next(iter(self.flows.values()))
+            if now_ns - flow.last_ns <= self.stall_ns:
+                break
+            self._interval(flow, now_ns)
+            self._summary(flow, now_ns)
+            self._drop(flow)
+            self.evicted += 1
+            self._pressure[1] += 1
+        return self._fits(extra, new)
+
+    def _fits(self, extra, new):
+        return self.memory + extra <= self.budget and not (new and
+                                                           len(self.flows) >= defaults.MAX_FLOWS)
 
     def _gaps(self, flow, part):
         seq = flow.stats.unwrap(part["seq"])     # a 32-bit STAMP sequence wraps
@@ -162,7 +186,7 @@ class FlowTable:
         session = "legacy" if kind == 2 else f"{int(rec['session']):016x}"
         seq_bits = 32 if kind in (3, 4) else 64
         flow = Flow(fid, source, session, wire, now_ns, seq_bits, self.window)
-        self.flows[fid] = flow
+        self._account(flow)
         log.info("new flow from %s, session %s (%s)", source, session, wire)
         return flow
 
@@ -184,19 +208,26 @@ class FlowTable:
 
     def tick(self, now_ns):
         """Emit one interval record per flow; mark stalls; forget flows silent too long."""
-        for fid, flow in list(self.flows.items()):
+        untracked, evicted = self._pressure
+        if untracked or evicted:
+            log.warning("flow memory budget (%d MiB, %d flows at most) full: %d idle flows "
+                        "evicted, %d packets of new flows untracked since the last interval",
+                        self.budget >> 20, defaults.MAX_FLOWS, evicted, untracked)
+            self._pressure = [0, 0]
+        for flow in list(self.flows.values()):
             silent = now_ns - flow.last_ns
             if silent > self.forget_ns:
                 log.warning("flow %s (session %s) silent for %.0f s: forgotten",
                             flow.source, flow.session, silent / 1e9)
                 self._summary(flow, now_ns)
-                del self.flows[fid]
+                self._drop(flow)
                 continue
             if silent > self.stall_ns and not flow.stalled:
                 flow.stalled = True
                 log.warning("flow %s (session %s) stalled: nothing for %.1f s",
                             flow.source, flow.session, silent / 1e9)
             self._interval(flow, now_ns)
+            self._account(flow)
 
     def finish(self, now_ns):
         """At exit: a last interval and the summary of every open flow."""
@@ -204,3 +235,4 @@ class FlowTable:
             self._interval(flow, now_ns)
             self._summary(flow, now_ns)
         self.flows.clear()
+        self.memory = 0

@@ -24,9 +24,8 @@ import socket
 import numpy as np
 
 from packet_flow import _io, defaults, rtt, sockets
-from packet_flow.analysis import LogHistogram
 from packet_flow.errors import ConfigError
-from packet_flow.flows import rfc3339
+from packet_flow.histogram import LogHistogram
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ class SenderLoop:
     def _record(self, kind, now_ns, since_ns):
         if self.source is None:
             self.source = sockets.local_name(self.sock, self.cfg.remote)
-        rec = {"type": kind, "role": "sender", "time": rfc3339(now_ns), "source": self.source,
+        rec = {"type": kind, "role": "sender", "time": now_ns, "source": self.source,
                "destination": str(self.cfg.remote), "session": self.session_hex,
                "wire": self.cfg.wire, "interval_s": round((now_ns - since_ns) / 1e9, 6)}
         return rec
@@ -173,7 +172,6 @@ class SenderLoop:
         LogHistogram().add(probe)
         LogHistogram().quantiles([50, 99], 0, 999)
         _late_stats(probe)
-        rfc3339(_io.now_ns())
         if self.rtt is not None:
             rtt.RttStats().take_interval()
 

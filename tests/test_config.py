@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from packet_flow import config, defaults
+from packet_flow import config, config_render, defaults, masking, options
+from packet_flow.addresses import Addr
 from packet_flow.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"
@@ -218,9 +219,9 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
     path = str(tmp_path / "gen.toml")
     cfg = config.load(["--generate-config", "--config-file", path], {})   # file does not exist yet
     assert (cfg.action, cfg.config_file, cfg.force) == ("generate", path, False)
-    config.write_default_config(path, cfg.force)
+    config_render.write_default_config(path, cfg.force)
     text = Path(path).read_text()
-    for opt in config._OPTS:
+    for opt in options.OPTS:
         if opt.in_file:
             assert f"{opt.key} = " in text, opt.key
     loaded = config.load(["--config-file", path], {})
@@ -232,11 +233,11 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
     assert loaded.sources["rate"] == f"file {path}"
     # refuses to overwrite unless forced
     with pytest.raises(ConfigError, match="exists; add --force") as info:
-        config.write_default_config(path, False)
+        config_render.write_default_config(path, False)
     assert info.value.exit_code == 2
     Path(path).write_text("junk")
-    config.write_default_config(path, True)
-    assert Path(path).read_text() == config.default_toml()
+    config_render.write_default_config(path, True)
+    assert Path(path).read_text() == config_render.default_toml()
 
 
 # --- validation errors -----------------------------------------------------------------------------
@@ -348,7 +349,7 @@ def test_secret_file_errors(tmp_path):
 def test_addresses():
     cfg = config.load(["-m", "sender", "--local-addr", "[::1]:0", "--remote-addr",
                        "127.0.0.1:9000"], {})
-    assert cfg.local == config.Addr("::1", 0, socket.AF_INET6, cfg.local.sockaddr)
+    assert cfg.local == Addr("::1", 0, socket.AF_INET6, cfg.local.sockaddr)
     assert cfg.local.sockaddr[:2] == ("::1", 0)
     assert str(cfg.local) == "[::1]:0"
     assert (cfg.remote.family, cfg.remote.sockaddr, str(cfg.remote)) == (
@@ -409,26 +410,26 @@ def assert_no_secret(text):
 
 def test_print_config_masks_and_names_sources(tmp_path):
     cfg = secret_cfg(tmp_path)
-    text = config.render_toml(cfg)
+    text = config_render.render_toml(cfg)
     assert_no_secret(text)
     assert 'token = "***"  # cli' in text
     assert 'password = "***"  # env PACKET_FLOW_PASSWORD' in text
     assert 'key = "***"  # read from --key-file' in text
     assert 'influx_url = "http://db:8086"  # cli' in text
-    assert '# influx_url = "http://localhost:8086"  # default' in config.render_toml(
+    assert '# influx_url = "http://localhost:8086"  # default' in config_render.render_toml(
         config.load([], {}))
     assert "rate = 1000.0  # default" in text
     assert 'output = ["console", "influx"]  # default' in text
     data = tomllib.loads(text)                 # valid TOML, typed values
     assert data["rate"] == 1000.0 and data["dscp"] == 0 and data["rtt"] is False
-    plain = config.render_toml(cfg, commented_sources=False)
+    plain = config_render.render_toml(cfg, commented_sources=False)
     assert "  # " not in plain and 'rate = 1000.0\n' in plain
 
 
 def test_print_config_output_loads_back(tmp_path):
     cfg = config.load(["-m", "sender", "-r", "2.5", "--dscp", "46", "--rtt",
                        "--remote-addr", "[::1]:9000"], {})
-    path = toml_file(tmp_path, config.render_toml(cfg))
+    path = toml_file(tmp_path, config_render.render_toml(cfg))
     again = config.load(["--config-file", path], {})
     for field in ("mode", "rate_ms", "dscp", "rtt", "remote", "outputs", "batch", "interval"):
         assert getattr(again, field) == getattr(cfg, field), field
@@ -438,12 +439,12 @@ def test_log_config_is_masked(tmp_path, caplog):
     cfg = secret_cfg(tmp_path)
     logger = logging.getLogger("packet_flow.test")
     with caplog.at_level(logging.INFO, logger="packet_flow.test"):
-        config.log_config(cfg, logger)
+        config_render.log_config(cfg, logger)
         logger.info("connecting with token=%s to %s", cfg.token, cfg.influx_url)
         logger.info("auth header Authorization: Token %s", cfg.token)
-        logger.info("%s", config.mask(f"password {cfg.password} and {cfg.token}", cfg))
+        logger.info("%s", masking.mask(f"password {cfg.password} and {cfg.token}", cfg))
     assert all(r.levelno == logging.INFO for r in caplog.records)
-    logged = "\n".join(config.mask(r.getMessage(), cfg) for r in caplog.records)
+    logged = "\n".join(masking.mask(r.getMessage(), cfg) for r in caplog.records)
     assert_no_secret(logged)
     assert "config: token = \"***\"  # cli" in logged
     # the lines log_config wrote carry no secret even before any further masking
@@ -474,13 +475,13 @@ def test_error_message_with_url_credentials_is_masked():
     ],
 )
 def test_mask(text, masked):
-    assert config.mask(text) == masked
+    assert masking.mask(text) == masked
 
 
 def test_mask_literal_secrets_of_a_config(tmp_path):
     cfg = secret_cfg(tmp_path)
     text = f"sent {TOKEN} and me:{PASSWORD} with {KEY}"
-    assert config.mask(text, cfg) == "sent *** and me:*** with ***"
+    assert masking.mask(text, cfg) == "sent *** and me:*** with ***"
 
 
 def test_help_lists_env_vars_and_hides_secrets(capsys):
@@ -490,7 +491,7 @@ def test_help_lists_env_vars_and_hides_secrets(capsys):
     out = capsys.readouterr().out
     assert_no_secret(out)
     flat = " ".join(out.split())
-    for opt in config._OPTS:
+    for opt in options.OPTS:
         assert opt.env in flat.replace("PACKET_FLOW_ ", "PACKET_FLOW_"), opt.env
     assert "PACKET_FLOW_CONFIG_FILE overrides --config-file" in flat
     for flag in ("-m MODE, --mode", "-r RATE, --rate", "-i URL, --influx-url", "-d DATABASE",

@@ -1,10 +1,11 @@
-"""InfluxDB sink: contract records and compat points as line protocol, written off the receive path.
+"""InfluxDB sink: the writer thread that sends contract records and compat points, off the
+receive path. Line protocol is in lineproto.py, the durable spool in spool.py.
 
 Rules:
 - The caller's thread only hands items to a bounded queue (`put_nowait`); it never formats
   a batch, never touches HTTP and never raises. A full queue drops the item and counts it.
-- One background writer thread formats line protocol itself (vectorised for per-packet
-  points), joins it into chunks every flush interval and writes each chunk with
+- One background writer thread formats line protocol (lineproto.py; vectorised for
+  per-packet points), joins it into chunks every flush interval and writes each chunk with
   influxdb-client's SYNCHRONOUS write API. The client's batching mode is never used: it
   drops a batch after its retries (REFERENCE.md §5).
 - Unreachable server, 5xx or 429: the chunk stays. Memory holds up to `memory_points`
@@ -19,15 +20,12 @@ Rules:
 import hashlib
 import logging
 import math
-import numbers
 import os
 import queue
-import re
 import socket
 import tempfile
 import threading
 import time
-from calendar import timegm
 from collections import deque
 from http.client import HTTPException
 
@@ -35,125 +33,10 @@ import numpy as np
 
 from packet_flow import defaults
 from packet_flow.errors import SinkError
+from packet_flow.sinks.lineproto import MEASUREMENTS, escape, format_int_points, format_record
+from packet_flow.sinks.spool import Spool
 
 log = logging.getLogger(__name__)
-
-MEASUREMENTS = {
-    "interval": "packet_flow",
-    "sender": "packet_flow_sender",
-    "summary": "packet_flow_summary",
-    "receiver": "packet_flow_receiver",
-}
-TAG_KEYS = ("destination", "host", "role", "session", "source")  # sorted: what InfluxDB prefers
-NOT_FIELDS = frozenset(("type", "time", "role", "source", "destination", "session"))
-FLOAT_SUFFIXES = ("_us", "_s", "_percent", "_ratio")  # always floats, so field types never flip
-
-_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " "})
-_RFC3339 = re.compile(
-    r"(\d{4}-\d\d-\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9})\d*)?([Zz]|[+-]\d\d:?\d\d)$"
-)
-
-
-def escape(value) -> str:
-    """Escape a measurement, tag key, tag value or field key for line protocol."""
-    return str(value).translate(_ESCAPE)
-
-
-def parse_time_ns(text) -> int:
-    """RFC 3339 time (`2026-11-24T18:41:55.123456Z`) -> integer ns since the epoch.
-
-    Keeps every digit of the fraction (no float rounding). Raises ValueError on a bad string.
-    """
-    m = _RFC3339.match(str(text))
-    if m is None:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    day, hh, mm, ss, frac, tz = m.groups()
-    y, mo, d = (int(x) for x in day.split("-"))
-    secs = timegm((y, mo, d, int(hh), int(mm), int(ss), 0, 0, 0))
-    if tz not in ("Z", "z"):
-        sign = -1 if tz[0] == "+" else 1
-        tz = tz[1:].replace(":", "")
-        secs += sign * (int(tz[:2]) * 3600 + int(tz[2:]) * 60)
-    return secs * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
-
-
-def _field(name: str, value) -> str | None:
-    """One `key=value` field, or None for values line protocol should not carry."""
-    if isinstance(value, bool | np.bool_):
-        return f"{escape(name)}={'true' if value else 'false'}"
-    if isinstance(value, numbers.Integral):
-        if name.endswith(FLOAT_SUFFIXES):
-            return f"{escape(name)}={float(value)!r}"
-        return f"{escape(name)}={int(value)}i"
-    if isinstance(value, numbers.Real) and math.isfinite(value):
-        return f"{escape(name)}={float(value)!r}"
-    return None  # None, NaN, strings, dicts (loss_burst_hist), lists
-
-
-def format_record(rec: dict, host: str, now_ns: int | None = None) -> bytes | None:
-    """One contract record -> one line of line protocol (bytes, ending in \\n), or None.
-
-    Measurement from MEASUREMENTS by `type`; tags source, destination, session, host (and
-    role for summaries); fields are the record's numeric and boolean values.
-    """
-    measurement = MEASUREMENTS.get(rec.get("type"))
-    if measurement is None:
-        return None
-    tags = dict(rec)
-    tags["host"] = host
-    if rec.get("type") != "summary":
-        tags.pop("role", None)
-    tagset = "".join(
-        f",{k}={escape(tags[k])}" for k in TAG_KEYS if tags.get(k) not in (None, "")
-    )
-    fields = [f for k, v in rec.items() if k not in NOT_FIELDS and (f := _field(k, v))]
-    if not fields:
-        return None
-    try:
-        ts = parse_time_ns(rec["time"])
-    except (KeyError, ValueError):
-        ts = time.time_ns() if now_ns is None else now_ns
-    return f"{measurement}{tagset} {','.join(fields)} {ts}\n".encode()
-
-
-def _int_columns(values: np.ndarray):
-    """int64 array -> (sign column, digit columns, masks) for variable-width decimal text."""
-    mag = np.abs(values)
-    width = max(1, len(str(int(mag.max())))) if len(mag) else 1
-    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    digits = (mag[:, None] // powers % 10 + 48).astype(np.uint8)
-    ndigits = np.maximum((mag[:, None] >= powers).sum(axis=1), 1)
-    keep = np.arange(width) >= (width - ndigits)[:, None]
-    sign = np.full((len(values), 1), ord("-"), np.uint8)
-    return [sign, digits], [(values < 0)[:, None], keep]
-
-
-def format_int_points(prefix: bytes, values: np.ndarray, ts_ns: np.ndarray) -> bytes:
-    """Lines `prefix + <value>i <ts_ns>\\n` for whole arrays at once (no per-point Python).
-
-    `prefix` is e.g. b"latency,destination=D,source=S value=". Builds an ASCII byte matrix,
-    one row per point, and keeps the digits that are not leading zeros.
-    """
-    n = len(values)
-    if n == 0:
-        return b""
-    values = np.asarray(values, np.int64)
-    cols, masks = [], []
-
-    def const(b: bytes):
-        cols.append(np.broadcast_to(np.frombuffer(b, np.uint8), (n, len(b))))
-        masks.append(np.ones((n, len(b)), bool))
-
-    const(prefix)
-    c, m = _int_columns(values)
-    cols += c
-    masks += m
-    const(b"i ")
-    c, m = _int_columns(np.asarray(ts_ns, np.int64))
-    cols += c
-    masks += m
-    const(b"\n")
-    return np.hstack(cols)[np.hstack(masks)].tobytes()
 
 
 class _Chunk:
@@ -209,17 +92,12 @@ class InfluxSink:
         target = f"{self.url}|{self.org}|{self.bucket}".encode()
         self.spool_dir = os.path.join(base, hashlib.sha1(target).hexdigest()[:12])
         try:
-            os.makedirs(self.spool_dir, exist_ok=True)
-            self._spool = deque(sorted(
-                os.path.join(self.spool_dir, f)
-                for f in os.listdir(self.spool_dir) if f.endswith(".lp")
-            ))
+            self._spool = Spool(self.spool_dir)
         except OSError as e:
             raise SinkError(f"cannot use --spool-dir {base!r}: {e.strerror}") from e
-        self._spool_points = sum(self._count_file(p) for p in self._spool)
-        if self._spool:
+        if self._spool.points:
             log.info("replaying %d points left in %s by an earlier run",
-                     self._spool_points, self.spool_dir)
+                     self._spool.points, self.spool_dir)
         self._counters = dict.fromkeys(
             ("written", "retried", "spooled", "dropped", "replayed", "rejected",
              "capped", "failed_requests"), 0)
@@ -240,7 +118,6 @@ class InfluxSink:
         self._backoff = defaults.SINK_BACKOFF_MIN_S
         self._down_since = None
         self.error: str | None = None
-        self._seq = 0
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -327,7 +204,7 @@ class InfluxSink:
         with self._lock:
             out = dict(self._counters)
             out["queued"] = self._pending_points + self._buf_points + self._queue.qsize()
-            out["spool_points"] = self._spool_points
+            out["spool_points"] = self._spool.points
         return out
 
     def close(self, timeout: float = defaults.SHUTDOWN_FLUSH_S) -> dict:
@@ -444,29 +321,13 @@ class InfluxSink:
                     self._pending_points -= chunk.points
                 group.append(chunk)
             points = sum(c.points for c in group)
-            self._seq += 1
-            path = os.path.join(self.spool_dir,
-                                f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.lp")
             try:
-                with open(path + ".tmp", "wb") as f:
-                    f.writelines(c.data for c in group)
-                os.replace(path + ".tmp", path)  # readers see only whole files
+                self._spool.add(b"".join(c.data for c in group))
             except OSError as e:
                 self._count("dropped", points)
-                log.error("cannot spool %d points to %s (%s); dropped", points, path, e)
+                log.error("cannot spool %d points to %s (%s); dropped", points, self.spool_dir, e)
                 continue
-            self._spool.append(path)
-            with self._lock:
-                self._counters["spooled"] += points
-                self._spool_points += points
-
-    @staticmethod
-    def _count_file(path: str) -> int:
-        try:
-            with open(path, "rb") as f:
-                return f.read().count(b"\n")
-        except OSError:
-            return 0
+            self._count("spooled", points)
 
     def _write(self, data: bytes) -> str:
         """One synchronous write: 'ok', 'retry' (keep the data) or 'reject' (drop it)."""
@@ -529,15 +390,16 @@ class InfluxSink:
 
     def _next(self):
         """(data, points, chunk or None, spool path or None) of the oldest held data."""
-        while self._spool:
-            path = self._spool[0]
+        while len(self._spool):
+            path, data, points = self._spool.oldest()
+            if data is not None:
+                return data, points, None, path
+            log.error("cannot read spool file %s; skipped (%d points)", path, points)
+            self._count("dropped", points)
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
-                return data, data.count(b"\n"), None, path
-            except OSError as e:
-                log.error("cannot read spool file %s (%s); skipped", path, e)
-                self._spool.popleft()
+                self._spool.remove(path)
+            except OSError:
+                pass
         chunk = self._pending[0]
         return chunk.data, chunk.points, chunk, None
 
@@ -545,7 +407,7 @@ class InfluxSink:
         """Write spool files (oldest first), then memory chunks, until one fails."""
         while True:
             with self._state:
-                if self._abandoned or not (self._spool or self._pending):
+                if self._abandoned or not (len(self._spool) or self._pending):
                     return
                 if self._closing.is_set() and time.monotonic() >= self._deadline:
                     return
@@ -566,8 +428,11 @@ class InfluxSink:
                 self._backoff = defaults.SINK_BACKOFF_MIN_S
                 with self._lock:
                     if chunk is None:
-                        self._spool.popleft()
-                        self._spool_points -= points
+                        try:
+                            self._spool.remove(path)
+                        except OSError as e:
+                            log.error("cannot remove spool file %s (%s); it will be written "
+                                      "again", path, e)
                     else:
                         self._pending.popleft()
                         self._pending_points -= points
@@ -578,12 +443,6 @@ class InfluxSink:
                     else:
                         self._counters["dropped"] += points
                         self._counters["rejected"] += points
-                if path is not None:
-                    try:
-                        os.unlink(path)
-                    except OSError as e:
-                        log.error("cannot remove spool file %s (%s); it will be written again",
-                                  path, e)
 
     def _run(self) -> None:
         while True:
@@ -599,7 +458,7 @@ class InfluxSink:
         while not self._abandoned:
             now = time.monotonic()
             closing = self._closing.is_set()
-            backlog = bool(self._spool or self._pending)
+            backlog = bool(len(self._spool) or self._pending)
             if closing:
                 wake = max(self._retry_at, now) if backlog else now
                 wake = min(wake, self._deadline)
@@ -617,7 +476,7 @@ class InfluxSink:
                 self._send()
             if closing and self._queue.empty() and not self._buf:
                 with self._state:
-                    if self._abandoned or not (self._spool or self._pending):
+                    if self._abandoned or not (len(self._spool) or self._pending):
                         return
                     if time.monotonic() >= self._deadline:
                         self._spill(0)
