@@ -231,6 +231,7 @@ class FlowStats:
         """Bytes of this flow's numpy buffers: the ring, the lost runs inside the window,
         the current interval's delays and the summary histograms."""
         return (self._ring.nbytes + self._run_s.nbytes + self._run_e.nbytes
+                + self._loc_s.nbytes + self._loc_e.nbytes
                 + self._cur.parts_bytes + self._tot.owd_hist.nbytes + self._tot.ipdv_hist.nbytes)
 
     def _slot(self, x):

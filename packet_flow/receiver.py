@@ -36,6 +36,7 @@ class ReceiverLoop:
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps,
                                budget=cfg.max_flow_memory << 20)
+        self.table.gro = sockets.gro_enabled(sock)
         self.stopping = False
         self._last = {}
 
