@@ -45,7 +45,8 @@ class ReceiverLoop:
 
     def counters(self):
         """Cumulative receiver-wide counters (the `receiver` record holds their increments)."""
-        out = {"datagrams": self.rx.datagrams, "overwritten": self.rx.overwritten,
+        out = {"datagrams": self.rx.datagrams, "buffers": self.rx.messages,
+               "overwritten": self.rx.overwritten,
                "kernel_drops": sockets.drops(self.sock, self.rx.kernel_drops),
                "unattributed_malformed": self.table.unattributed,
                "untracked": self.table.untracked, "evicted": self.table.evicted}

@@ -171,8 +171,8 @@ def test_ntp_eras_and_short_replies_in_the_core():
     assert (int(rec["kind"]), int(rec["seq"]), int(rec["tx_ns"])) == (3, 9, t1)
     recs = _receive(_io.WIRE_STAMP_REFLECTED, [reply, reply[:38], reply[:37]])
     assert list(recs["kind"]) == [4, 4, 0]
-    for r, ttl in zip(recs[:2], (61, 0), strict=True):
-        assert (int(r["seq"]), int(r["r_seq"]), int(r["ttl"])) == (9, 4, ttl)
+    for r in recs[:2]:
+        assert (int(r["seq"]), int(r["r_seq"])) == (9, 4)
         assert (int(r["tx_ns"]), int(r["t2_ns"]), int(r["t3_ns"])) == (t1, t2, t3)
     short = wire.decode(reply[:38], stamp="reflected")
     assert (short.seq, short.r_seq, short.tx_ns, short.t2_ns, short.t3_ns, short.ttl) == \
