@@ -28,6 +28,7 @@ STAMP_PORT = 862
 TIMER = "precise"
 TIMERS = ("precise", "economy")
 INTERVAL_S = 1.0
+INTERVAL_MIN_S = 0.001       # shortest record (and InfluxDB flush) interval
 OUTPUT = "console"
 STALL_TIMEOUT_S = 5.0
 FORGET_TIMEOUT_S = 60.0
@@ -90,3 +91,7 @@ RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after
 RTT_RING = 1 << 17          # --rtt: receive ring records
 THREAD_STOP_S = 2.0         # `both`: longest wait for the receiver thread after stop()
 OUTPUT_QUEUE_RECORDS = 50_000  # records queued for the output thread; beyond, new ones are dropped
+
+# Prometheus output
+PROMETHEUS_MAX_SERIES = 2000  # label sets per table; new flows beyond count as source="overflow"
+PROMETHEUS_ACTIVE_S = 300.0   # render after every tick while a scraper came this recently

@@ -29,8 +29,9 @@ class ReceiverLoop:
             host = cfg.local.host
             port = sock.getsockname()[1]
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.rx = _io.Receiver(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
-                               key=cfg.key, mode=mode, reflect=reflect)
+        core = _io.Reflector if reflect else _io.Receiver
+        self.rx = core(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
+                       key=cfg.key, mode=mode)
         if not reflect:     # a reflector answers at once; a receiver may read in bunches
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
@@ -51,7 +52,7 @@ class ReceiverLoop:
                "unattributed_malformed": self.table.unattributed,
                "untracked": self.table.untracked, "evicted": self.table.evicted}
         out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
-        if self.rx.reflect:
+        if isinstance(self.rx, _io.Reflector):
             out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors)
         return out
 

@@ -61,6 +61,8 @@ class Fanout:
     def __init__(self, sinks, capacity=defaults.OUTPUT_QUEUE_RECORDS):
         self.sinks = sinks
         self.per_packet = [s for s in sinks if getattr(s, "wants_packets", False)]
+        self.per_gap = [s for s in self.per_packet if getattr(s, "wants_gaps", True)]
+        self.per_rtt = [s for s in self.per_packet if hasattr(s, "rtts")]
         self.queue = queue.Queue(capacity)
         self.dropped = collections.Counter()
         self.counters = {}
@@ -98,8 +100,12 @@ class Fanout:
             sink.packets(source, destination, rx_ns, owd_ns)
 
     def gaps(self, source, destination, rx_ns, lost):
-        for sink in self.per_packet:
+        for sink in self.per_gap:
             sink.gaps(source, destination, rx_ns, lost)
+
+    def rtts(self, source, destination, rtt_ns):
+        for sink in self.per_rtt:
+            sink.rtts(source, destination, rtt_ns)
 
     def close(self, timeout):
         """Write the queued records and close every sink, all within `timeout` seconds;
@@ -127,18 +133,27 @@ class Fanout:
 def build_sinks(cfg):
     """Sinks named by cfg.outputs; the console moves to stderr when JSON goes to stdout.
     Standard streams are written through StdStream (see there)."""
-    sinks = []
+    sinks, last = [], []
+    if cfg.prometheus_listen is not None:
+        # made first (a port in use fails before anything opens), closed last (its close
+        # waits for a final scrape)
+        from packet_flow.sinks.prometheus import PrometheusSink
+        last = [PrometheusSink(cfg)]
     to_stdout = "jsonl:-" in cfg.outputs
     for out in cfg.outputs:
         if out == "console":
             sinks.append(ConsoleSink(sys.stderr if to_stdout else StdStream(1)))
         elif out.startswith("jsonl:"):
             path = out[len("jsonl:"):]
-            sinks.append(JsonlSink(path, StdStream(1) if path == "-" else None))
+            try:
+                sinks.append(JsonlSink(path, StdStream(1) if path == "-" else None))
+            except OSError as exc:
+                raise ConfigError(f"option --output: cannot open {out!r}: "
+                                  f"{exc.strerror or exc}") from None
         elif out == "influx":
             from packet_flow.sinks.influx import InfluxSink
             sinks.append(InfluxSink(cfg))
-    return sinks
+    return sinks + last
 
 
 def run(cfg, ready=None):
@@ -156,9 +171,8 @@ def run(cfg, ready=None):
     handlers = {}
     try:
         if cfg.mode in ("receiver", "both"):
-            per_packet = bool(out.per_packet)
-            receiver = ReceiverLoop(cfg, out.record, out.packets if per_packet else None,
-                                    on_gaps=out.gaps if per_packet else None)
+            receiver = ReceiverLoop(cfg, out.record, out.packets if out.per_packet else None,
+                                    on_gaps=out.gaps if out.per_gap else None)
         if cfg.mode in ("sender", "both"):
             sock = None
             if cfg.mode == "sender" and cfg.sources.get("local-addr", "default") != "default":
@@ -168,7 +182,8 @@ def run(cfg, ready=None):
                                       f"address family of --remote-addr '{cfg.remote}'")
                 sock = sockets.send_socket(cfg.local.family, cfg.dscp, cfg.ttl,
                                            bind=cfg.local.sockaddr)
-            sender = SenderLoop(cfg, out.record, sock=sock)
+            sender = SenderLoop(cfg, out.record, sock=sock,
+                                on_rtt=out.rtts if out.per_rtt else None)
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
             receiver = ReflectorLoop(cfg, out.record)

@@ -58,9 +58,11 @@ def realtime_priority():
 class SenderLoop:
     """Sends to cfg.remote on the cfg.rate_ms grid until stop(), the deadline or cfg.count."""
 
-    def __init__(self, cfg, emit, sock=None, size=None):
+    def __init__(self, cfg, emit, sock=None, size=None, on_rtt=None):
+        """`on_rtt(source, destination, rtt_ns)` receives each batch of round-trip times."""
         self.cfg = cfg
         self.emit = emit
+        self.on_rtt = on_rtt
         self.sock = sock or sockets.send_socket(cfg.remote.family, cfg.dscp, cfg.ttl)
         self.session = secrets.randbits(64)
         self.interval_ns = max(1, round(cfg.rate_ms * 1e6))
@@ -131,6 +133,9 @@ class SenderLoop:
             return
         self.rtt.update(recs["seq"], recs["r_seq"], recs["tx_ns"], recs["t2_ns"],
                         recs["t3_ns"], recs["rx_ns"])
+        if self.on_rtt is not None:
+            self.on_rtt(self.source, str(self.cfg.remote),
+                        recs["rx_ns"] - recs["tx_ns"] - (recs["t3_ns"] - recs["t2_ns"]))
         if self.cfg.wire == "native":
             self.final_answered |= bool((recs["flags"] & _io.FLAG_FINAL).any())
 
