@@ -25,8 +25,9 @@ reflector's own per-flow sequence (stateful reflector, RFC 8762 §4.2). Rules:
   to a sender sequence never answered before that carries a reflector sequence already seen
   cannot come from a reflector still counting (it gives each packet it receives a new number),
   so it marks the new run (``reflector_resets``): the backward stream of the old run keeps its
-  counts and a new one starts at reflector sequence 0. Nothing turns into duplicates, and no
-  counter goes negative.
+  counts and a new one starts at reflector sequence 0; replies to sender sequences below the
+  one that revealed the new run still belong to the old one. Nothing turns into duplicates,
+  and no counter goes negative.
 - Packets sent after the last reply received cannot be attributed to a direction: the summary
   counts them in ``lost`` and in ``unattributed_lost`` only, so
   ``lost = forward_lost + backward_lost + unattributed_lost``. A native sender's final packet is
@@ -63,6 +64,7 @@ class RttStats:
         self._retired = []      # backward streams of earlier reflector runs (see _reset)
         self._untaken = []      # ... whose last interval is not yet in a record
         self.resets = self._resets_taken = 0
+        self._since = 0         # the first sender sequence of the reflector's current run
 
     def update(self, seq, r_seq, t1_ns, t2_ns, t3_ns, t4_ns) -> None:
         """Account one batch of replies in arrival order: sender sequence, reflector sequence
@@ -84,9 +86,15 @@ class RttStats:
             k = self._reset_at(seq, r_seq)
             end = k if k >= 0 else seq.size
             self.total.update(seq[:end], tx[:end], t4[:end])
-            self.backward.update(r_seq[:end], tx[:end], t4[:end])
+            back = np.ones(end, bool)
+            if self._retired:
+                # a reply of the previous run overtaken by the new run's first ones
+                back = self.total.unwrap(seq[:end]) >= self._since
+                self._retired[-1].update(r_seq[:end][~back], tx[:end][~back], t4[:end][~back])
+            self.backward.update(r_seq[:end][back], tx[:end][back], t4[:end][back])
             if k < 0:
                 return
+            self._since = int(self.total.unwrap(seq[k:k + 1])[0])
             self._reset()
             seq, r_seq, tx, t4 = seq[k:], r_seq[k:], tx[k:], t4[k:]
 
@@ -101,11 +109,13 @@ class RttStats:
         before[0] = self.total.highest
         np.maximum.accumulate(np.maximum(u[:-1], self.total.highest), out=before[1:])
         new = u > before
+        cur = u >= self._since      # replies of the reflector's current run
         ub = self.backward.unwrap(r_seq)
         reused = self.backward.received(ub)
-        order = np.argsort(ub, kind="stable")
+        idx = np.flatnonzero(cur)
+        order = idx[np.argsort(ub[idx], kind="stable")]
         reused[order[1:]] |= ub[order[1:]] == ub[order[:-1]]
-        hit = np.flatnonzero(new & reused)
+        hit = np.flatnonzero(new & cur & reused)
         return int(hit[0]) if hit.size else -1
 
     def _reset(self) -> None:

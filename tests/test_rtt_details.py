@@ -8,11 +8,13 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from packet_flow import _io, config, wire
 from packet_flow.receiver import ReceiverLoop
 from packet_flow.reflector import ReflectorLoop
+from packet_flow.rtt import RttStats
 from packet_flow.sender import SenderLoop
 
 
@@ -36,7 +38,8 @@ class SwitchRelay:
         for s in (self.front, self.back):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.port = self.front.getsockname()[1]
-        self.targets, self.switch, self.forwarded = (a, b), switch, 0
+        self.targets, self.switch, self.forwarded, self.replies = (a, b), switch, 0, 0
+        self.held = []
         self.stopping = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -50,10 +53,15 @@ class SwitchRelay:
                 data, addr = s.recvfrom(65535)
                 if s is self.front:
                     peer = addr
-                    self.back.sendto(data, self.targets[self.forwarded >= self.switch])
-                    self.forwarded += 1
+                    self.held.append(data)
                 elif peer is not None:
+                    self.replies += 1
                     self.front.sendto(data, peer)
+            # the new reflector gets its first packet once the old one has answered all of
+            # its own (two live reflectors would race; a restarted one does not)
+            while self.held and (self.forwarded != self.switch or self.replies >= self.switch):
+                self.back.sendto(self.held.pop(0), self.targets[self.forwarded >= self.switch])
+                self.forwarded += 1
 
     def close(self):
         self.stopping = True
@@ -100,6 +108,23 @@ def test_reflector_restart_is_a_new_run_not_duplicates(wire_name):
     for r in intervals:
         assert min(r[k] for k in ("forward_duplicates", "backward_duplicates", "forward_late",
                                   "backward_late")) >= 0
+
+
+def test_old_run_replies_overtaken_by_the_new_run():
+    """Replies of the old run that arrive after the new run's first: still the old run's."""
+    r = RttStats()
+    seq = np.arange(2000, dtype=np.uint64)
+    r_seq = np.concatenate([np.arange(1000), np.arange(1000)]).astype(np.uint64)
+    order = np.r_[0:998, 1000, 998, 999, 1001:2000]
+    t1 = np.arange(2000, dtype=np.int64) * 1_000_000
+    r.update(seq[order], r_seq[order], t1[order], t1[order] + 5, t1[order] + 10,
+             t1[order] + 100_000)
+    r.close()
+    s = r.summary(2000)
+    assert s["reflector_resets"] == 1 and s["reflected"] == 2000
+    assert s["lost"] == s["forward_lost"] == s["backward_lost"] == 0
+    assert s["forward_duplicates"] == s["backward_duplicates"] == 0
+    assert s["forward_late"] + s["backward_late"] == 2
 
 
 def test_compat_gap_points_continue_after_stamp_wrap():
