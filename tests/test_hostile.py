@@ -34,6 +34,7 @@ from packet_flow.reflector import ReflectorLoop  # noqa: E402
 
 S = 1_000_000_000
 FLOOD_SESSIONS = 20_000
+REAL = 8000                 # packets of the real flow beside the flood (4 s)
 
 
 # ---------------------------------------------------------------- 1. pure: the budget
@@ -144,11 +145,12 @@ def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, 
     try:
         wait_bound(port)
         real = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 0.5,
-                  "--count", 3000, "--output", "jsonl:/dev/null")
-        time.sleep(0.3)                                  # the real flow exists first
+                  "--count", REAL, "--output", "jsonl:/dev/null")
+        time.sleep(1.0)                                  # the real flow exists first
         per = 2 if pattern == "jump" else 3
         sent = _flood(pattern, port, rx.pid)
         assert sent == FLOOD_SESSIONS * per
+        assert real.poll() is None, "the flood outlasted the real flow: nothing ran beside it"
         finish(real)
         end = time.monotonic() + 20
         while _udp_queue(rx.pid, port)[0] and time.monotonic() < end:
@@ -168,12 +170,12 @@ def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, 
     recs = records(out)
     (totals,) = [r for r in recs if r["type"] == "receiver"]
     flows = summaries(recs)
-    mine = [f for f in flows if f["received"] == 3000]
+    mine = [f for f in flows if f["received"] == REAL]
     assert len(mine) == 1
     f = mine[0]
     assert (f["lost"], f["late"], f["duplicates"], f["closed"]) == (0, 0, 0, True)
     flood = [f for f in flows if f is not mine[0]]
-    assert totals["kernel_drops"] == 0 and totals["datagrams"] == sent + 3000
+    assert totals["kernel_drops"] == 0 and totals["datagrams"] == sent + REAL
     # every spoofed session is either a flow or untracked, all its datagrams with it
     assert len(flood) + totals["untracked"] // per == FLOOD_SESSIONS
     assert totals["untracked"] % per == 0 and totals["evicted"] == 0
