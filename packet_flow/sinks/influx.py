@@ -534,6 +534,8 @@ class InfluxSink:
                 time.sleep(0.5)
 
     def _loop(self) -> None:
+        if self._link is None and not self._closing.is_set():
+            self._connect()  # the API choice is logged at start, not at the first flush
         next_flush = time.monotonic() + self.flush_s
         while not self._abandoned:
             now = time.monotonic()
