@@ -8,7 +8,7 @@ so the counts a receiver must report are known exactly in advance (see `plan`):
   after datagram i + reorder_by (so it arrives `reorder_by` places late);
 - duplicate: when i % dup_every == dup_at (and i is not reordered), datagram i is sent twice.
 Precision: the loop waits for each send deadline with packet_flow._io.sleep_until (absolute
-CLOCK_REALTIME deadline, nanosleep, then a spin of the last SPIN_NS without the GIL), never
+CLOCK_MONOTONIC deadline, nanosleep, then a spin of the last SPIN_NS without the GIL), never
 time.sleep; its own lateness behind every deadline is part of the statistics it writes.
 Run it as a process (`python3 tests/relay.py --help`), so no other thread holds the GIL when
 a deadline comes; on a busy machine give it `--rt-priority` (SCHED_FIFO, root only), because
