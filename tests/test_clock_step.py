@@ -2,9 +2,9 @@
 and then by -20 s in the middle of a `both` run (a test-only offset that every wall-clock
 read of the extension adds, kernel receive stamps included, as a step of the machine's
 clock would; the machine's clock is not touched). Slots and interval ticks are on
-CLOCK_MONOTONIC: every interval still holds exactly its 20 packets, nothing is missed or
-skipped, and the records' `time` follows the stepped wall clock while `interval_s` does
-not."""
+CLOCK_MONOTONIC: every interval still holds exactly its 20 packets (unless the machine held
+the sender past a tick: missed slots), nothing is skipped, the run takes its 3 s, and the
+records' `time` follows the stepped wall clock while `interval_s` does not."""
 
 import datetime
 import json
@@ -62,8 +62,17 @@ def test_wall_clock_steps_neither_stop_nor_burst_the_grid(tmp_path):
     assert (tx_sum["sent"], tx_sum["skipped_slots"]) == (COUNT, 0)
     assert (rx_sum["received"], rx_sum["lost"], rx_sum["late"]) == (COUNT, 0, 0)
     # the grid: the first sender interval holds slots 0..20 (slot 20 is due at its tick),
-    # each of the next 14 exactly 20, the last one the final packet
-    assert [r["sent"] for r in tx] == [21] + [20] * 14 + [1]
+    # each of the next 14 exactly 20, the last one the final packet. A busy shared machine
+    # can hold the sender past a tick now and then: the late slots then go out at once, so
+    # an interval next to one with missed slots may hold a few more or fewer.
+    expect = [21] + [20] * 14 + [1]
+    sent = [r["sent"] for r in tx]
+    missed = [r["missed_slots"] for r in tx]
+    assert len(sent) == len(expect), sent
+    for i, (got, want) in enumerate(zip(sent, expect, strict=True)):
+        slack = sum(missed[max(0, i - 1):i + 2])
+        assert abs(got - want) <= slack, (i, sent, missed)
+    assert sum(missed) <= 30, missed
     # the receiver ticks on: no interval stretched or squeezed by a step, none empty; it
     # counts by read time, so a slot delayed across a tick by a busy machine may move a
     # few packets to the next interval
