@@ -53,7 +53,8 @@ class ReceiverLoop:
                "untracked": self.table.untracked, "evicted": self.table.evicted}
         out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
         if isinstance(self.rx, _io.Reflector):
-            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors)
+            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors,
+                       reflect_limited=self.rx.limited)
         return out
 
     def _receiver_record(self, now_ns, since_ns):
@@ -70,7 +71,8 @@ class ReceiverLoop:
             log.warning("receive ring overflowed: %d records lost before analysis",
                         rec["overwritten"])
         if rec["kernel_drops"]:
-            log.warning("the socket dropped %d datagrams (receive buffer full: raise --rcvbuf)",
+            log.warning("the socket dropped %d datagrams or GRO buffers (receive buffer full: "
+                        "raise --rcvbuf); the flows count them as local_drops, not lost",
                         rec["kernel_drops"])
         return rec
 
