@@ -50,6 +50,10 @@ RECEIVE_COALESCE_NS = 500_000  # after draining the socket, let datagrams queue 
 SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection (at most)
 SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it needs
 MAX_FLOWS = 10_000          # flows tracked at once (a spoofing flood cannot exhaust memory)
+FORGOTTEN_MAX = 100_000     # compact records of forgotten flows kept (oldest go first) ...
+FORGOTTEN_KEEP_S = 86_400.0  # ... and for how long: a sender back within a day resumes
+CLOSED_GRACE_S = 1.0        # a closed flow takes stragglers at least this long after FINAL
+RESTART_BACK = 1000         # legacy/STAMP: a jump back this far with a newer send time is a restart
 
 # InfluxDB sink
 FLUSH_INTERVAL_S = 0.0      # 0 = the record interval
