@@ -32,7 +32,8 @@ sys.path[:0] = [os.path.join(HERE, "..", "tests"), os.path.join(HERE, "..")]
 from vmserver import VMServer  # noqa: E402
 
 from packet_flow import defaults  # noqa: E402
-from packet_flow.sinks.influx import InfluxSink, format_int_points  # noqa: E402
+from packet_flow.sinks.influx import InfluxSink  # noqa: E402
+from packet_flow.sinks.lineproto import format_int_points  # noqa: E402
 
 
 def lines(n: int, flow: int, t0: int) -> bytes:
@@ -87,7 +88,7 @@ def bench_records(url: str, spool: str, n: int) -> float:
     cfg = types.SimpleNamespace(influx_url=url, database="packet_flow", token="x",
                                 flush_interval=0.05, spool_dir=spool, hostname="bench")
     sink = InfluxSink(cfg)
-    rec = {"type": "interval", "role": "receiver", "time": "2026-01-01T00:00:00.000000Z",
+    rec = {"type": "interval", "role": "receiver", "time": 1767225600_000000000,
            "destination": "10.0.0.2:8000", "session": "00112233aabbccdd", "interval_s": 1.0,
            "received": 1000, "lost": 1, "late": 0, "duplicates": 0, "malformed": 0,
            "loss_bursts": 1, "max_loss_burst": 1, "loss_percent": 0.1, "owd_min_us": 10.0,
@@ -95,8 +96,7 @@ def bench_records(url: str, spool: str, n: int) -> float:
            "owd_p999_us": 30.0, "owd_max_us": 40.0, "negative_owd": 0, "jitter_us": 1.5,
            "ipdv_mean_us": 1.0, "ipdv_p99_us": 5.0, "stalled": False, "closed": False}
     recs = [dict(rec, source=f"10.0.0.{i % 250}:{4000 + i % 4}",
-                 time=f"2026-01-01T{i // 3_600_000 % 24:02d}:{i // 60_000 % 60:02d}:"
-                      f"{i // 1000 % 60:02d}.{i % 1000:03d}000Z")
+                 time=1767225600_000000000 + i * 1_000_000)
             for i in range(n)]
     start = time.perf_counter()
     for r in recs:

@@ -30,20 +30,27 @@ Rules (the metric names are those of README.md (JSON-lines records) and REFERENC
   p99 of |IPDV| (RFC 3393/5481): |D(s) - D(s-1)| for consecutive sequences that both arrived,
   whatever their arrival order; a pair counts when its second packet arrives.
 - Counters are Python ints; output floats are µs rounded to 3 decimals (ns); no data gives None,
-  never NaN. Memory per flow: one int64 ring of up to ``window`` entries (8 KiB at first, doubling
-  as the flow's rate or reordering needs it, 1 MiB at most by default) plus the
-  lost runs inside the window and the summary histograms.
+  never NaN.
+- Memory per flow (``nbytes``): one int64 ring of ``window`` entries (8 KiB at first, 1 MiB at
+  most by default) plus the lost runs inside the window, the interval's delays and the summary
+  histograms. The ring grows (to a power of two >= 4 x the need) only for what the flow itself
+  shows: the packets of a batch (its rate) and the depth of the reordering it sees; a jump ahead
+  is a gap, not a reason to grow, and the need never exceeds the packets the flow has delivered,
+  so a spoofed flow buys at most a few dozen bytes of ring per datagram. A packet from further
+  back than the ring reached when it arrived is late only (above); the ring then grows, so the
+  same depth is exact next time. ``growable = False`` (the owner's memory budget is spent)
+  keeps the ring at its size.
 """
 
 import numpy as np
 
 from packet_flow import defaults
+from packet_flow.histogram import LogHistogram
 
 EMPTY = np.iinfo(np.int64).min  # ring entry of a sequence not received
 _JUMP_MAX = 1 << 62
 _JITTER_TAIL = 2000  # (15/16)**2000 < 1e-56: older |D| values no longer change J
 _JITTER_W = (15 / 16) ** np.arange(_JITTER_TAIL - 1, -1, -1, dtype=np.float64)
-_HIST_SHIFT = 44  # float64 bits >> 44 keeps the exponent and 8 mantissa bits
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
@@ -75,82 +82,6 @@ def _exact_sum(a: np.ndarray, lo: int, hi: int) -> int:
     return total
 
 
-class _Buckets:
-    """Dense counts over a growing range of bucket indices."""
-
-    def __init__(self):
-        self.lo = 0
-        self.counts = np.zeros(0, np.int64)
-
-    def add(self, idx: np.ndarray) -> None:
-        if not idx.size:
-            return
-        lo, hi = int(idx.min()), int(idx.max())
-        c = np.bincount(idx - lo)
-        if not self.counts.size:
-            self.lo, self.counts = lo, c.astype(np.int64)
-            return
-        new_lo, new_hi = min(lo, self.lo), max(hi, self.lo + self.counts.size - 1)
-        if new_lo < self.lo or new_hi >= self.lo + self.counts.size:
-            grown = np.zeros(new_hi - new_lo + 1, np.int64)
-            grown[self.lo - new_lo : self.lo - new_lo + self.counts.size] = self.counts
-            self.lo, self.counts = new_lo, grown
-        self.counts[lo - self.lo : hi - self.lo + 1] += c
-
-    def mids(self) -> tuple[np.ndarray, np.ndarray]:
-        """(bucket midpoints, counts) of the non-empty buckets, ascending."""
-        nz = np.flatnonzero(self.counts)
-        i = nz.astype(np.int64) + self.lo
-        low = (i << _HIST_SHIFT).view(np.float64)
-        high = ((i + 1) << _HIST_SHIFT).view(np.float64)
-        return (low + high) / 2, self.counts[nz]
-
-
-class LogHistogram:
-    """Bounded-memory histogram of int64 values (ns) for the summary percentiles.
-
-    A bucket is one float64 exponent and 8 mantissa bits, so its width is at most 2**-8 of its
-    lower bound and its midpoint is within 0.2 % of every value in it. Negative values use a
-    mirrored set of buckets; zero has its own count.
-    """
-
-    def __init__(self):
-        self.n = 0
-        self.zeros = 0
-        self._pos = _Buckets()
-        self._neg = _Buckets()
-
-    def add(self, values: np.ndarray) -> None:
-        """Count every value of an int64 array."""
-        if not values.size:
-            return
-        idx = values.astype(np.float64).view(np.int64) >> _HIST_SHIFT
-        self.n += idx.size
-        if idx.min() > 0:
-            self._pos.add(idx)
-            return
-        self._pos.add(idx[idx > 0])
-        neg = idx[idx < 0] + (1 << (63 - _HIST_SHIFT))  # sign bit off: the magnitude's bucket
-        self._neg.add(neg)
-        self.zeros += int(idx.size - np.count_nonzero(idx))
-
-    def quantiles(self, percents, lo: int, hi: int) -> list:
-        """Linear-interpolated percentiles (numpy's default method), clamped to [lo, hi]."""
-        if not self.n:
-            return [None] * len(percents)
-        nv, nc = self._neg.mids()
-        pv, pc = self._pos.mids()
-        vals = np.concatenate([-nv[::-1], [0.0], pv])
-        cum = np.cumsum(np.concatenate([nc[::-1], [self.zeros], pc]))
-        out = []
-        for p in percents:
-            r = p / 100 * (self.n - 1)
-            k = np.searchsorted(cum, [int(np.floor(r)), int(np.ceil(r))], side="right")
-            a, b = vals[k[0]], vals[k[1]]
-            out.append(min(max(a + (r - np.floor(r)) * (b - a), lo), hi))
-        return out
-
-
 class _Acc:
     """Accumulators of one interval (raw delay arrays) or of the whole flow (histograms)."""
 
@@ -162,6 +93,7 @@ class _Acc:
         self.owd_min = self.owd_max = None
         self.ipdv_n = self.ipdv_sum = 0
         self.jitter_n = 0
+        self.parts_bytes = 0  # bytes of the interval's delay arrays
         if interval:
             self.owd_parts: list[np.ndarray] = []
             self.ipdv_parts: list[np.ndarray] = []
@@ -268,6 +200,7 @@ class FlowStats:
         self._pow2 = window & (window - 1) == 0
         self._ring = np.full(window, EMPTY, np.int64)  # delay of received sequences, by s % window
         self._known = -_JUMP_MAX  # the lowest sequence the ring has history for (see _grow)
+        self.growable = True  # False: the window keeps its size (its owner's memory is spent)
         self._low = start  # the first sequence (start of the flow), unwrapped
         self._h = -1  # highest sequence, relative to _low
         self._f = -1  # every sequence <= _f is settled
@@ -294,6 +227,19 @@ class FlowStats:
             # the ring knows nothing below the old window: packets there stay "too old"
             self._known = max(self._known, int(s[0]))
         self._ring, self._w, self._pow2 = ring, w, True
+
+    def _depth(self, u: np.ndarray) -> int:
+        """Deepest reordering in a batch: how far below the highest sequence before it a
+        packet arrives (0 when none does)."""
+        pm = np.maximum.accumulate(np.concatenate(([self._h], u[:-1])))
+        return max(0, int((pm - u).max()))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this flow's numpy buffers: the ring, the lost runs inside the window,
+        the current interval's delays and the summary histograms."""
+        return (self._ring.nbytes + self._run_s.nbytes + self._run_e.nbytes
+                + self._cur.parts_bytes + self._tot.owd_hist.nbytes + self._tot.ipdv_hist.nbytes)
 
     def _slot(self, x):
         return x & (self._w - 1) if self._pow2 else x % self._w
@@ -327,13 +273,15 @@ class FlowStats:
         if self._low is None:
             self._low = int(seq[0]) & self._mask
         u = self._unwrap(seq)
-        if self._w < self._max_w:
-            need = max(self._h, int(u.max())) - min(int(u.min()), self._h) + 1
+        in_order = u[0] > self._h and (u.size == 1 or bool((u[1:] > u[:-1]).all()))
+        if self._w < self._max_w and self.growable:
+            need = u.size if in_order else max(u.size, self._depth(u))
+            need = min(need, self._tot.received + u.size)
             if 2 * need > self._w:
                 self._grow(need)
         h0, f0, w = self._h, self._f, self._w
         h_new = int(u.max())
-        if u[0] > h0 and (u.size == 1 or bool((u[1:] > u[:-1]).all())):
+        if in_order:
             uu, dd, su, sd = u, owd, u, owd  # everything new, in order: the common case
             horizon, fixes, late, dups = self._horizon, (), 0, 0
             f_new = max(f0, h_new - horizon - 1)
@@ -621,6 +569,7 @@ class FlowStats:
             a.ipdv_n += int(ipdv.size)
             a.ipdv_sum += total
         self._cur.ipdv_parts.append(ipdv)
+        self._cur.parts_bytes += ipdv.nbytes
         self._tot.ipdv_hist.add(ipdv)
 
     def _delays(self, d: np.ndarray) -> None:
@@ -646,4 +595,5 @@ class FlowStats:
             a.negative_owd += neg
             a.jitter_n += n
         self._cur.owd_parts.append(d)
+        self._cur.parts_bytes += d.nbytes
         self._tot.owd_hist.add(d)

@@ -5,14 +5,17 @@ a JSON-lines run. Errors the user can fix become one line on stderr and an exit 
 import logging
 import sys
 
-from packet_flow import config
-from packet_flow.errors import PacketFlowError
+from packet_flow import config, config_render
+from packet_flow.errors import ConfigError, PacketFlowError
+from packet_flow.masking import mask
 
 log = logging.getLogger("packet_flow")
 
 
-def _fail(msg, code, cfg=None):
-    print(f"packet-flow: error: {config.mask(str(msg), cfg)}", file=sys.stderr)
+def _fail(msg, code):
+    """One line on stderr; ConfigErrors are masked by field already, other text by mask()."""
+    text = str(msg) if isinstance(msg, ConfigError) else mask(str(msg))
+    print(f"packet-flow: error: {text}", file=sys.stderr)
     return code
 
 
@@ -33,17 +36,17 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if cfg.action == "generate":
-            config.write_default_config(cfg.config_file, cfg.force)
+            config_render.write_default_config(cfg.config_file, cfg.force)
             return 0
         if cfg.action == "print":
-            print(config.render_toml(cfg))
+            print(config_render.render_toml(cfg))
             return 0
-        config.log_config(cfg, log)
+        config_render.log_config(cfg, log)
         from packet_flow import run
         return run.run(cfg)
     except PacketFlowError as exc:
-        return _fail(exc, exc.exit_code, cfg)
+        return _fail(exc, exc.exit_code)
     except OSError as exc:
-        return _fail(f"{exc.strerror or exc} ({type(exc).__name__})", 1, cfg)
+        return _fail(f"{exc.strerror or exc} ({type(exc).__name__})", 1)
     except KeyboardInterrupt:
         return 130

@@ -1,17 +1,19 @@
-"""Options, their layering, validation and secrets.
+"""Layering and loading: command line, environment, TOML config file and defaults into a Config.
 
 Rules:
 - Precedence is command line > environment (PACKET_FLOW_*) > TOML config file > defaults,
   done by ConfigArgParse. One exception, kept from the Rust original: PACKET_FLOW_CONFIG_FILE
   overrides --config-file. An empty environment variable counts as unset.
-- argparse only collects strings; this module converts and checks every value itself, so each
-  error is one line: "option --NAME: value 'V' from SOURCE: REASON", SOURCE being `cli`,
-  `env PACKET_FLOW_X`, `file PATH` or `default`. Every error is a ConfigError (exit status 2).
+- argparse only collects strings; the converters of the option table (options.py) convert and
+  check every value, so each error is one line: "option --NAME: value 'V' from SOURCE: REASON",
+  SOURCE being `cli`, `env PACKET_FLOW_X`, `file PATH` or `default`. Every error is a
+  ConfigError (exit status 2).
 - TOML config files are flat. A key may be spelled `local-addr` or `local_addr` (the original's
   files use underscores and load unchanged). Values are typed: a number must be a TOML number.
   An unknown key is an error naming the key and the file.
-- Token, password and key never appear in --help, --print-config, the log or an error message:
-  they show as "***", and so does the password in a URL's `user:password@`.
+- Secrets (token, password, key, what their *-file options read, a URL's password) are masked
+  by field in every message and in --print-config (masking.py); an unrecognized argument after a
+  secret-looking flag is masked too.
 - With `--wire stamp`, an address left at its default (not given on the command line, in the
   environment or in the file) gets STAMP's port 862 instead of 8000. `--rtt` with
   `--wire legacy` is an error.
@@ -21,325 +23,41 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
-import re
-import socket
 import sys
 import tomllib
-import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import configargparse
 
 from . import defaults
+from .config_render import toml_value
 from .errors import ConfigError
+from .masking import mask, mask_args
+from .options import BY_NAME, CONFIG_ENV, FALSE, OPTS, TRUE, Bad, Opt
 
-MASK = "***"
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-UDP_PAYLOAD_MAX = 65507
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-_CONFIG_ENV = defaults.ENV_PREFIX + "CONFIG_FILE"
 _RANK = {"cli": 3, "env": 2, "file": 1, "default": 0}
 
 
-class Addr(NamedTuple):
-    """A resolved UDP endpoint; str() gives `host:port` or `[v6]:port`."""
-
-    host: str
-    port: int
-    family: int
-    sockaddr: tuple
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+def _influx_enabled(self) -> bool:
+    """True when metrics go to InfluxDB (asked for by --output influx or by its settings)."""
+    return "influx" in self.outputs
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The effective configuration; `sources` maps each option name to where its value came from."""
-
-    action: str
-    mode: str
-    local: Addr
-    remote: Addr
-    rate_ms: float
-    duration: float
-    count: int
-    size: int
-    dscp: int
-    ttl: int
-    wire: str
-    timer: str
-    interval: float
-    outputs: tuple[str, ...]
-    stall_timeout: float
-    forget_timeout: float
-    influx_url: str
-    database: str
-    influx_org: str
-    retention_policy: str
-    token: str | None = dataclasses.field(repr=False)
-    username: str | None
-    password: str | None = dataclasses.field(repr=False)
-    auth_basic: bool
-    compat_points: bool
-    compat_max_pps: int
-    flush_interval: float
-    spool_dir: str
-    key: bytes | None = dataclasses.field(repr=False)
-    rtt: bool
-    log_level: str
-    batch: int
-    rcvbuf: int
-    config_file: str | None
-    force: bool
-    sources: dict = dataclasses.field(default_factory=dict, compare=False)
-    token_file: str | None = None
-    password_file: str | None = None
-    key_file: str | None = None
-
-    @property
-    def influx_enabled(self) -> bool:
-        """True when metrics go to InfluxDB (asked for by --output influx or by its settings)."""
-        return "influx" in self.outputs
-
-
-class _Bad(ValueError):
-    """A value that failed conversion; the message is the reason only."""
-
-
-# --- converters: text -> value, raising _Bad(reason) -------------------------------------------
-
-
-def _float(lo: float | None = None, hi: float | None = None, above: float | None = None):
-    def conv(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise _Bad("not a number") from None
-        if not math.isfinite(value):
-            raise _Bad("not a finite number")
-        if above is not None and value <= above:
-            raise _Bad(f"must be greater than {above:g}")
-        if lo is not None and hi is not None and not lo <= value <= hi:
-            raise _Bad(f"must be between {lo:g} and {hi:g}")
-        if lo is not None and value < lo:
-            raise _Bad(f"must be at least {lo:g}")
-        return value
-
-    return conv
-
-
-def _int(lo: int, hi: int | None = None):
-    def conv(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise _Bad("not an integer") from None
-        if hi is not None and not lo <= value <= hi:
-            raise _Bad(f"must be between {lo} and {hi}")
-        if value < lo:
-            raise _Bad(f"must be at least {lo}")
-        return value
-
-    return conv
-
-
-def _choice(choices: tuple[str, ...]):
-    def conv(text: str) -> str:
-        if text.lower() not in choices:
-            raise _Bad("must be one of " + ", ".join(choices))
-        return text.lower()
-
-    return conv
-
-
-def _text(text: str) -> str:
-    return text
-
-
-def _nonempty(text: str) -> str:
-    if not text.strip():
-        raise _Bad("must not be empty")
-    return text
-
-
-def _optional(text: str) -> str | None:
-    return text or None
-
-
-def _url(text: str) -> str:
-    try:
-        parts = urllib.parse.urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as e:
-        raise _Bad(f"not a URL ({e})") from None
-    if parts.scheme not in ("http", "https"):
-        raise _Bad("the scheme must be http or https")
-    if not parts.hostname:
-        raise _Bad("the URL has no host")
-    return text
-
-
-def parse_addr(text: str, allow_port0: bool = False) -> Addr:
-    """Parse `host:port`, `[v6addr]:port` or `hostname:port` and resolve it for UDP.
-
-    Raises ValueError with the reason.
-    """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise _Bad("expected [v6addr]:port")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            raise _Bad("expected host:port")
-        if ":" in host:
-            raise _Bad("an IPv6 address needs brackets: [v6addr]:port")
-    if not host:
-        raise _Bad("the host is missing")
-    try:
-        port_n = int(port)
-    except ValueError:
-        raise _Bad(f"port {port!r} is not a number") from None
-    if not (0 if allow_port0 else 1) <= port_n <= 65535:
-        raise _Bad(f"port {port_n} is out of range")
-    try:
-        infos = socket.getaddrinfo(host, port_n, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
-    except (socket.gaierror, UnicodeError) as e:
-        raise _Bad(f"cannot resolve {host!r}: {e}") from None
-    family, _, _, _, sockaddr = infos[0]
-    return Addr(host, port_n, family, sockaddr)
-
-
-def _outputs(items: list[str]) -> tuple[str, ...]:
-    out: list[str] = []
-    for item in (part.strip() for raw in items for part in raw.split(",")):
-        if not item:
-            continue
-        kind, sep, path = item.partition(":")
-        if item in ("console", "influx") or (kind == "jsonl" and sep and path):
-            if item not in out:
-                out.append(item)
-        elif kind == "jsonl":
-            raise _Bad("jsonl needs a path: jsonl:PATH (jsonl:- for stdout)")
-        else:
-            raise _Bad(f"unknown output {item!r}: use console, jsonl:PATH or influx")
-    if not out:
-        raise _Bad("no output given")
-    return tuple(out)
-
-
-# --- the option table ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Opt:
-    name: str                 # long option without dashes; TOML key; env var suffix
-    kind: str                 # str | float | int | bool | list: the TOML type it takes
-    default: Any
-    help: str
-    conv: Callable[[str], Any] = _text
-    short: str | None = None
-    secret: bool = False
-    in_file: bool = True      # may be set in a config file
-    run_only: bool = False    # an action flag, not part of the configuration proper
-
-    @property
-    def env(self) -> str:
-        return defaults.ENV_PREFIX + self.name.replace("-", "_").upper()
-
-    @property
-    def key(self) -> str:
-        return self.name.replace("-", "_")
-
-
-_OPTS = (
-    _Opt("mode", "str", defaults.MODE, "operating mode: " + ", ".join(defaults.MODES),
-         _choice(defaults.MODES), short="-m"),
-    _Opt("local-addr", "str", defaults.LOCAL_ADDR,
-         "address to bind: host:port, [v6addr]:port or hostname:port"),
-    _Opt("remote-addr", "str", defaults.REMOTE_ADDR, "address to send to (sender, both)"),
-    _Opt("rate", "float", defaults.RATE_MS, "milliseconds between packets "
-         f"({defaults.RATE_MIN_MS:g}..{defaults.RATE_MAX_MS:g})",
-         _float(defaults.RATE_MIN_MS, defaults.RATE_MAX_MS), short="-r"),
-    _Opt("duration", "float", defaults.DURATION_S, "seconds to run, 0 = until a signal",
-         _float(0.0)),
-    _Opt("count", "int", defaults.COUNT, "packets to send, 0 = unlimited", _int(0)),
-    _Opt("size", "int", defaults.SIZE, "UDP payload bytes, 0 = the smallest packet of the wire "
-         "format", _int(0, UDP_PAYLOAD_MAX)),
-    _Opt("dscp", "int", defaults.DSCP, "DSCP code point of sent packets (0..63)", _int(0, 63)),
-    _Opt("ttl", "int", defaults.TTL, "IP TTL / hop limit, 0 = the kernel's default",
-         _int(0, 255)),
-    _Opt("wire", "str", defaults.WIRE, "packet format: " + ", ".join(defaults.WIRES),
-         _choice(defaults.WIRES)),
-    _Opt("timer", "str", defaults.TIMER, "send scheduler: " + ", ".join(defaults.TIMERS),
-         _choice(defaults.TIMERS)),
-    _Opt("interval", "float", defaults.INTERVAL_S, "seconds per metrics record (> 0)",
-         _float(above=0.0)),
-    _Opt("output", "list", (defaults.OUTPUT,), "where metrics go: console, jsonl:PATH "
-         "(jsonl:- = stdout), influx; repeat or separate with commas"),
-    _Opt("stall-timeout", "float", defaults.STALL_TIMEOUT_S,
-         "seconds of silence before a sender counts as stalled", _float(above=0.0)),
-    _Opt("forget-timeout", "float", defaults.FORGET_TIMEOUT_S,
-         "seconds of silence before a sender is forgotten (> --stall-timeout)",
-         _float(above=0.0)),
-    _Opt("influx-url", "str", defaults.INFLUX_URL, "InfluxDB URL (http or https); setting it "
-         "turns the InfluxDB output on", _url, short="-i"),
-    _Opt("database", "str", defaults.DATABASE, "InfluxDB database (1.x) or bucket (2.x)",
-         _nonempty, short="-d"),
-    _Opt("influx-org", "str", defaults.INFLUX_ORG, "InfluxDB organisation (2.x)"),
-    _Opt("retention-policy", "str", defaults.RETENTION_POLICY,
-         "InfluxDB 1.x retention policy, empty = the database's default"),
-    _Opt("token", "str", None, "InfluxDB token", _optional, short="-t", secret=True),
-    _Opt("token-file", "str", None, "read the InfluxDB token from this file (Docker secrets)",
-         _optional),
-    _Opt("username", "str", None, "InfluxDB username", _optional, short="-u"),
-    _Opt("password", "str", None, "InfluxDB password", _optional, short="-p", secret=True),
-    _Opt("password-file", "str", None, "read the InfluxDB password from this file", _optional),
-    _Opt("auth-basic", "bool", False, "use HTTP Basic auth: --username/--password, or a --token of the form user:password"),
-    _Opt("compat-points", "bool", False,
-         "also write the original's per-packet `latency`/`packet_loss` points"),
-    _Opt("compat-max-pps", "int", defaults.COMPAT_MAX_PPS,
-         "cap on per-packet compat points per second per flow", _int(0)),
-    _Opt("flush-interval", "float", defaults.FLUSH_INTERVAL_S,
-         "seconds between InfluxDB writes, 0 = --interval", _float(0.0)),
-    _Opt("spool-dir", "str", defaults.SPOOL_DIR,
-         "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
-    _Opt("key", "str", None, "shared secret: sign packets with HMAC-SHA-256", _optional,
-         secret=True),
-    _Opt("key-file", "str", None, "read the shared secret from this file", _optional),
-    _Opt("rtt", "bool", False, "measure round-trip time (needs a reflector or STAMP peer)"),
-    _Opt("log-level", "str", defaults.LOG_LEVEL, "logging level: " + ", ".join(LOG_LEVELS),
-         _choice(LOG_LEVELS)),
-    _Opt("batch", "int", defaults.BATCH_MAX, "packets per sendmmsg/recvmmsg (1..1024)",
-         _int(1, 1024)),
-    _Opt("rcvbuf", "int", defaults.RCVBUF_BYTES, "receive socket buffer bytes, 0 = the "
-         "kernel's default", _int(0)),
-    _Opt("config-file", "str", None, "TOML config file to read (or to write with "
-         f"--generate-config). {_CONFIG_ENV} overrides this flag, as in the original",
-         _optional, in_file=False, run_only=True),
-    _Opt("generate-config", "bool", False, "write every default to --config-file and exit",
-         in_file=False, run_only=True),
-    _Opt("force", "bool", False, "let --generate-config overwrite an existing file",
-         in_file=False, run_only=True),
-    _Opt("print-config", "bool", False, "print the effective configuration as TOML and exit",
-         in_file=False, run_only=True),
+Config = dataclasses.make_dataclass(
+    "Config",
+    [("action", str)]
+    + [(o.field, Any, dataclasses.field(repr=not o.secret)) for o in OPTS]
+    + [("sources", dict, dataclasses.field(default_factory=dict, compare=False))],
+    frozen=True,
+    namespace={"influx_enabled": property(_influx_enabled)},
 )
-_BY_NAME = {o.name: o for o in _OPTS}
-_NEGATABLE = {"auth-basic", "compat-points", "rtt"}     # --no-X sets them false
-_FIELD = {"rate": "rate_ms", "local-addr": "local", "remote-addr": "remote", "output": "outputs"}
-_INFLUX_SETTINGS = ("influx-url", "token", "token-file", "username", "password", "password-file")
-
-
-def _field(name: str) -> str:
-    return _FIELD.get(name, name.replace("-", "_"))
+Config.__doc__ = """The effective configuration: one attribute per option of options.OPTS (its
+`field`), `action` (run, print or generate) and `sources` (option name -> where its value came
+from). Secrets are left out of repr()."""
+Config.__module__ = __name__
 
 
 # --- the TOML file parser -------------------------------------------------------------------------
@@ -364,7 +82,7 @@ class _FlatToml(configargparse.TomlConfigParser):
             raise ConfigError(f"{where}: not valid TOML: {e}") from None
         items: OrderedDict = OrderedDict()
         for key, value in data.items():
-            opt = _BY_NAME.get(key.replace("_", "-"))
+            opt = BY_NAME.get(key.replace("_", "-"))
             if opt is None:
                 raise ConfigError(f"{where}: unknown key {key!r}")
             if not opt.in_file:
@@ -376,7 +94,7 @@ class _FlatToml(configargparse.TomlConfigParser):
         return items
 
 
-def _toml_to_arg(opt: _Opt, value: Any, source: str) -> str | list[str]:
+def _toml_to_arg(opt: Opt, value: Any, source: str) -> str | list[str]:
     """Check a TOML value's type against the option and turn it into argparse text."""
     ok = {
         "str": isinstance(value, str),
@@ -389,7 +107,7 @@ def _toml_to_arg(opt: _Opt, value: Any, source: str) -> str | list[str]:
     if not ok:
         want = {"str": "a string", "float": "a number", "int": "an integer", "bool": "true or false",
                 "list": "a string or a list of strings"}[opt.kind]
-        shown = MASK if opt.secret else value
+        shown = opt.shown(value)
         raise ConfigError(f"option --{opt.name}: value {shown!r} from {source}: "
                           f"expected {want}, got TOML {type(value).__name__}")
     if isinstance(value, bool):
@@ -407,19 +125,30 @@ def _toml_to_arg(opt: _Opt, value: Any, source: str) -> str | list[str]:
 class _Parser(configargparse.ArgumentParser):
     """A ConfigArgParse parser whose usage errors raise ConfigError instead of exiting."""
 
+    def parse_args(self, args=None, namespace=None, config_file_contents=None,
+                   env_vars=os.environ):
+        """As ConfigArgParse's, but words it cannot place are listed with the values of
+        secret-looking flags masked (`--passwrd hunter2` -> `--passwrd ***`)."""
+        ns, extra = self.parse_known_args(args=args, namespace=namespace,
+                                          config_file_contents=config_file_contents,
+                                          env_vars=env_vars, ignore_help_args=False)
+        if extra:
+            raise ConfigError(f"unrecognized arguments: {' '.join(mask_args(extra))} "
+                              "(see --help)")
+        return ns
+
     def error(self, message: str):
         raise ConfigError(f"{mask(message)} (see --help)")
 
 
 def _add_options(parser: argparse.ArgumentParser, plain: bool) -> None:
-    for opt in _OPTS:
+    for opt in OPTS:
         flags = ([opt.short] if opt.short else []) + [f"--{opt.name}"]
         if opt.name == "config-file":
             flags.append("--config_file")
-        kw: dict[str, Any] = {"dest": opt.name.replace("-", "_")}
+        kw: dict[str, Any] = {"dest": opt.dest}
         if opt.kind == "bool":
-            negatable = opt.name in _NEGATABLE
-            kw["action"] = argparse.BooleanOptionalAction if negatable else "store_true"
+            kw["action"] = argparse.BooleanOptionalAction if opt.negatable else "store_true"
         elif opt.kind == "list":
             kw["action"] = "append"
             kw["metavar"] = "OUTPUT"
@@ -431,7 +160,7 @@ def _add_options(parser: argparse.ArgumentParser, plain: bool) -> None:
             kw["default"] = None
             kw["env_var"] = opt.env
             shown = "" if opt.secret or opt.default is None or opt.default is False else (
-                f"; default: {_toml_value(opt.default)}")
+                f"; default: {toml_value(opt.default)}")
             kw["help"] = f"{opt.help}{shown}  [env var: {opt.env}]".replace("%", "%%")
         parser.add_argument(*flags, **kw)
 
@@ -443,7 +172,7 @@ def build_parser(path: str | None = None) -> configargparse.ArgumentParser:
         description="UDP packet loss, latency and jitter probe.",
         epilog=(
             "Precedence: command line > environment (PACKET_FLOW_*) > TOML config file > "
-            f"defaults, except that {_CONFIG_ENV} overrides --config-file, as in the Rust "
+            f"defaults, except that {CONFIG_ENV} overrides --config-file, as in the Rust "
             "original. An empty environment variable counts as unset. Boolean environment "
             "values: 1/0/true/false/yes/no. Config file keys are the long option names, "
             "with - or _ (local_addr = \"0.0.0.0:8000\")."
@@ -470,8 +199,8 @@ def _cli_given(argv: list[str]) -> set[str]:
 
 def _config_path(argv: list[str], env: Mapping[str, str]) -> tuple[str | None, str]:
     """The config file path and its source; PACKET_FLOW_CONFIG_FILE beats --config-file."""
-    if env.get(_CONFIG_ENV):
-        return env[_CONFIG_ENV], f"env {_CONFIG_ENV}"
+    if env.get(CONFIG_ENV):
+        return env[CONFIG_ENV], f"env {CONFIG_ENV}"
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     pre.add_argument("--config-file", "--config_file", dest="config_file")
     try:
@@ -485,13 +214,13 @@ def _config_path(argv: list[str], env: Mapping[str, str]) -> tuple[str | None, s
 
 
 def _fail(name: str, value: Any, source: str, reason: str) -> ConfigError:
-    opt = _BY_NAME.get(name)
+    opt = BY_NAME.get(name)
     if value is None:
-        return ConfigError(mask(f"option --{name}: not set ({source}): {reason}"))
-    shown = MASK if opt is not None and opt.secret else value
+        return ConfigError(f"option --{name}: not set ({source}): {reason}")
+    shown = opt.shown(value) if opt is not None else value
     if isinstance(shown, list):
         shown = ",".join(shown)
-    return ConfigError(mask(f"option --{name}: value {shown!r} from {source}: {reason}"))
+    return ConfigError(f"option --{name}: value {shown!r} from {source}: {reason}")
 
 
 def _read_secret(name: str, path: str, source: str) -> bytes:
@@ -525,13 +254,13 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     argv = list(sys.argv[1:] if argv is None else argv)
     env = {k: v for k, v in (os.environ if env is None else env).items()
            if not (k.startswith(defaults.ENV_PREFIX) and v == "")}
-    for opt in _OPTS:
-        if opt.kind == "bool" and opt.env in env and env[opt.env].lower() not in _TRUE + _FALSE:
+    for opt in OPTS:
+        if opt.kind == "bool" and opt.env in env and env[opt.env].lower() not in TRUE + FALSE:
             raise _fail(opt.name, env[opt.env], f"env {opt.env}",
                         "not a boolean (1/0/true/false/yes/no)")
 
     path, path_source = _config_path(argv, env)
-    generate = "--generate-config" in argv or env.get(opt_env("generate-config"), "").lower() in _TRUE
+    generate = "--generate-config" in argv or env.get(opt_env("generate-config"), "").lower() in TRUE
     contents = None
     if path and not generate and not {"-h", "--help"} & set(argv):
         try:
@@ -550,8 +279,8 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
                  for a, _ in d.values()}
     sources: dict[str, str] = {}
     raw: dict[str, Any] = {}
-    for opt in _OPTS:
-        dest = opt.name.replace("-", "_")
+    for opt in OPTS:
+        dest = opt.dest
         if opt.name == "config-file":
             sources[opt.name], raw[opt.name] = path_source, path
             continue
@@ -567,25 +296,31 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         raw[opt.name] = value
 
     vals: dict[str, Any] = {}
-    for opt in _OPTS:
+    for opt in OPTS:
         value, source = raw[opt.name], sources[opt.name]
         try:
-            if opt.kind == "bool" or value is None:
-                vals[opt.name] = bool(value) if opt.kind == "bool" else None
-            elif opt.kind == "list":
-                vals[opt.name] = _outputs(list(value))
-            elif opt.name in ("local-addr", "remote-addr"):
-                vals[opt.name] = parse_addr(value, allow_port0=opt.name == "local-addr")
-            else:
-                vals[opt.name] = opt.conv(value)
-        except _Bad as e:
+            vals[opt.name] = None if value is None and opt.kind != "bool" else opt.conv(value)
+        except Bad as e:
             raise _fail(opt.name, value, source, str(e)) from None
     return _finish(vals, sources, generate)
 
 
+def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
+    """A jsonl:PATH output must be a file in an existing folder (checked before the run starts)."""
+    for item in outputs:
+        kind, _, path = item.partition(":")
+        if kind != "jsonl" or path == "-":
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise _fail("output", item, source, f"{path!r} is a folder, not a file")
+        if not os.path.isdir(folder):
+            raise _fail("output", item, source, f"folder {folder!r} of {path!r} does not exist")
+
+
 def opt_env(name: str) -> str:
     """The environment variable of an option, e.g. opt_env("rate") == "PACKET_FLOW_RATE"."""
-    return _BY_NAME[name].env
+    return BY_NAME[name].env
 
 
 def _finish(vals: dict, sources: dict, generate: bool) -> Config:
@@ -596,8 +331,7 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
     if vals["generate-config"] and not vals["config-file"]:
         raise _fail("generate-config", True, sources["generate-config"],
                     "needs --config-file PATH to write to")
-    for direct, from_file in (("token", "token-file"), ("password", "password-file"),
-                              ("key", "key-file")):
+    for from_file, direct in ((o.name, o.file_of) for o in OPTS if o.file_of):
         chosen, source = _pick(vals, sources, direct, from_file)
         if chosen == from_file:
             data = _read_secret(from_file, vals[from_file], source)
@@ -616,13 +350,17 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
     if vals["rtt"] and vals["wire"] == "legacy":
         raise _fail("rtt", True, sources["rtt"], f"needs --wire native or stamp, not legacy "
                     f"({sources['wire']}): legacy packets cannot carry reflector timestamps")
+    if vals["reflect-authenticated"] and (vals["key"] is None or vals["wire"] != "native"):
+        raise _fail("reflect-authenticated", True, sources["reflect-authenticated"],
+                    "needs --key and --wire native: only native probes carry a tag")
     if vals["forget-timeout"] <= vals["stall-timeout"]:
         raise _fail("forget-timeout", vals["forget-timeout"], sources["forget-timeout"],
                     f"must be greater than --stall-timeout {vals['stall-timeout']:g} "
                     f"({sources['stall-timeout']})")
 
     outputs = vals["output"]
-    enabled_by = [n for n in _INFLUX_SETTINGS if sources[n] != "default" and vals[n]]
+    enabled_by = [o.name for o in OPTS
+                  if o.enables_influx and sources[o.name] != "default" and vals[o.name]]
     if enabled_by and "influx" not in outputs:
         outputs += ("influx",)
     if "influx" in outputs and vals["mode"] in ("receiver", "both") and not generate:
@@ -637,127 +375,10 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
                         "--token or --username and --password")
 
     action = "generate" if vals["generate-config"] else "print" if vals["print-config"] else "run"
-    fields = {f.name for f in dataclasses.fields(Config)}
-    kwargs = {_field(n): v for n, v in vals.items() if _field(n) in fields}
-    kwargs.update(action=action, outputs=outputs, config_file=vals["config-file"],
-                  sources=dict(sources))
+    if action == "run":
+        _check_jsonl_paths(outputs, sources["output"])
+    kwargs = {BY_NAME[n].field: v for n, v in vals.items()}
+    kwargs.update(action=action, outputs=outputs, sources=dict(sources))
     return Config(**kwargs)
 
 
-# --- showing the configuration --------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def _shown(cfg: Config, opt: _Opt) -> Any:
-    value = getattr(cfg, _field(opt.name))
-    if value is None:
-        return None
-    if opt.secret:
-        return MASK
-    if isinstance(value, Addr):
-        return str(value)
-    return value
-
-
-def render_toml(cfg: Config, commented_sources: bool = True) -> str:
-    """The effective configuration as a TOML document (secrets masked), for --print-config."""
-    lines = ["# packet-flow effective configuration"]
-    if cfg.config_file:
-        lines.append(f"# config file: {cfg.config_file} ({cfg.sources.get('config-file')})")
-    for opt in _OPTS:
-        if opt.run_only:
-            continue
-        value = _shown(cfg, opt)
-        source = cfg.sources.get(opt.name, "default")
-        if opt.secret and value is not None and source == "default":
-            source = f"read from --{opt.name}-file"
-        if value is None:
-            line = f"# {opt.key} is not set"
-        elif opt.name in _INFLUX_SETTINGS and source == "default":
-            line = f"# {opt.key} = {_toml_value(value)}"    # set, it would turn InfluxDB on
-        else:
-            line = f"{opt.key} = {_toml_value(value)}"
-        if commented_sources:
-            line += f"  # {source}"
-        lines.append(line)
-    return mask("\n".join(lines) + "\n", cfg)
-
-
-def log_config(cfg: Config, logger) -> None:
-    """Log the effective configuration, one line per value, at info level (secrets masked)."""
-    for line in render_toml(cfg).splitlines():
-        logger.info("config: %s", line)
-
-
-_COMMENTED_OUT = {"influx-url", "token", "token-file", "username", "password", "password-file",
-                  "key", "key-file"}
-
-
-def default_toml() -> str:
-    """A commented TOML config file holding every default (what --generate-config writes)."""
-    lines = [
-        "# packet-flow configuration (TOML, flat keys; `-` and `_` spellings both work).",
-        "# Every value below is the default. Precedence: command line > environment",
-        f"# (PACKET_FLOW_*) > this file > defaults; {_CONFIG_ENV} overrides --config-file.",
-        "# The InfluxDB settings are commented out: setting any of them turns on the",
-        "# InfluxDB output, and a receiver then needs a token or username and password.",
-    ]
-    for opt in _OPTS:
-        if not opt.in_file:
-            continue
-        lines += ["", f"# {opt.help}  [env var: {opt.env}]"]
-        value = "" if opt.default is None else opt.default
-        line = f"{opt.key} = {_toml_value(value)}"
-        lines.append(f"# {line}" if opt.name in _COMMENTED_OUT else line)
-    return "\n".join(lines) + "\n"
-
-
-def write_default_config(path: str, force: bool) -> None:
-    """Write default_toml() to path; refuses to overwrite an existing file unless force."""
-    try:
-        with open(path, "w" if force else "x", encoding="utf-8") as f:
-            f.write(default_toml())
-    except FileExistsError:
-        raise ConfigError(f"option --generate-config: file {path!r} exists; "
-                          "add --force to overwrite it") from None
-    except OSError as e:
-        raise ConfigError(f"option --generate-config: cannot write {path!r}: "
-                          f"{e.strerror or e}") from None
-
-
-# --- masking ------------------------------------------------------------------------------------------
-
-_URL_CREDS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
-_NAMES = r"(token|password|passwd|secret|key|authorization)"
-_VALUE = r"((?:token|basic|bearer)\s+)?([^\s\"',;&]+)"
-# `name=value` anywhere (also `--token=x`); `name: value` but not `--name: ...` (our messages)
-_SECRET_KV = (
-    re.compile(r"(?i)(?<![a-z0-9])" + _NAMES + r"([\"']?\s*=\s*[\"']?)" + _VALUE),
-    re.compile(r"(?i)(?<![a-z0-9-])" + _NAMES + r"([\"']?\s*:\s*[\"']?)" + _VALUE),
-)
-_MIN_LITERAL = 4     # shorter secrets are not masked by value: they would mangle every message
-
-
-def mask(text: str, cfg: Config | None = None) -> str:
-    """Hide secrets in any message: `user:pass@` in URLs, `token=...`-style values, and the
-    literal token, password and key of cfg when given."""
-    text = _URL_CREDS.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
-    for pattern in _SECRET_KV:
-        text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}{MASK}", text)
-    if cfg is not None:
-        secrets = [cfg.token, cfg.password]
-        if cfg.key:
-            secrets.append(cfg.key.decode("utf-8", "replace"))
-        for secret in sorted((s for s in secrets if s and len(s) >= _MIN_LITERAL),
-                             key=len, reverse=True):
-            text = text.replace(secret, MASK)
-    return text

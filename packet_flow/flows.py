@@ -1,10 +1,10 @@
 """Per-flow state across receive batches.
 
-A flow is one sender run. Native packets carry a random 64-bit session id: a native flow is
-its session from one source address, on any port, so it continues when a NAT gives the sender
-a new source port (rebinding), and its records show the source that brings its newest
-sequences. Legacy and STAMP flows are keyed by source address and port (the Cython core
-hashes address, port and session into the record's `flow` id). Rules:
+A flow is one sender run. Native packets carry a random 64-bit session id, and a native flow
+is its session: it continues when a NAT gives the sender a new source port (rebinding), and
+its records show the source that brings its newest sequences. Legacy and STAMP flows are
+keyed by source address and port (the Cython core hashes address, port and session into the
+record's `flow` id). Rules:
 - A packet with the FINAL flag closes its flow: gaps are settled and a last `interval` record
   with `closed: true` is emitted. A native FINAL is a probe packet; the Rust original's
   (legacy) FINAL says goodbye and carries the next, unsent sequence, so it is not counted and
@@ -26,17 +26,22 @@ hashes address, port and session into the record's `flow` id). Rules:
   cannot be known.
 - Malformed datagrams are attributed to the flows of their source address when there are
   any, else to the receiver-wide counters only.
+- Flows together have a memory budget (`budget` bytes: each flow's FlowStats.nbytes plus
+  FLOW_BYTES of Python objects; closed flows count until their summary) and a count cap
+  (MAX_FLOWS, open and closed). A new flow that does not fit takes the place of the oldest
+  idle flow (silent longer than `stall`: it is forgotten early, as above; `evicted` counts
+  it); when no flow is idle its packets are counted `untracked`. Windows stop growing while
+  the budget is spent. One warning per interval.
 All per-packet work is per batch with numpy; the Python loop runs once per flow per batch.
 """
 
-import datetime
-import ipaddress
 import logging
 from collections import OrderedDict
 
 import numpy as np
 
 from packet_flow import _io, defaults
+from packet_flow.addresses import address
 from packet_flow.analysis import FlowStats
 
 log = logging.getLogger(__name__)
@@ -45,27 +50,11 @@ WIRES = {1: "native", 2: "legacy", 3: "stamp", 4: "stamp_reflected"}
 _TX_NONE = np.iinfo(np.int64).min
 
 
-def rfc3339(ns):
-    """RFC 3339 UTC time with microseconds for integer ns since the epoch."""
-    dt = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def address(addr, port, family):
-    """host:port or [v6]:port from a record's 16-byte address field."""
-    raw = bytes(addr)
-    if family == 4:
-        return f"{ipaddress.IPv4Address(raw[12:])}:{port}"
-    v6 = ipaddress.IPv6Address(raw)
-    if v6.ipv4_mapped is not None:        # an IPv4 peer of a dual-stack socket
-        return f"{v6.ipv4_mapped}:{port}"
-    return f"[{v6}]:{port}"
-
-
 class Flow:
     __slots__ = ("key", "kind", "source", "peer", "session", "wire", "stats", "last_ns",
                  "first_ns", "tick_ns", "stalled", "closed", "malformed", "malformed_total",
-                 "tx_max", "final_tx", "until_ns", "after_final", "after_final_total", "fresh")
+                 "tx_max", "final_tx", "until_ns", "after_final", "after_final_total", "fresh",
+                 "nbytes")
 
     def __init__(self, key, kind, source, peer, session, wire, now_ns, seq_bits, window):
         self.key, self.kind = key, kind
@@ -79,6 +68,7 @@ class Flow:
         self.after_final = self.after_final_total = 0
         self.tx_max = self.final_tx = _TX_NONE
         self.until_ns = 0
+        self.nbytes = 0     # what the table's memory account holds for this flow
 
 
 class FlowTable:
@@ -90,7 +80,7 @@ class FlowTable:
     `packet_loss` semantics: a gap counted when the packet after it arrives)."""
 
     def __init__(self, destination, emit, stall_s, forget_s, window, on_packets=None,
-                 on_gaps=None):
+                 on_gaps=None, budget=defaults.MAX_FLOW_MEMORY_MIB << 20):
         self.destination = destination
         self.emit = emit
         self.stall_ns = int(stall_s * 1e9)
@@ -98,14 +88,19 @@ class FlowTable:
         self.window = window
         self.on_packets = on_packets
         self.on_gaps = on_gaps
-        self.flows = {}             # open flows by key
+        self.flows = {}             # open flows by key, least recently active first
         self.closing = {}           # flows closed by FINAL, taking stragglers until until_ns
         self.forgotten = OrderedDict()  # silent flows shrunk to a Frozen record, oldest first
         self.unattributed = 0
-        self.untracked = 0          # packets of new flows refused beyond MAX_FLOWS
+        self.untracked = 0          # packets of new flows refused: budget or MAX_FLOWS full
+        self.evicted = 0            # idle flows forgotten early to make room for new ones
+        self.budget = budget
+        self.memory = 0             # bytes accounted to the open and closing flows
+        self._new_bytes = defaults.FLOW_BYTES + 8 * min(window, defaults.SEQ_WINDOW_INITIAL)
+        self._pressure = [0, 0]     # untracked packets, evicted flows since the last warning
 
     def _base(self, kind, flow, now_ns, since_ns):
-        return {"type": kind, "role": "receiver", "time": rfc3339(now_ns),
+        return {"type": kind, "role": "receiver", "time": now_ns,
                 "source": flow.source, "destination": self.destination,
                 "session": flow.session, "wire": flow.wire,
                 "interval_s": round((now_ns - since_ns) / 1e9, 6)}
@@ -149,12 +144,10 @@ class FlowTable:
             groups = ((fid, recs[idx]) for fid, idx in
                       zip(fids.tolist(), np.split(order, starts[1:]), strict=True))
         for fid, part in groups:
-            kind = int(part["kind"][0])
-            if kind == 1:       # a native flow: its session from its address, any port
-                key = (kind, bytes(part["addr"][0]), int(part["session"][0]))
-            else:
-                key = (kind, fid)
-            self._feed(key, part, now_ns)
+            native = int(part["kind"][0]) == 1
+            self._feed(int(part["session"][0]) if native else fid, part, now_ns)
+        if self.memory > self.budget:
+            self._room(now_ns, new=False)
 
     def _feed(self, key, part, now_ns):
         """One flow key's packets of this batch, in arrival order."""
@@ -163,30 +156,35 @@ class FlowTable:
             part = self._straggle(closing, part, now_ns)
             if not len(part):
                 return
-        flow = self.flows.get(key) or self._open(key, part[0], now_ns, resume=True)
+        flow = self.flows.pop(key, None) or self._open(key, part[0], now_ns)
         while flow is not None and flow.kind != 1:
             i = flow.stats.restart_at(part["seq"], part["tx_ns"], flow.tx_max)
             if i < 0:
                 break
             if i:
-                self._account(flow, part[:i], now_ns)
+                self._absorb(flow, part[:i], now_ns)
             log.info("flow %s restarted (its sequence went back to %d)", flow.source,
                      int(part["seq"][i]))
-            self._end(flow, now_ns, "restarted")
+            flow.stats.close()
+            self._interval(flow, now_ns)
+            self._summary(flow, now_ns, "restarted")
+            self._release(flow)
             part = part[i:]
             flow = self._open(key, part[0], now_ns, resume=False)
         if flow is None:
             self.untracked += len(part)
+            self._pressure[0] += len(part)
             return
+        self.flows[key] = flow          # to the end: the most recently active
         final = np.flatnonzero(part["flags"] & _io.FLAG_FINAL)
         if not len(final):
-            self._account(flow, part, now_ns)
+            self._absorb(flow, part, now_ns)
             return
         f = int(final[0])
         # a native FINAL is a probe; a legacy FINAL only says goodbye (it carries the next seq)
         probes = part[: f + 1] if flow.kind == 1 else part[:f]
         if len(probes):
-            self._account(flow, probes, now_ns)
+            self._absorb(flow, probes, now_ns)
         flow.last_ns = now_ns
         flow.closed = True
         flow.final_tx = int(part["tx_ns"][f])
@@ -197,6 +195,7 @@ class FlowTable:
         older = self.closing.pop(key, None)     # a previous run of this source, in its grace
         if older is not None:
             self._summary(older, now_ns, "final")
+            self._release(older)
         self.closing[key] = flow
         if f + 1 < len(part):
             self._feed(key, part[f + 1 :], now_ns)
@@ -208,7 +207,7 @@ class FlowTable:
         before = part["tx_ns"] <= flow.final_tx
         late = before & (flow.stats.position(part["seq"]) <= 0)
         if late.any():
-            self._account(flow, part[late] if not late.all() else part, now_ns)
+            self._absorb(flow, part[late] if not late.all() else part, now_ns)
         rest = part[~late]
         new_run = rest[rest["tx_ns"] > flow.final_tx] if flow.kind != 1 else rest[:0]
         odd = len(rest) - len(new_run)
@@ -229,7 +228,7 @@ class FlowTable:
         spacing = (flow.last_ns - flow.first_ns) / n if n else 0
         return max(int(defaults.CLOSED_GRACE_S * 1e9), int(st.horizon * spacing))
 
-    def _account(self, flow, part, now_ns):
+    def _absorb(self, flow, part, now_ns):
         """Feed packets to the flow's statistics (and the per-packet compat outputs)."""
         if flow.kind == 1:
             self._rebind(flow, part)
@@ -237,7 +236,9 @@ class FlowTable:
             flow.tx_max = max(flow.tx_max, int(part["tx_ns"].max()))
         if self.on_gaps is not None:
             self._gaps(flow, part)
+        flow.stats.growable = self.memory < self.budget
         flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"])
+        self._account(flow)
         flow.last_ns = now_ns
         flow.fresh = True
         if flow.stalled:
@@ -248,14 +249,41 @@ class FlowTable:
                             part["rx_ns"] - part["tx_ns"])
 
     def _rebind(self, flow, part):
-        """A native flow whose newest packet comes from a new port (a NAT gave the sender a
-        new mapping): the flow goes on, its records show the new source."""
+        """A native flow whose newest packet comes from a new address or port (a NAT gave
+        the sender a new mapping): the flow goes on, its records show the new source."""
         peer = (bytes(part["addr"][-1]), int(part["port"][-1]))
         if peer == flow.peer or flow.stats.position(part["seq"][-1:])[0] <= 0:
             return
         old, flow.peer = flow.source, peer
-        flow.source = address(part["addr"][-1], peer[1], int(part["family"][-1]))
+        flow.source = address(peer[0], peer[1], int(part["family"][-1]))
         log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
+
+    def _account(self, flow):
+        nbytes = defaults.FLOW_BYTES + flow.stats.nbytes
+        self.memory += nbytes - flow.nbytes
+        flow.nbytes = nbytes
+
+    def _release(self, flow):
+        """The flow's memory leaves the account (it ended, or shrank to a Frozen record)."""
+        self.memory -= flow.nbytes
+        flow.nbytes = 0
+
+    def _room(self, now_ns, new=True):
+        """Forget the oldest idle flows until one more flow fits (new=True: the budget and
+        MAX_FLOWS) or the flows are back within the budget; False if they do not."""
+        extra = self._new_bytes if new else 0
+        while self.flows and not self._fits(extra, new):
+            key, flow = next(iter(self.flows.items()))
+            if now_ns - flow.last_ns <= self.stall_ns:
+                break
+            self._forget(key, flow, now_ns)
+            self.evicted += 1
+            self._pressure[1] += 1
+        return self._fits(extra, new)
+
+    def _fits(self, extra, new):
+        count = len(self.flows) + len(self.closing)
+        return self.memory + extra <= self.budget and not (new and count >= defaults.MAX_FLOWS)
 
     def _gaps(self, flow, part):
         seq = part["seq"].astype(np.int64)
@@ -267,20 +295,17 @@ class FlowTable:
         if opened.any():
             self.on_gaps(flow.source, self.destination, part["rx_ns"][opened], gap[opened])
 
-    def _open(self, key, rec, now_ns, resume):
+    def _open(self, key, rec, now_ns, resume=True):
         """The flow for a key with no open flow: a forgotten one resumed, or a new one (None
-        beyond MAX_FLOWS)."""
+        when it does not fit)."""
         flow = self.forgotten.pop(key, None) if resume else None
         if flow is not None:
             flow.stats = FlowStats.resume(flow.stats, self.window)
-            self.flows[key] = flow
+            self._account(flow)
             log.warning("flow %s (session %s) is back after %.1f s of silence", flow.source,
-                     flow.session, (now_ns - flow.last_ns) / 1e9)
+                        flow.session, (now_ns - flow.last_ns) / 1e9)
             return flow
-        if len(self.flows) >= defaults.MAX_FLOWS:
-            if not self.untracked:
-                log.warning("%d flows are open: packets of new flows are counted as "
-                            "untracked until some are forgotten", len(self.flows))
+        if not self._room(now_ns):
             return None
         kind = int(rec["kind"])
         wire = WIRES.get(kind, "native")
@@ -290,16 +315,22 @@ class FlowTable:
         seq_bits = 32 if kind in (3, 4) else 64
         flow = Flow(key, kind, source, (bytes(rec["addr"]), port), session, wire, now_ns,
                     seq_bits, self.window)
-        self.flows[key] = flow
+        self._account(flow)
         log.info("new flow from %s, session %s (%s)", source, session, wire)
         return flow
 
-    def _end(self, flow, now_ns, outcome):
-        """An open flow ends without FINAL (a restart): its last interval and summary."""
+    def _forget(self, key, flow, now_ns):
+        """Shrink a silent flow to its compact record (a last interval first); at most
+        FORGOTTEN_MAX records: the oldest goes, with its summary."""
         flow.stats.close()
         self._interval(flow, now_ns)
-        self._summary(flow, now_ns, outcome)
-        del self.flows[flow.key]
+        del self.flows[key]
+        self._release(flow)
+        flow.stats = flow.stats.freeze()
+        self.forgotten[key] = flow
+        if len(self.forgotten) > defaults.FORGOTTEN_MAX:
+            _, old = self.forgotten.popitem(last=False)
+            self._summary(old, now_ns, "unknown")
 
     def _malformed(self, recs):
         by_source = {}
@@ -320,27 +351,33 @@ class FlowTable:
     def tick(self, now_ns):
         """Emit one interval record per flow; mark stalls; forget flows silent too long;
         summaries of closed flows past their grace time and of forgotten flows that expired."""
+        untracked, evicted = self._pressure
+        if untracked or evicted:
+            log.warning("flow memory budget (%d MiB, %d flows at most) full: %d idle flows "
+                        "evicted, %d packets of new flows untracked since the last interval",
+                        self.budget >> 20, defaults.MAX_FLOWS, evicted, untracked)
+            self._pressure = [0, 0]
         for key, flow in list(self.flows.items()):
             silent = now_ns - flow.last_ns
             if silent > self.forget_ns:
                 log.warning("flow %s (session %s) silent for %.0f s: forgotten (it resumes "
                             "where it stood if it comes back)", flow.source, flow.session,
                             silent / 1e9)
-                flow.stats.close()
-                self._interval(flow, now_ns)
-                del self.flows[key]
-                self._remember(key, flow, now_ns)
+                self._forget(key, flow, now_ns)
                 continue
             if silent > self.stall_ns and not flow.stalled:
                 flow.stalled = True
                 log.warning("flow %s (session %s) stalled: nothing for %.1f s",
                             flow.source, flow.session, silent / 1e9)
             self._interval(flow, now_ns)
+            self._account(flow)
         for key, flow in list(self.closing.items()):
             if flow.fresh:
                 self._interval(flow, now_ns)
+                self._account(flow)
             if now_ns >= flow.until_ns:
                 self._summary(flow, now_ns, "final")
+                self._release(flow)
                 del self.closing[key]
         keep_ns = int(defaults.FORGOTTEN_KEEP_S * 1e9)
         while self.forgotten:
@@ -349,14 +386,6 @@ class FlowTable:
                 break
             del self.forgotten[key]
             self._summary(flow, now_ns, "unknown")
-
-    def _remember(self, key, flow, now_ns):
-        """Shrink a silent flow to its compact record (bounded: the oldest goes first)."""
-        flow.stats = flow.stats.freeze()
-        self.forgotten[key] = flow
-        if len(self.forgotten) > defaults.FORGOTTEN_MAX:
-            _, old = self.forgotten.popitem(last=False)
-            self._summary(old, now_ns, "unknown")
 
     def finish(self, now_ns):
         """At exit: a last interval and the summary of every flow."""
@@ -372,3 +401,4 @@ class FlowTable:
         self.flows.clear()
         self.closing.clear()
         self.forgotten.clear()
+        self.memory = 0

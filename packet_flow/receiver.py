@@ -7,7 +7,7 @@ it into FlowTable after every slice, and ticks interval records on the `interval
 import logging
 
 from packet_flow import _io, defaults, sockets
-from packet_flow.flows import FlowTable, rfc3339
+from packet_flow.flows import FlowTable
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,14 @@ class ReceiverLoop:
             host = cfg.local.host
             port = sock.getsockname()[1]
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.rx = _io.Receiver(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
-                               key=cfg.key, mode=mode, reflect=reflect)
+        core = _io.Reflector if reflect else _io.Receiver
+        self.rx = core(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
+                       key=cfg.key, mode=mode)
         if not reflect:     # a reflector answers at once; a receiver may read in bunches
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
-                               defaults.SEQ_WINDOW, on_packets, on_gaps)
+                               defaults.SEQ_WINDOW, on_packets, on_gaps,
+                               budget=cfg.max_flow_memory << 20)
         self.stopping = False
         self._last = {}
 
@@ -46,9 +48,9 @@ class ReceiverLoop:
         out = {"datagrams": self.rx.datagrams, "overwritten": self.rx.overwritten,
                "kernel_drops": sockets.drops(self.sock, self.rx.kernel_drops),
                "unattributed_malformed": self.table.unattributed,
-               "untracked": self.table.untracked}
+               "untracked": self.table.untracked, "evicted": self.table.evicted}
         out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
-        if self.rx.reflect:
+        if isinstance(self.rx, _io.Reflector):
             out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors)
         return out
 
@@ -56,7 +58,7 @@ class ReceiverLoop:
         now = self.counters()
         delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
         self._last = now
-        rec = {"type": "receiver", "role": "receiver", "time": rfc3339(now_ns),
+        rec = {"type": "receiver", "role": "receiver", "time": now_ns,
                "source": None, "destination": self.local, "session": None,
                "interval_s": round((now_ns - since_ns) / 1e9, 6), "flows": len(self.table.flows)}
         rec["malformed"] = {k[len("malformed_"):]: delta.pop(k) for k in list(delta)

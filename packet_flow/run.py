@@ -7,12 +7,15 @@ threads do not slow each other down. Signals: SIGINT/SIGTERM/SIGQUIT stop the ru
 packet, flush, exit 0); SIGUSR1 makes the sender skip one sequence number.
 """
 
+import collections
 import gc
 import logging
+import os
 import queue
 import signal
 import sys
 import threading
+import time
 
 from packet_flow import _io, defaults, sockets
 from packet_flow.errors import ConfigError
@@ -24,16 +27,46 @@ from packet_flow.sinks.jsonl import JsonlSink
 log = logging.getLogger(__name__)
 
 
+class StdStream:
+    """A text stream on a duplicate of a standard descriptor (1 = stdout), without a buffer
+    or a lock: an output thread blocked on a reader that stopped reading holds no lock of
+    sys.stdout, so the interpreter can still flush sys.stdout and exit when Fanout.close
+    gives up on it."""
+
+    def __init__(self, fd):
+        self.fd = os.dup(fd)
+
+    def write(self, text):
+        data = text.encode()
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def flush(self):
+        pass
+
+    def close(self):
+        os.close(self.fd)
+
 
 class Fanout:
     """Hands every record to every sink from one output thread, so a slow terminal or disk
     never delays a send slot or a receive batch; per-packet data (compat InfluxDB points)
-    goes straight to the sinks that want it, whose own hand-off never blocks."""
+    goes straight to the sinks that want it, whose own hand-off never blocks.
 
-    def __init__(self, sinks):
+    The queue holds at most `capacity` records: when the outputs fall that far behind,
+    record() drops new records (counted by type in `dropped`, one warning) instead of
+    growing without bound. close(timeout) returns within the timeout even when a sink
+    blocks."""
+
+    def __init__(self, sinks, capacity=defaults.OUTPUT_QUEUE_RECORDS):
         self.sinks = sinks
         self.per_packet = [s for s in sinks if getattr(s, "wants_packets", False)]
-        self.queue = queue.SimpleQueue()
+        self.per_gap = [s for s in self.per_packet if getattr(s, "wants_gaps", True)]
+        self.per_rtt = [s for s in self.per_packet if hasattr(s, "rtts")]
+        self.queue = queue.Queue(capacity)
+        self.dropped = collections.Counter()
+        self.counters = {}
+        self.deadline = 0.0
         self.thread = threading.Thread(target=self._write, name="outputs", daemon=True)
         self.thread.start()
 
@@ -44,65 +77,102 @@ class Fanout:
                     sink.record(rec)
                 except Exception:       # one broken output must not silence the others
                     log.exception("output %s failed", type(sink).__name__)
+        consoles = [s for s in self.sinks if isinstance(s, ConsoleSink)]
+        for sink in self.sinks:
+            if sink not in consoles:
+                got = sink.close(max(0.0, self.deadline - time.monotonic()))
+                if got:
+                    self.counters[type(sink).__name__] = got
+        for sink in consoles:       # last, so its summary can show the other outputs' counters
+            sink.close(max(0.0, self.deadline - time.monotonic()), dict(self.counters))
 
     def record(self, rec):
-        self.queue.put(rec)
+        try:
+            self.queue.put_nowait(rec)
+        except queue.Full:
+            if not self.dropped:
+                log.warning("outputs are %d records behind: dropping new records until they "
+                            "catch up", self.queue.maxsize)
+            self.dropped[rec.get("type")] += 1
 
     def packets(self, source, destination, rx_ns, owd_ns):
         for sink in self.per_packet:
             sink.packets(source, destination, rx_ns, owd_ns)
 
     def gaps(self, source, destination, rx_ns, lost):
-        for sink in self.per_packet:
+        for sink in self.per_gap:
             sink.gaps(source, destination, rx_ns, lost)
 
+    def rtts(self, source, destination, rtt_ns):
+        for sink in self.per_rtt:
+            sink.rtts(source, destination, rtt_ns)
+
     def close(self, timeout):
-        """Write every queued record, close every sink; returns {sink name: its counters}
-        for those that keep any."""
-        self.queue.put(None)
-        self.thread.join()
-        counters = {}
-        consoles = [s for s in self.sinks if isinstance(s, ConsoleSink)]
-        for sink in self.sinks:
-            if sink not in consoles:
-                got = sink.close(timeout)
-                if got:
-                    counters[type(sink).__name__] = got
-        for sink in consoles:       # last, so its summary can show the other outputs' counters
-            sink.close(timeout, counters)
-        return counters
+        """Write the queued records and close every sink, all within `timeout` seconds;
+        returns {sink name: its counters} for those that keep any. Sinks still busy at the
+        timeout are left to the (daemon) output thread, with a warning of what was not
+        written."""
+        self.deadline = time.monotonic() + timeout
+        try:
+            self.queue.put(None, timeout=timeout)
+            ends = 1
+        except queue.Full:
+            ends = 0
+        self.thread.join(max(0.0, self.deadline - time.monotonic()))
+        if self.dropped:
+            log.warning("outputs dropped %d records while %d were queued (%s)",
+                        sum(self.dropped.values()), self.queue.maxsize,
+                        ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
+        if self.thread.is_alive():
+            log.warning("outputs did not finish within %.1f s (a blocked stdout or sink): "
+                        "%d queued records not written, sinks not closed", timeout,
+                        max(0, self.queue.qsize() - ends))
+        return dict(self.counters)
 
 
 def build_sinks(cfg):
-    """Sinks named by cfg.outputs; the console moves to stderr when JSON goes to stdout."""
-    sinks = []
+    """Sinks named by cfg.outputs; the console moves to stderr when JSON goes to stdout.
+    Standard streams are written through StdStream (see there)."""
+    sinks, last = [], []
+    if cfg.prometheus_listen is not None:
+        # made first (a port in use fails before anything opens), closed last (its close
+        # waits for a final scrape)
+        from packet_flow.sinks.prometheus import PrometheusSink
+        last = [PrometheusSink(cfg)]
     to_stdout = "jsonl:-" in cfg.outputs
     for out in cfg.outputs:
         if out == "console":
-            sinks.append(ConsoleSink(sys.stderr if to_stdout else sys.stdout))
+            sinks.append(ConsoleSink(sys.stderr if to_stdout else StdStream(1)))
         elif out.startswith("jsonl:"):
-            sinks.append(JsonlSink(out[len("jsonl:"):]))
+            path = out[len("jsonl:"):]
+            try:
+                sinks.append(JsonlSink(path, StdStream(1) if path == "-" else None))
+            except OSError as exc:
+                raise ConfigError(f"option --output: cannot open {out!r}: "
+                                  f"{exc.strerror or exc}") from None
         elif out == "influx":
             from packet_flow.sinks.influx import InfluxSink
             sinks.append(InfluxSink(cfg))
-    return sinks
+    return sinks + last
 
 
 def run(cfg, ready=None):
-    """Run cfg.mode until cfg.duration, cfg.count or a signal. Returns the exit status.
+    """Run cfg.mode until cfg.duration, cfg.count or a signal. Returns the exit status;
+    raises what ended the run early (in `both` mode also the receiver thread's error).
     `ready(loops)` is called once sockets are bound (tests use it)."""
     sinks = build_sinks(cfg)
     out = Fanout(sinks)
     for sink in sinks:
         if isinstance(sink, ConsoleSink) and cfg.mode != "sender":
             sink.header()
-    receiver = sender = None
+    receiver = sender = thread = None
+    failed = []                 # the receiver thread's exception, in `both` mode
     signalled = threading.Event()
+    handlers = {}
     try:
         if cfg.mode in ("receiver", "both"):
-            per_packet = bool(out.per_packet)
-            receiver = ReceiverLoop(cfg, out.record, out.packets if per_packet else None,
-                                    on_gaps=out.gaps if per_packet else None)
+            receiver = ReceiverLoop(cfg, out.record, out.packets if out.per_packet else None,
+                                    on_gaps=out.gaps if out.per_gap else None)
         if cfg.mode in ("sender", "both"):
             sock = None
             if cfg.mode == "sender" and cfg.sources.get("local-addr", "default") != "default":
@@ -112,7 +182,8 @@ def run(cfg, ready=None):
                                       f"address family of --remote-addr '{cfg.remote}'")
                 sock = sockets.send_socket(cfg.local.family, cfg.dscp, cfg.ttl,
                                            bind=cfg.local.sockaddr)
-            sender = SenderLoop(cfg, out.record, sock=sock)
+            sender = SenderLoop(cfg, out.record, sock=sock,
+                                on_rtt=out.rtts if out.per_rtt else None)
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
             receiver = ReflectorLoop(cfg, out.record)
@@ -130,8 +201,8 @@ def run(cfg, ready=None):
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-                signal.signal(sig, on_stop)
-            signal.signal(signal.SIGUSR1, on_skip)
+                handlers[sig] = signal.signal(sig, on_stop)
+            handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_skip)
         # Everything made so far lives for the whole run: keep it out of the cyclic garbage
         # collector's full passes, which would otherwise stall a send slot for milliseconds.
         gc.collect()
@@ -142,11 +213,18 @@ def run(cfg, ready=None):
         if sender is None:
             receiver.run(deadline)
         else:
-            thread = None
             if receiver is not None:
                 rx_deadline = deadline + int(defaults.RECEIVER_GRACE_S * 1e9) if deadline else 0
-                thread = threading.Thread(target=receiver.run, args=(rx_deadline,),
-                                          name="receiver", daemon=True)
+
+                def receive():
+                    try:
+                        receiver.run(rx_deadline)
+                    except BaseException as exc:    # handed to the main thread, raised there
+                        log.error("receiver failed (%s): stopping the sender", exc)
+                        failed.append(exc)
+                        sender.stop()
+
+                thread = threading.Thread(target=receive, name="receiver", daemon=True)
                 thread.start()
             # The sender needs the GIL for a moment at every record tick, while the receiver
             # and output threads may hold it; by default a thread waits up to 5 ms for it,
@@ -155,12 +233,18 @@ def run(cfg, ready=None):
             sender.run(deadline)
             if thread is not None:
                 thread.join(defaults.RECEIVER_GRACE_S)
-                receiver.stop()
-                thread.join()
+        if failed:
+            raise failed[0]
     finally:
+        if thread is not None and thread.is_alive():
+            # stop the receiver before its socket is closed: also when the sender raised
+            receiver.stop()
+            thread.join(defaults.THREAD_STOP_S)
         for loop in (sender, receiver):
-            if loop is not None:
+            if loop is not None and not (loop is receiver and thread and thread.is_alive()):
                 loop.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         timeout = defaults.SIGNAL_FLUSH_S if signalled.is_set() else defaults.SHUTDOWN_FLUSH_S
         for name, got in out.close(timeout).items():
             lossy = got.get("dropped") or got.get("spooled") or got.get("queued")

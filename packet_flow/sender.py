@@ -24,9 +24,8 @@ import socket
 import numpy as np
 
 from packet_flow import _io, defaults, rtt, sockets
-from packet_flow.analysis import LogHistogram
 from packet_flow.errors import ConfigError
-from packet_flow.flows import rfc3339
+from packet_flow.histogram import LogHistogram
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +58,11 @@ def realtime_priority():
 class SenderLoop:
     """Sends to cfg.remote on the cfg.rate_ms grid until stop(), the deadline or cfg.count."""
 
-    def __init__(self, cfg, emit, sock=None, size=None):
+    def __init__(self, cfg, emit, sock=None, size=None, on_rtt=None):
+        """`on_rtt(source, destination, rtt_ns)` receives each batch of round-trip times."""
         self.cfg = cfg
         self.emit = emit
+        self.on_rtt = on_rtt
         self.sock = sock or sockets.send_socket(cfg.remote.family, cfg.dscp, cfg.ttl)
         self.session = secrets.randbits(64)
         self.interval_ns = max(1, round(cfg.rate_ms * 1e6))
@@ -133,6 +134,9 @@ class SenderLoop:
             return
         self.rtt.update(recs["seq"], recs["r_seq"], recs["tx_ns"], recs["t2_ns"],
                         recs["t3_ns"], recs["rx_ns"])
+        if self.on_rtt is not None:
+            self.on_rtt(self.source, str(self.cfg.remote),
+                        recs["rx_ns"] - recs["tx_ns"] - (recs["t3_ns"] - recs["t2_ns"]))
         if self.cfg.wire == "native":
             self.final_answered |= bool((recs["flags"] & _io.FLAG_FINAL).any())
 
@@ -166,7 +170,7 @@ class SenderLoop:
     def _record(self, kind, now_ns, since_ns):
         if self.source is None:
             self.source = sockets.local_name(self.sock, self.cfg.remote)
-        rec = {"type": kind, "role": "sender", "time": rfc3339(now_ns), "source": self.source,
+        rec = {"type": kind, "role": "sender", "time": now_ns, "source": self.source,
                "destination": str(self.cfg.remote), "session": self.session_hex,
                "wire": self.cfg.wire, "interval_s": round((now_ns - since_ns) / 1e9, 6)}
         return rec
@@ -179,7 +183,6 @@ class SenderLoop:
         LogHistogram().add(probe)
         LogHistogram().quantiles([50, 99], 0, 999)
         _late_stats(probe)
-        rfc3339(_io.now_ns())
         if self.rtt is not None:
             rtt.RttStats().take_interval()
 

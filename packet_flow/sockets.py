@@ -7,6 +7,7 @@ import logging
 import socket
 
 from packet_flow import _io
+from packet_flow.addresses import host_port
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def local_name(sock, remote):
             pass
         finally:
             probe.close()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)
 
 
 SO_MEMINFO = 55

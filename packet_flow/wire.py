@@ -1,6 +1,6 @@
 """Reference codec for the wire formats, in pure Python (struct).
 
-The Cython core (ext/_io.pyx, which holds the byte diagrams) is the one the probe uses;
+The Cython core (ext/wire.pxi, which holds the byte diagrams) is the one the probe uses;
 this module is the readable twin that golden-byte tests hold it to, and what tests and
 tools use to build packets by hand. Formats:
 
@@ -17,13 +17,21 @@ import hmac
 import struct
 from typing import NamedTuple
 
+# The constants have one definition, in the extension (ext/wire.pxi).
+from packet_flow._io import (
+    FLAG_AUTH,
+    FLAG_FINAL,
+    FLAG_REFLECTED,
+    HEADER,
+    LEGACY_SIZE,
+    MAGIC,
+    NTP_OFFSET,
+    REFLECTED_HEADER,
+    STAMP_SIZE,
+    TAG,
+    VERSION,
+)
 from packet_flow.errors import WireError
-
-MAGIC = b"PF"
-VERSION = 1
-FLAG_FINAL, FLAG_AUTH, FLAG_REFLECTED = 1, 2, 4
-HEADER, REFLECTED_HEADER, LEGACY_SIZE, STAMP_SIZE, TAG = 32, 56, 17, 44, 16
-NTP_OFFSET = 2208988800
 
 _NATIVE = struct.Struct("<2sBBIQQq")
 _REFLECT = struct.Struct("<Qqq")

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packet_flow.analysis import FlowStats, LogHistogram
+from packet_flow.analysis import FlowStats
+from packet_flow.histogram import LogHistogram
 
 COUNTS = ("received", "lost", "late", "duplicates", "negative_owd")
 
@@ -423,11 +424,12 @@ def test_log_histogram_precision():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**32), st.integers(1, 3000), st.integers(100, 4000))
-def test_growing_window_equals_full_window(seed, depth, batch):
-    """A window that starts small and doubles gives exactly what the full window gives,
-    as long as no packet comes from further back than the window had reached when the
-    flow needed it (duplicates here are of packets at most `depth` back)."""
+@given(st.integers(0, 2**32), st.data(), st.integers(100, 4000))
+def test_growing_window_equals_full_window(seed, data, batch):
+    """A window that starts small and grows with the flow's batches gives exactly what the
+    full window gives, as long as no packet comes from further back than a batch (the window
+    grows to 4 x the packets of a batch; duplicates here are of packets at most `depth` back)."""
+    depth = data.draw(st.integers(1, batch))
     rng = np.random.default_rng(seed)
     n = 12_000
     seq = np.arange(n, dtype=np.uint64)
@@ -462,3 +464,49 @@ def test_growing_window_treats_history_it_never_had_as_too_old():
     st_.update(np.array([100], np.uint64), np.zeros(1, np.int64), np.full(1, 10, np.int64))
     rec = st_.take_interval()
     assert rec["late"] == 1 and rec["duplicates"] == 0 and rec["received"] == 5000
+
+
+def _feed(fs, seq):
+    seq = np.asarray(seq, np.uint64)
+    fs.update(seq, np.zeros(seq.size, np.int64), np.full(seq.size, 10, np.int64))
+
+
+def test_window_grows_on_reordering_not_on_jumps():
+    """A deep reorder beyond the window is late only the first time; the window then grows,
+    so the same depth is exact the next time."""
+    fs = FlowStats(window=1 << 14)
+    w0 = fs.nbytes
+    stream = [s for s in range(3000) if s != 1000]
+    for a in range(0, len(stream), 10):
+        _feed(fs, stream[a:a + 10])
+    _feed(fs, [1000])                      # 1999 back: beyond the 1024-entry window
+    rec = fs.take_interval()
+    assert (rec["received"], rec["lost"], rec["late"], rec["duplicates"]) == (2999, 1, 1, 0)
+    assert fs.nbytes > w0
+    stream = [s for s in range(3000, 6000) if s != 4000]
+    for a in range(0, len(stream), 10):
+        _feed(fs, stream[a:a + 10])
+    _feed(fs, [4000])                      # the same depth again: inside the grown window
+    rec = fs.take_interval()
+    assert (rec["received"], rec["lost"], rec["late"], rec["duplicates"]) == (3000, 0, 1, 0)
+
+
+@pytest.mark.parametrize("pattern", ["jump", "random"])
+def test_spoofed_sequences_do_not_grow_the_window(pattern):
+    """Sequence 0 then 65536 (the spoofing flood) or random 64-bit jumps both ways: the ring
+    stays at its first size; a jump ahead is a gap."""
+    fs = FlowStats()
+    first = FlowStats()
+    _feed(first, [0])
+    if pattern == "jump":
+        _feed(fs, [0])
+        _feed(fs, [65536])
+        rec = fs.take_interval()
+        assert (rec["received"], rec["lost"], rec["late"]) == (2, 65535, 0)
+    else:
+        rng = np.random.default_rng(5)
+        for _ in range(8):
+            _feed(fs, rng.integers(0, 2**63, 3, dtype=np.uint64))
+    first.take_interval()
+    fs.take_interval()
+    assert fs.nbytes <= first.nbytes + 256

@@ -7,7 +7,7 @@ from packet_flow.sinks.console import ConsoleSink
 
 
 def _receiver(i, kind="interval"):
-    return {"type": kind, "role": "receiver", "time": "2026-11-24T19:00:00.000000Z",
+    return {"type": kind, "role": "receiver", "time": 1795546800_000000000,
             "source": f"[2001:db8:ffff:ffff::{i:x}]:{40000 + i}",
             "destination": "[2001:db8:ffff:ffff::ffff]:8000", "session": f"{i:016x}",
             "wire": "native", "interval_s": 1.0, "received": 1_000_000 + i, "lost": 99_999,
@@ -20,7 +20,7 @@ def _receiver(i, kind="interval"):
 
 
 def _sender(i, kind="sender"):
-    return {"type": kind, "role": "sender", "time": "2026-11-24T19:00:00.000000Z",
+    return {"type": kind, "role": "sender", "time": 1795546800_000000000,
             "source": f"[2001:db8:ffff:ffff::{i:x}]:{40000 + i}",
             "destination": "[2001:db8:ffff:ffff::ffff]:8000", "session": f"{i:016x}",
             "wire": "native", "interval_s": 1.0, "sent": 1_500_000, "missed_slots": 12345,
@@ -56,3 +56,23 @@ def test_empty_interval_prints_dashes_not_nan():
     out = io.StringIO()
     ConsoleSink(out).record(rec)
     assert "-" in out.getvalue() and "nan" not in out.getvalue().lower()
+
+
+def test_edges_format_integer_ns_times():
+    """Records carry integer ns; the console shows UTC HH:MM:SS, JSON lines RFC 3339 text with
+    every microsecond digit (truncated, no float rounding)."""
+    import json
+
+    from packet_flow.sinks.jsonl import JsonlSink, rfc3339
+
+    assert rfc3339(1795545715123456789) == "2026-11-24T18:41:55.123456Z"
+    assert rfc3339(0) == "1970-01-01T00:00:00.000000Z"
+    out = io.StringIO()
+    ConsoleSink(out).record({**_receiver(1), "time": 1795545715_999_999_999})
+    assert out.getvalue().startswith("18:41:55 ")
+    sink = JsonlSink("-")
+    sink.stream = io.StringIO()
+    rec = _receiver(1)
+    sink.record(rec)
+    assert json.loads(sink.stream.getvalue())["time"] == "2026-11-24T19:00:00.000000Z"
+    assert rec["time"] == 1795546800_000000000  # the caller's record is not changed

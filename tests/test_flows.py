@@ -169,10 +169,8 @@ def test_nat_rebinding_keeps_the_session_and_shows_the_new_source():
     tb.t.ingest(recs(range(150, 200), port=40001), T0 + 4 * S)
     tb.t.ingest(recs([95], port=40000), T0 + 4 * S)    # a straggler on the old mapping
     tb.t.ingest(recs([200], port=40001, final_at=0), T0 + 4 * S)
-    tb.t.ingest(recs([201, 202], port=40001, addr=(10, 0, 0, 9)), T0 + 4 * S)  # not the host
     tb.t.finish(T0 + 6 * S)
-    other, s = sorted(tb.summaries(), key=lambda r: r["source"])
-    assert s["source"] == "127.0.0.2:40001" and other["source"] == "10.0.0.9:40001"
-    assert other["received"] == 2
+    (s,) = tb.summaries()
+    assert s["source"] == "127.0.0.2:40001"
     assert (s["received"], s["lost"], s["loss_bursts"], s["duplicates"]) == (151, 50, 1, 0)
     assert s["late"] == 1

@@ -5,6 +5,7 @@ per flow at exit."""
 import sys
 import textwrap
 import threading
+import time
 
 
 def _t(us):
@@ -62,7 +63,7 @@ class ConsoleSink:
         if kind == "summary":
             self.summaries.append(rec)
             return
-        t = rec["time"][11:19]
+        t = time.strftime("%H:%M:%S", time.gmtime(rec["time"] // 1_000_000_000))  # UTC
         if kind == "interval":
             state = "S" if rec.get("stalled") else "F" if rec.get("closed") else ""
             self._write(

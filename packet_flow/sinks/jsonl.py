@@ -1,19 +1,33 @@
-"""JSON-lines output: one record per line, the stable contract in README.md."""
+"""JSON-lines output: one record per line, the stable contract in README.md.
 
+Records carry `time` as integer ns since the epoch; this edge writes it as RFC 3339 UTC text
+with microseconds, as the contract says."""
+
+import datetime
 import json
 import sys
 import threading
 
 
+def rfc3339(ns: int) -> str:
+    """RFC 3339 UTC time with microseconds for integer ns since the epoch."""
+    dt = datetime.datetime.fromtimestamp(ns // 1_000_000_000, datetime.UTC)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ns % 1_000_000_000 // 1000:06d}Z"
+
+
 class JsonlSink:
     """Appends records to PATH (`-` = stdout), flushing after each interval's records."""
 
-    def __init__(self, path):
+    def __init__(self, path, stream=None):
         self.path = path
-        self.stream = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+        if stream is None:
+            stream = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self.stream = stream
         self.lock = threading.Lock()
 
     def record(self, rec):
+        if isinstance(rec.get("time"), int):
+            rec = {**rec, "time": rfc3339(rec["time"])}
         line = json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n"
         with self.lock:
             self.stream.write(line)
@@ -25,6 +39,6 @@ class JsonlSink:
     def close(self, timeout=0):
         with self.lock:
             self.stream.flush()
-            if self.stream is not sys.stdout:
+            if self.path != "-":
                 self.stream.close()
         return {}

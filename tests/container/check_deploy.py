@@ -4,7 +4,7 @@ Rules:
 - Only parses files (PyYAML, json); starts nothing. Run by tests/container/test_container.sh,
   or alone: `python3 tests/container/check_deploy.py`. Exit status 1 lists every failure.
 - Names are checked against their sources: PACKET_FLOW_* variables against the options in
-  packet_flow/config.py, dashboard fields against the README record tables, datasource uid and paths
+  packet_flow/options.py, dashboard fields against the README record tables, datasource uid and paths
   against the provisioning files and compose mounts.
 - No secret may be committed: secret-looking variables are only *_FILE paths, and the
   committed env example holds placeholders.
@@ -43,11 +43,11 @@ def env_example() -> dict[str, str]:
 
 
 def cli_env_names() -> set[str] | None:
-    """PACKET_FLOW_* names of the CLI options, or None when config.py is not there yet."""
-    config = ROOT / "packet_flow/config.py"
-    if not config.exists():
+    """PACKET_FLOW_* names of the CLI options, or None when options.py is not there yet."""
+    table = ROOT / "packet_flow/options.py"
+    if not table.exists():
         return None
-    names = re.findall(r'_Opt\(\s*"([a-z0-9-]+)"', config.read_text())
+    names = re.findall(r'\bOpt\(\s*"([a-z0-9-]+)"', table.read_text())
     return {"PACKET_FLOW_" + n.upper().replace("-", "_") for n in names}
 
 

@@ -1,0 +1,242 @@
+# The receive side: Receiver reads batches with recvmmsg into preallocated buffers and parses
+# every datagram (every GRO segment) into a numpy ring of RECORD entries, with the kernel's
+# receive timestamp (SCM_TIMESTAMPNS), TTL/hop limit and source address. pump() fills the
+# ring without the GIL; drain() hands the new records to the consumer. The ring never
+# blocks the socket: records overwritten before a drain are counted, not waited for.
+# An empty socket is waited for in poll(); after a partial batch, an optional coalescing
+# sleep lets datagrams queue (their stamps come from the kernel, so reading later costs no
+# accuracy).
+
+# flow ids: a 64-bit mix (splitmix64's finaliser) of source address, port and session
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    x ^= x >> 30
+    x *= <uint64_t>0xbf58476d1ce4e5b9
+    x ^= x >> 27
+    x *= <uint64_t>0x94d049bb133111eb
+    x ^= x >> 31
+    return x
+
+
+cdef class Receiver:
+    """recvmmsg into preallocated buffers, parse every datagram into a numpy ring of
+    RECORD entries. pump() fills the ring; drain() hands the new records to the consumer.
+    If the consumer falls behind, the oldest records are overwritten and counted in
+    `overwritten` at the next drain. Malformed datagrams are recorded (kind 0, reason) and
+    counted by reason in `malformed`."""
+
+    cdef int fd
+    cdef readonly int batch, bufsize, mode
+    cdef readonly uint64_t head, tail, datagrams, overwritten, kernel_drops, capacity
+    cdef uint64_t reasons[N_REASONS]
+    cdef object _ring
+    cdef rec_t *ring
+    cdef uint8_t *bufs
+    cdef mmsghdr *msgs
+    cdef iovec *iovs
+    cdef sockaddr_storage *names
+    cdef uint8_t *ctrl
+    cdef pf_hmac_key hkey
+    cdef bint keyed
+    cdef size_t ctrl_len
+    cdef public int64_t coalesce_ns
+
+    def __cinit__(self):
+        self.bufs = NULL
+        self.msgs = NULL
+        self.iovs = NULL
+        self.names = NULL
+        self.ctrl = NULL
+
+    def __init__(self, int fd, int batch=64, uint64_t capacity=1 << 18, int bufsize=65536,
+                 key=None, int mode=0):
+        """mode WIRE_NATIVE: native and legacy packets; WIRE_STAMP: STAMP Session-Sender
+        packets; WIRE_STAMP_REFLECTED: STAMP replies (a sender reading its reflections).
+        key: accept only native packets with a valid tag."""
+        cdef int i
+        if capacity < 1 or (capacity & (capacity - 1)):
+            raise ValueError("ring capacity must be a power of two")
+        self.fd = fd
+        self.batch = batch
+        self.bufsize = bufsize
+        self.mode = mode
+        self.capacity = capacity
+        self._ring = np.zeros(capacity, RECORD)
+        cdef uint8_t[::1] raw = self._ring.view(np.uint8)
+        self.ring = <rec_t *>&raw[0]
+        self.keyed = bool(key)
+        if self.keyed:
+            pf_hmac_init(&self.hkey, <const uint8_t *><char *>key, len(key))
+        self.ctrl_len = 256
+        self.bufs = <uint8_t *>calloc(batch, bufsize)
+        self.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
+        self.iovs = <iovec *>calloc(batch, sizeof(iovec))
+        self.names = <sockaddr_storage *>calloc(batch, sizeof(sockaddr_storage))
+        self.ctrl = <uint8_t *>calloc(batch, self.ctrl_len)
+        if not (self.bufs and self.msgs and self.iovs and self.names and self.ctrl):
+            raise MemoryError()
+        for i in range(batch):
+            self.iovs[i].iov_base = self.bufs + <size_t>i * bufsize
+            self.iovs[i].iov_len = bufsize
+
+    def __dealloc__(self):
+        free(self.bufs)
+        free(self.msgs)
+        free(self.iovs)
+        free(self.names)
+        free(self.ctrl)
+
+    cdef Status _received(self, int nmsg, uint64_t head0) except ERROR nogil:
+        # called after every batch stored at ring[head0...]; the Reflector answers it here
+        return DONE
+
+    @property
+    def malformed(self):
+        """Malformed datagrams so far, by reason name."""
+        return {REASONS[i]: self.reasons[i] for i in range(1, N_REASONS)}
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef uint64_t _store(self, int nmsg, int64_t fallback_ns) noexcept nogil:
+        """Parse received messages into the ring; returns records written."""
+        cdef int i
+        cdef uint32_t len_, seg, off, part
+        cdef int64_t rx
+        cdef uint8_t ttl
+        cdef cmsghdr *c
+        cdef timespec *ts
+        cdef sockaddr_in *a4
+        cdef sockaddr_in6 *a6
+        cdef rec_t *r
+        cdef uint8_t addr[16]
+        cdef uint16_t port
+        cdef uint8_t fam
+        cdef uint64_t written = 0, akey
+        for i in range(nmsg):
+            rx = fallback_ns
+            seg = 0
+            ttl = 0
+            c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
+            while c != NULL:
+                if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+                    ts = <timespec *>CMSG_DATA(c)
+                    rx = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+                elif c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
+                    self.kernel_drops = (<uint32_t *>CMSG_DATA(c))[0]
+                elif c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
+                    seg = (<int *>CMSG_DATA(c))[0]
+                elif (c.cmsg_level == IPPROTO_IP and c.cmsg_type == IP_TTL) or \
+                        (c.cmsg_level == IPPROTO_IPV6 and c.cmsg_type == IPV6_HOPLIMIT):
+                    ttl = <uint8_t>(<int *>CMSG_DATA(c))[0]
+                c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
+            memset(addr, 0, 16)
+            if self.names[i].ss_family == AF_INET6:
+                a6 = <sockaddr_in6 *>&self.names[i]
+                memcpy(addr, &a6.sin6_addr, 16)
+                port = ntohs(a6.sin6_port)
+                fam = 6
+            else:
+                a4 = <sockaddr_in *>&self.names[i]
+                addr[10] = 0xff
+                addr[11] = 0xff
+                memcpy(addr + 12, &a4.sin_addr, 4)
+                port = ntohs(a4.sin_port)
+                fam = 4
+            akey = _mix(_ld64(addr) ^ _mix(_ld64(addr + 8) ^ port))
+            len_ = self.msgs[i].msg_len
+            if seg == 0 or seg >= len_:
+                seg = len_
+            off = 0
+            while True:
+                part = min(seg, len_ - off)
+                r = &self.ring[self.head & (self.capacity - 1)]
+                _parse(<uint8_t *>self.iovs[i].iov_base + off, part, r, self.mode,
+                       &self.hkey if self.keyed else NULL)
+                self.reasons[r.reason] += 1
+                r.rx_ns = rx
+                r.length = part
+                r.ttl = ttl
+                memcpy(r.addr, addr, 16)
+                r.port = port
+                r.family = fam
+                r.flow = _mix(akey ^ r.session)
+                self.head += 1
+                written += 1
+                off += part
+                if off >= len_:
+                    break
+        self.datagrams += written
+        return written
+
+    cdef Status _pump(self, int64_t until_ns, uint64_t max_records,
+                      uint64_t *got) except ERROR nogil:
+        cdef int i, n, err, timeout_ms
+        cdef Status st
+        cdef int64_t now
+        cdef uint64_t head0
+        cdef pollfd pfd
+        pfd.fd = self.fd
+        pfd.events = POLLIN
+        while True:
+            for i in range(self.batch):
+                memset(&self.msgs[i].msg_hdr, 0, sizeof(msghdr))
+                self.msgs[i].msg_hdr.msg_name = &self.names[i]
+                self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                self.msgs[i].msg_hdr.msg_iov = &self.iovs[i]
+                self.msgs[i].msg_hdr.msg_iovlen = 1
+                self.msgs[i].msg_hdr.msg_control = self.ctrl + i * self.ctrl_len
+                self.msgs[i].msg_hdr.msg_controllen = self.ctrl_len
+            n = recvmmsg(self.fd, self.msgs, self.batch, MSG_DONTWAIT, NULL)
+            err = errno
+            if n > 0:
+                st = DONE
+                head0 = self.head
+                got[0] += self._store(n, _now())
+                self._received(n, head0)
+            elif n == 0:
+                st = AGAIN
+            else:
+                with gil:
+                    st = _errno_path(err)
+                if st == INTERRUPTED:
+                    return st       # let the caller look at its flags
+            now = _now()
+            if (max_records and got[0] >= max_records) or now >= until_ns:
+                return DONE
+            if st == AGAIN:
+                # the socket is empty: sleep in poll until a datagram arrives or until_ns
+                timeout_ms = <int>((until_ns - now + 999999) // 1000000)
+                if poll(&pfd, 1, timeout_ms) < 0:
+                    err = errno
+                    with gil:
+                        st = _errno_path(err)
+                    if st == INTERRUPTED:
+                        return st
+            elif st == DONE and n < self.batch and self.coalesce_ns > 0:
+                # The queue is drained. Timestamps come from the kernel, so reading later
+                # costs no accuracy: let a few more datagrams queue up, and pay one syscall
+                # and one wake-up per many datagrams instead of per few.
+                _sleep_abs(min(now + self.coalesce_ns, until_ns))
+
+    def pump(self, int64_t until_ns, uint64_t max_records=0):
+        """Receive until CLOCK_REALTIME `until_ns`, or `max_records` new records, or a
+        signal. Waits in poll() when the socket is empty; runs without the GIL throughout.
+        Returns records added."""
+        cdef uint64_t got = 0
+        with nogil:
+            self._pump(until_ns, max_records, &got)
+        return got
+
+    def drain(self):
+        """The records added since the last drain, oldest first, as a new array. Records
+        overwritten before they could be drained are added to `overwritten`."""
+        cdef uint64_t n = self.head - self.tail
+        cdef uint64_t start
+        if n > self.capacity:
+            self.overwritten += n - self.capacity
+            self.tail = self.head - self.capacity
+            n = self.capacity
+        start = self.tail & (self.capacity - 1)
+        self.tail = self.head
+        if start + n <= self.capacity:
+            return self._ring[start:start + n].copy()
+        return np.concatenate((self._ring[start:], self._ring[:start + n - self.capacity]))

@@ -1,0 +1,86 @@
+"""The configuration as text: --print-config, --generate-config and the config log lines.
+
+Rules: secrets show as "***", masked by field (Opt.shown); every line of --print-config names the layer its
+value came from; both documents load back as config files.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import ConfigError
+from .options import CONFIG_ENV, OPTS
+
+
+def toml_value(value: Any) -> str:
+    """A value as TOML text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def render_toml(cfg, commented_sources: bool = True) -> str:
+    """The effective configuration as a TOML document (secrets masked), for --print-config."""
+    lines = ["# packet-flow effective configuration"]
+    if cfg.config_file:
+        lines.append(f"# config file: {cfg.config_file} ({cfg.sources.get('config-file')})")
+    for opt in OPTS:
+        if opt.run_only:
+            continue
+        value = opt.shown(getattr(cfg, opt.field))
+        source = cfg.sources.get(opt.name, "default")
+        if opt.secret and value is not None and source == "default":
+            source = f"read from --{opt.name}-file"
+        if value is None:
+            line = f"# {opt.key} is not set"
+        elif opt.enables_influx and source == "default":
+            line = f"# {opt.key} = {toml_value(value)}"    # set, it would turn InfluxDB on
+        else:
+            line = f"{opt.key} = {toml_value(value)}"
+        if commented_sources:
+            line += f"  # {source}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def log_config(cfg, logger) -> None:
+    """Log the effective configuration, one line per value, at info level (secrets masked)."""
+    for line in render_toml(cfg).splitlines():
+        logger.info("config: %s", line)
+
+
+def default_toml() -> str:
+    """A commented TOML config file holding every default (what --generate-config writes)."""
+    lines = [
+        "# packet-flow configuration (TOML, flat keys; `-` and `_` spellings both work).",
+        "# Every value below is the default. Precedence: command line > environment",
+        f"# (PACKET_FLOW_*) > this file > defaults; {CONFIG_ENV} overrides --config-file.",
+        "# The InfluxDB settings are commented out: setting any of them turns on the",
+        "# InfluxDB output, and a receiver then needs a token or username and password.",
+    ]
+    for opt in OPTS:
+        if not opt.in_file:
+            continue
+        lines += ["", f"# {opt.help}  [env var: {opt.env}]"]
+        value = "" if opt.default is None else opt.default
+        line = f"{opt.key} = {toml_value(value)}"
+        lines.append(f"# {line}" if opt.enables_influx or opt.commented else line)
+    return "\n".join(lines) + "\n"
+
+
+def write_default_config(path: str, force: bool) -> None:
+    """Write default_toml() to path; refuses to overwrite an existing file unless force."""
+    try:
+        with open(path, "w" if force else "x", encoding="utf-8") as f:
+            f.write(default_toml())
+    except FileExistsError:
+        raise ConfigError(f"option --generate-config: file {path!r} exists; "
+                          "add --force to overwrite it") from None
+    except OSError as e:
+        raise ConfigError(f"option --generate-config: cannot write {path!r}: "
+                          f"{e.strerror or e}") from None

@@ -1,0 +1,326 @@
+"""The option table: every packet-flow option, its type, default, help and converter.
+
+Rules:
+- Adding an option is one `Opt` entry in OPTS. The flag (`--NAME`), the environment variable
+  (PACKET_FLOW_NAME), the TOML key (`NAME` or `NAME` with `_`), the --help line, the
+  --print-config and --generate-config lines and the Config attribute all come from it.
+- A converter takes the text argparse collected (a list of texts for `kind="list"`) and returns
+  the value, or raises Bad(reason); config.py adds the option, value and source to the reason.
+- `secret` values are never shown, and `show` masks part of a value (masking.py); `file_of` names the secret an option reads
+  from a file (`--token-file` holds the value of `--token`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import socket
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from . import defaults
+from .addresses import Addr
+from .masking import MASK, mask_url
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+UDP_PAYLOAD_MAX = 65507
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+CONFIG_ENV = defaults.ENV_PREFIX + "CONFIG_FILE"
+
+
+class Bad(ValueError):
+    """A value that failed conversion; the message is the reason only."""
+
+
+# --- converters: text -> value, raising Bad(reason) --------------------------------------------
+
+
+def _float(lo: float | None = None, hi: float | None = None, above: float | None = None,
+           zero: bool = False):
+    """A float in [lo, hi] or above `above`; `zero` allows 0 besides (0 = off)."""
+    def conv(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise Bad("not a number") from None
+        if not math.isfinite(value):
+            raise Bad("not a finite number")
+        if zero and value == 0:
+            return value
+        if zero and lo is not None and value < lo:
+            raise Bad(f"must be 0 or at least {lo:g}")
+        if above is not None and value <= above:
+            raise Bad(f"must be greater than {above:g}")
+        if lo is not None and hi is not None and not lo <= value <= hi:
+            raise Bad(f"must be between {lo:g} and {hi:g}")
+        if lo is not None and value < lo:
+            raise Bad(f"must be at least {lo:g}")
+        return value
+
+    return conv
+
+
+def _int(lo: int, hi: int | None = None):
+    def conv(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise Bad("not an integer") from None
+        if hi is not None and not lo <= value <= hi:
+            raise Bad(f"must be between {lo} and {hi}")
+        if value < lo:
+            raise Bad(f"must be at least {lo}")
+        return value
+
+    return conv
+
+
+def _choice(choices: tuple[str, ...]):
+    def conv(text: str) -> str:
+        if text.lower() not in choices:
+            raise Bad("must be one of " + ", ".join(choices))
+        return text.lower()
+
+    return conv
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _bool(value: Any) -> bool:
+    return bool(value)
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise Bad("must not be empty")
+    return text
+
+
+def _optional(text: str) -> str | None:
+    return text or None
+
+
+def _url(text: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise Bad(f"not a URL ({e})") from None
+    if parts.scheme not in ("http", "https"):
+        raise Bad("the scheme must be http or https")
+    if not parts.hostname:
+        raise Bad("the URL has no host")
+    return text
+
+
+def parse_addr(text: str, allow_port0: bool = False) -> Addr:
+    """Parse `host:port`, `[v6addr]:port` or `hostname:port` and resolve it for UDP.
+
+    Raises Bad (a ValueError) with the reason.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise Bad("expected [v6addr]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise Bad("expected host:port")
+        if ":" in host:
+            raise Bad("an IPv6 address needs brackets: [v6addr]:port")
+    if not host:
+        raise Bad("the host is missing")
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise Bad(f"port {port!r} is not a number") from None
+    if not (0 if allow_port0 else 1) <= port_n <= 65535:
+        raise Bad(f"port {port_n} is out of range")
+    try:
+        infos = socket.getaddrinfo(host, port_n, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
+    except (socket.gaierror, UnicodeError) as e:
+        raise Bad(f"cannot resolve {host!r}: {e}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return Addr(host, port_n, family, sockaddr)
+
+
+def _addr(allow_port0: bool):
+    return lambda text: parse_addr(text, allow_port0)
+
+
+def _listen(text: str) -> Addr | None:
+    """An HTTP listen address (host:port, [v6addr]:port); empty = off."""
+    return parse_addr(text) if text.strip() else None
+
+
+def _outputs(items: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in (part.strip() for raw in items for part in raw.split(",")):
+        if not item:
+            continue
+        kind, sep, path = item.partition(":")
+        if item in ("console", "influx") or (kind == "jsonl" and sep and path):
+            if item not in out:
+                out.append(item)
+        elif kind == "jsonl":
+            raise Bad("jsonl needs a path: jsonl:PATH (jsonl:- for stdout)")
+        else:
+            raise Bad(f"unknown output {item!r}: use console, jsonl:PATH or influx")
+    if not out:
+        raise Bad("no output given")
+    return tuple(out)
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Opt:
+    """One option. Only name, kind, default and help are required."""
+
+    name: str                 # long option without dashes; TOML key; env var suffix
+    kind: str                 # str | float | int | bool | list: the TOML type it takes
+    default: Any
+    help: str
+    conv: Callable[[Any], Any] = _text
+    short: str | None = None
+    secret: bool = False      # never shown: "***" in --print-config, errors and the log
+    file_of: str | None = None  # this option names a file holding that secret option's value
+    in_file: bool = True      # may be set in a config file
+    run_only: bool = False    # an action flag, not part of the configuration proper
+    negatable: bool = False   # a bool with a --no-NAME form
+    enables_influx: bool = False  # setting it turns the InfluxDB output on
+    commented: bool = False   # commented out in the file --generate-config writes
+    attr: str | None = None   # the Config attribute, when not the name with `_`
+    show: Callable[[Any], Any] | None = None  # how people see a value (masking by field)
+
+    @property
+    def env(self) -> str:
+        return defaults.ENV_PREFIX + self.name.replace("-", "_").upper()
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def field(self) -> str:
+        return self.attr or self.key
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    def shown(self, value: Any) -> Any:
+        """The value as messages, the log and --print-config show it: a secret is "***"."""
+        if value is None:
+            return None
+        if self.secret:
+            return MASK
+        if isinstance(value, Addr):
+            return str(value)
+        return self.show(value) if self.show and isinstance(value, str) else value
+
+
+OPTS = (
+    Opt("mode", "str", defaults.MODE, "operating mode: " + ", ".join(defaults.MODES),
+        _choice(defaults.MODES), short="-m"),
+    Opt("local-addr", "str", defaults.LOCAL_ADDR,
+        "address to bind: host:port, [v6addr]:port or hostname:port", _addr(True), attr="local"),
+    Opt("remote-addr", "str", defaults.REMOTE_ADDR, "address to send to (sender, both)",
+        _addr(False), attr="remote"),
+    Opt("rate", "float", defaults.RATE_MS, "milliseconds between packets "
+        f"({defaults.RATE_MIN_MS:g}..{defaults.RATE_MAX_MS:g})",
+        _float(defaults.RATE_MIN_MS, defaults.RATE_MAX_MS), short="-r", attr="rate_ms"),
+    Opt("duration", "float", defaults.DURATION_S, "seconds to run, 0 = until a signal",
+        _float(0.0)),
+    Opt("count", "int", defaults.COUNT, "packets to send, 0 = unlimited", _int(0)),
+    Opt("size", "int", defaults.SIZE, "UDP payload bytes, 0 = the smallest packet of the wire "
+        "format", _int(0, UDP_PAYLOAD_MAX)),
+    Opt("dscp", "int", defaults.DSCP, "DSCP code point of sent packets (0..63)", _int(0, 63)),
+    Opt("ttl", "int", defaults.TTL, "IP TTL / hop limit, 0 = the kernel's default",
+        _int(0, 255)),
+    Opt("wire", "str", defaults.WIRE, "packet format: " + ", ".join(defaults.WIRES),
+        _choice(defaults.WIRES)),
+    Opt("timer", "str", defaults.TIMER, "send scheduler: " + ", ".join(defaults.TIMERS),
+        _choice(defaults.TIMERS)),
+    Opt("interval", "float", defaults.INTERVAL_S, "seconds per metrics record "
+        f"(>= {defaults.INTERVAL_MIN_S:g})", _float(defaults.INTERVAL_MIN_S)),
+    Opt("output", "list", (defaults.OUTPUT,), "where metrics go: console, jsonl:PATH "
+        "(jsonl:- = stdout), influx; repeat or separate with commas", _outputs, attr="outputs"),
+    Opt("stall-timeout", "float", defaults.STALL_TIMEOUT_S,
+        "seconds of silence before a sender counts as stalled", _float(above=0.0)),
+    Opt("forget-timeout", "float", defaults.FORGET_TIMEOUT_S,
+        "seconds of silence before a sender is forgotten (> --stall-timeout)",
+        _float(above=0.0)),
+    Opt("influx-url", "str", defaults.INFLUX_URL, "InfluxDB URL (http or https); setting it "
+        "turns the InfluxDB output on", _url, short="-i", enables_influx=True, show=mask_url),
+    Opt("database", "str", defaults.DATABASE, "InfluxDB database (1.x) or bucket (2.x)",
+        _nonempty, short="-d"),
+    Opt("influx-org", "str", defaults.INFLUX_ORG, "InfluxDB organisation (2.x)"),
+    Opt("influx-api", "str", defaults.INFLUX_API, "InfluxDB write API: auto (from the version "
+        "the server's /ping reports), v1 (/write?db=), v2 (/api/v2/write)",
+        _choice(defaults.INFLUX_APIS)),
+    Opt("retention-policy", "str", defaults.RETENTION_POLICY,
+        "InfluxDB 1.x retention policy, empty = the database's default"),
+    Opt("token", "str", None, "InfluxDB token", _optional, short="-t", secret=True,
+        enables_influx=True),
+    Opt("token-file", "str", None, "read the InfluxDB token from this file (Docker secrets)",
+        _optional, file_of="token", enables_influx=True),
+    Opt("username", "str", None, "InfluxDB username", _optional, short="-u",
+        enables_influx=True),
+    Opt("password", "str", None, "InfluxDB password", _optional, short="-p", secret=True,
+        enables_influx=True),
+    Opt("password-file", "str", None, "read the InfluxDB password from this file", _optional,
+        file_of="password", enables_influx=True),
+    Opt("auth-basic", "bool", False, "use HTTP Basic auth: --username/--password, or a --token "
+        "of the form user:password", _bool, negatable=True),
+    Opt("compat-points", "bool", False,
+        "also write the original's per-packet `latency`/`packet_loss` points", _bool,
+        negatable=True),
+    Opt("compat-max-pps", "int", defaults.COMPAT_MAX_PPS,
+        "cap on per-packet compat points per second per flow", _int(0)),
+    Opt("flush-interval", "float", defaults.FLUSH_INTERVAL_S,
+        f"seconds between InfluxDB writes (>= {defaults.INTERVAL_MIN_S:g}), 0 = --interval",
+        _float(defaults.INTERVAL_MIN_S, zero=True)),
+    Opt("spool-dir", "str", defaults.SPOOL_DIR,
+        "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
+    Opt("spool-max-bytes", "int", defaults.SPOOL_MAX_BYTES,
+        "cap on the spool's size; past it the oldest points go first, 0 = no cap", _int(0)),
+    Opt("prometheus-listen", "str", None, "serve Prometheus metrics at http://ADDR:PORT/metrics "
+        "(e.g. 127.0.0.1:9469; 0.0.0.0:9469 for every address), empty = off; beside the other "
+        "outputs", _listen),
+    Opt("key", "str", None, "shared secret: sign packets with HMAC-SHA-256", _optional,
+        secret=True, commented=True),
+    Opt("key-file", "str", None, "read the shared secret from this file", _optional,
+        file_of="key", commented=True),
+    Opt("rtt", "bool", False, "measure round-trip time (needs a reflector or STAMP peer)", _bool,
+        negatable=True),
+    Opt("log-level", "str", defaults.LOG_LEVEL, "logging level: " + ", ".join(LOG_LEVELS),
+        _choice(LOG_LEVELS)),
+    Opt("batch", "int", defaults.BATCH_MAX, "packets per sendmmsg/recvmmsg (1..1024)",
+        _int(1, 1024)),
+    Opt("rcvbuf", "int", defaults.RCVBUF_BYTES, "receive socket buffer bytes, 0 = the "
+        "kernel's default", _int(0)),
+    Opt("max-flow-memory", "int", defaults.MAX_FLOW_MEMORY_MIB, "MiB for the state of all "
+        "flows together; past it idle flows are evicted, else new flows are untracked",
+        _int(1)),
+    Opt("reflect-max-pps", "int", defaults.REFLECT_MAX_PPS, "reflector: replies per second "
+        "to one source address, 0 = no limit", _int(0)),
+    Opt("reflect-authenticated", "bool", False, "reflector: answer only probes whose HMAC "
+        "tag verifies (needs --key and --wire native)", _bool, negatable=True),
+    Opt("config-file", "str", None, "TOML config file to read (or to write with "
+        f"--generate-config). {CONFIG_ENV} overrides this flag, as in the original",
+        _optional, in_file=False, run_only=True),
+    Opt("generate-config", "bool", False, "write every default to --config-file and exit",
+        _bool, in_file=False, run_only=True),
+    Opt("force", "bool", False, "let --generate-config overwrite an existing file", _bool,
+        in_file=False, run_only=True),
+    Opt("print-config", "bool", False, "print the effective configuration as TOML and exit",
+        _bool, in_file=False, run_only=True),
+)
+BY_NAME = {o.name: o for o in OPTS}

@@ -1,0 +1,369 @@
+"""Prometheus output: GET /metrics in the text exposition format (0.0.4), rendered by
+prometheus_client from the probe's records; every other path answers 404.
+
+Rules:
+- Label sets are (source, destination, wire), plus `direction` on the round-trip loss, late
+  and duplicate counters. Counters add up the records' per-interval increments over every
+  session of a label set, so they stay monotonic across sender restarts and flow expiry; the
+  session id is not a label. An interval whose net value is negative (a late packet taking
+  back a loss, analysis.py) holds the exposed counter where it is until the sum passes it.
+- Histograms (one-way delay, RTT) have the fixed bounds HISTOGRAM_BOUNDS_NS (1-2-5 steps from
+  1 µs to 10 s). They are filled per receive batch (np.searchsorted + np.bincount over the
+  batch's delay array, no Python loop per packet) on the receiving thread, and folded into
+  the label set when the flow's next interval record arrives, so `_count` follows the
+  `received` counter interval by interval. `_count` counts every arriving test packet's
+  delay, duplicates included.
+- A label set drops out --forget-timeout after its counters last moved; at most
+  PROMETHEUS_MAX_SERIES label sets per table exist at once, and new flows beyond that are
+  counted under source="overflow", so spoofed traffic cannot grow the exposition.
+- Rendering 1000 flows costs prometheus_client ~0.2 s of CPU, so no scrape waits for it:
+  the exposition is rendered on the output thread after each tick's records while a scraper
+  came within PROMETHEUS_ACTIVE_S, and a scrape serves the latest rendering (only the first
+  scrape after a quiet spell renders on the spot). At exit, close() renders the final counts
+  and waits, within its timeout, for the next expected scrape to collect them.
+"""
+
+import logging
+import socketserver
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.utils import floatToGoString
+
+from packet_flow import defaults
+from packet_flow.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HISTOGRAM_BOUNDS_NS = np.array([m * 10**e for e in range(3, 10) for m in (1, 2, 5)] + [10**10],
+                               np.int64)
+_LE = [floatToGoString(b / 1e9) for b in HISTOGRAM_BOUNDS_NS.tolist()] + ["+Inf"]
+_NB = len(_LE)
+LABELS = ("source", "destination", "wire")
+OVERFLOW = "overflow"
+
+# (record field, family name, help) of the per-flow counters of each table
+RX_COUNTERS = (
+    ("received", "received_packets", "Test packets received (unique arrivals)."),
+    ("lost", "lost_packets", "Test packets lost (sequence gaps settled)."),
+    ("late", "late_packets", "Test packets that arrived out of order (RFC 4737 reordered)."),
+    ("duplicates", "duplicate_packets", "Duplicated test packets."),
+    ("local_drops", "local_dropped_packets",
+     "Test packets dropped on the receiving host (socket buffer)."),
+    ("malformed", "malformed_packets", "Malformed datagrams from the flow's source address."),
+    ("loss_bursts", "loss_bursts", "Loss bursts (RFC 3357 loss periods)."),
+)
+TX_COUNTERS = (
+    ("sent", "sent_packets", "Test packets sent."),
+    ("send_errors", "send_errors", "Test packets the kernel refused to send."),
+    ("skipped_slots", "skipped_slots",
+     "Send slots skipped on purpose (SIGUSR1) or to catch up after a stall."),
+    ("missed_slots", "missed_slots", "Send slots the timer missed."),
+    ("reflected", "reflected_packets", "Reflections received (--rtt)."),
+)
+# round-trip counters by direction: (family, help, {direction: record field})
+RTT_COUNTERS = (
+    ("rtt_lost_packets", "Round-trip test packets lost, by direction (--rtt).",
+     {"forward": "forward_lost", "backward": "backward_lost",
+      "unattributed": "unattributed_lost"}),
+    ("rtt_late_packets", "Round-trip test packets reordered, by direction (--rtt).",
+     {"forward": "forward_late", "backward": "backward_late"}),
+    ("rtt_duplicate_packets", "Round-trip test packets duplicated, by direction (--rtt).",
+     {"forward": "forward_duplicates", "backward": "backward_duplicates"}),
+)
+_RTT_FIELDS = tuple(f for _, _, by in RTT_COUNTERS for f in by.values())
+# receiver-wide counters of `receiver` records, labelled by destination only
+WIDE_COUNTERS = (
+    ("untracked", "untracked_packets", "Packets of new flows refused beyond the flow limit."),
+    ("unattributed_malformed", "unattributed_malformed_packets",
+     "Malformed datagrams from addresses without a flow."),
+    ("kernel_drops", "socket_dropped_packets",
+     "Datagrams the receive socket dropped (buffer full)."),
+    ("overwritten", "ring_overwritten_packets",
+     "Records overwritten in the receive ring before analysis."),
+)
+
+
+def bucket_counts(delay_ns):
+    """Non-cumulative counts per bucket (le bounds HISTOGRAM_BOUNDS_NS, then +Inf) and the
+    exact sum in ns of one batch of delays; a delay equal to a bound falls in its bucket."""
+    idx = np.searchsorted(HISTOGRAM_BOUNDS_NS, delay_ns, side="left")
+    return np.bincount(idx, minlength=_NB), int(delay_ns.sum())
+
+
+class _Series:
+    """One label set: raw sums, exposed (monotonic) values, a histogram, activity time."""
+
+    __slots__ = ("raw", "shown", "hist", "hist_sum_ns", "stalled", "active")
+
+    def __init__(self, fields, now):
+        self.raw = dict.fromkeys(fields, 0)
+        self.shown = dict.fromkeys(fields, 0)
+        self.hist = np.zeros(_NB, np.int64)
+        self.hist_sum_ns = 0
+        self.stalled = False
+        self.active = now
+
+    def add(self, rec, now):
+        moved = False
+        for f in self.raw:
+            v = rec.get(f) or 0
+            if v:
+                moved = True
+                self.raw[f] += v
+                self.shown[f] = max(self.shown[f], self.raw[f])
+        if moved:
+            self.active = now
+        return moved
+
+    def fold(self, pending):
+        if pending is not None:
+            self.hist += pending[0]
+            self.hist_sum_ns += pending[1]
+            self.active = time.monotonic()
+
+
+class _Table:
+    """Label set -> _Series, bounded: beyond `cap` label sets, new sources count as OVERFLOW."""
+
+    def __init__(self, fields, cap):
+        self.fields = fields
+        self.cap = cap
+        self.series = {}
+        self.warned = False
+
+    def get(self, key, rec, now, pending):
+        s = self.series.get(key)
+        if s is None:
+            if pending is None and not any(rec.get(f) for f in self.fields):
+                return None          # a flow's zero-only records never (re)create its series
+            if len(self.series) >= self.cap - 1:     # the last one is the overflow
+                if not self.warned:
+                    self.warned = True
+                    log.warning("prometheus: %d label sets: new flows are counted under "
+                                "source=%r until some are forgotten", self.cap, OVERFLOW)
+                key = (OVERFLOW, *key[1:])
+                s = self.series.get(key)
+            if s is None:
+                s = self.series[key] = _Series(self.fields, now)
+        return s
+
+    def forget(self, now, after_s):
+        for key in [k for k, s in self.series.items() if now - s.active > after_s]:
+            del self.series[key]
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, *args):      # scrapes are not worth a log line each
+        pass
+
+
+def _server_class(family):
+    return type("_Server", (socketserver.ThreadingMixIn, WSGIServer),
+                {"address_family": family, "daemon_threads": True,
+                 "allow_reuse_address": True})
+
+
+class PrometheusSink:
+    """Serves /metrics on cfg.prometheus_listen from the records it is handed. Raises
+    ConfigError (exit status 2) when the address cannot be bound (in use, not local)."""
+
+    wants_packets = True     # per-batch delay arrays for the one-way delay histograms
+    wants_gaps = False
+
+    def __init__(self, cfg):
+        self.forget_s = cfg.forget_timeout
+        cap = defaults.PROMETHEUS_MAX_SERIES
+        self.rx = _Table(tuple(f for f, _, _ in RX_COUNTERS), cap)
+        self.tx = _Table(tuple(f for f, _, _ in TX_COUNTERS) + _RTT_FIELDS, cap)
+        self.wide = {}          # destination -> {field: total}, plus the open flows gauge
+        self.state_lock = threading.Lock()      # tables: output thread vs a scrape's render
+        self.pending_lock = threading.Lock()    # histograms handed over by the probe threads
+        self.pending_owd = {}   # (source, destination) -> [counts, sum_ns]
+        self.pending_rtt = {}
+        self.page = None        # the latest rendering
+        self.rendered = 0       # renderings so far; `served` is the last one a scrape got
+        self.served = -1
+        self.scrapes = []       # monotonic times of the last scrapes
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        addr = cfg.prometheus_listen
+        try:
+            self.server = make_server(addr.host.strip("[]"), addr.port, self._app,
+                                      server_class=_server_class(addr.family),
+                                      handler_class=_Handler)
+        except OSError as exc:
+            where = cfg.sources.get("prometheus-listen", "cli")
+            raise ConfigError(f"option --prometheus-listen: value '{addr}' from {where}: "
+                              f"cannot listen: "
+                              f"{exc.strerror or exc}") from None
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="prometheus",
+                                       daemon=True)
+        self.thread.start()
+        log.info("prometheus: serving http://%s/metrics", addr)
+
+    # --- hand-offs from the probe's threads ----------------------------------------------
+
+    def _pend(self, pending, source, destination, delay_ns):
+        if not len(delay_ns):
+            return
+        counts, total = bucket_counts(delay_ns)
+        with self.pending_lock:
+            got = pending.get((source, destination))
+            if got is None:
+                pending[(source, destination)] = [counts, total]
+            else:
+                got[0] += counts
+                got[1] += total
+
+    def packets(self, source, destination, rx_ns, owd_ns):
+        """One receive batch of one flow (receiver thread)."""
+        self._pend(self.pending_owd, source, destination, owd_ns)
+
+    def rtts(self, source, destination, rtt_ns):
+        """One batch of round-trip times of the sender's flow (sender thread)."""
+        self._pend(self.pending_rtt, source, destination, rtt_ns)
+
+    def gaps(self, *args):
+        pass
+
+    # --- records (output thread) -------------------------------------------------------------
+
+    def record(self, rec):
+        kind, now = rec["type"], time.monotonic()
+        with self.state_lock:
+            if kind == "interval":
+                key = (rec["source"], rec["destination"], rec["wire"])
+                with self.pending_lock:
+                    pending = self.pending_owd.pop(key[:2], None)
+                s = self.rx.get(key, rec, now, pending)
+                if s is not None:
+                    s.add(rec, now)
+                    s.fold(pending)
+                    s.stalled = bool(rec.get("stalled"))
+            elif kind == "sender" or (kind == "summary" and rec["role"] == "sender"):
+                key = (rec["source"], rec["destination"], rec["wire"])
+                part = rec if kind == "sender" else {"unattributed_lost":
+                                                     rec.get("unattributed_lost")}
+                with self.pending_lock:
+                    pending = self.pending_rtt.pop(key[:2], None)
+                s = self.tx.get(key, part, now, pending)
+                if s is not None:
+                    s.add(part, now)
+                    s.fold(pending)
+            elif kind == "receiver":
+                wide = self.wide.setdefault(rec["destination"], {})
+                for f, _, _ in WIDE_COUNTERS:
+                    wide[f] = wide.get(f, 0) + (rec.get(f) or 0)
+                for reason, n in (rec.get("malformed") or {}).items():
+                    wide["malformed:" + reason] = wide.get("malformed:" + reason, 0) + n
+                wide["flows"] = rec.get("flows") or 0
+            else:
+                return      # a receiver flow's summary adds nothing to the interval sums
+        # a tick's records end with the receiver's or the sender's own record
+        if kind != "interval" and self._scraped_recently(now):
+            self._render()
+
+    def _scraped_recently(self, now):
+        return bool(self.scrapes) and now - self.scrapes[-1] < defaults.PROMETHEUS_ACTIVE_S
+
+    # --- exposition ----------------------------------------------------------------------------
+
+    def collect(self):
+        """prometheus_client's Collector interface: every family, from the tables."""
+        p = "packet_flow_"
+        self.rx.forget(time.monotonic(), self.forget_s)
+        self.tx.forget(time.monotonic(), self.forget_s)
+        rx, tx = list(self.rx.series.items()), list(self.tx.series.items())
+        for table, fields in ((rx, RX_COUNTERS), (tx, TX_COUNTERS)):
+            for field, name, text in fields:
+                fam = CounterMetricFamily(p + name, text, labels=LABELS)
+                for key, s in table:
+                    fam.add_metric(key, s.shown[field])
+                yield fam
+        for name, text, by in RTT_COUNTERS:
+            fam = CounterMetricFamily(p + name, text, labels=(*LABELS, "direction"))
+            for key, s in tx:
+                if s.shown["reflected"] or s.shown["unattributed_lost"]:
+                    for direction, field in by.items():
+                        fam.add_metric((*key, direction), s.shown[field])
+            yield fam
+        fam = GaugeMetricFamily(p + "stalled", "1 while the flow is stalled (silent longer "
+                                "than --stall-timeout), else 0.", labels=LABELS)
+        for key, s in rx:
+            fam.add_metric(key, int(s.stalled))
+        yield fam
+        for name, text, table in (
+                ("one_way_delay_seconds", "One-way delay of the test packets (receive "
+                 "minus send time; the clocks must be synchronised).", rx),
+                ("rtt_seconds", "Round-trip time, reflector dwell time taken out (--rtt).",
+                 [(k, s) for k, s in tx if s.hist.any()])):
+            fam = HistogramMetricFamily(p + name, text, labels=LABELS)
+            if table:
+                cum = np.cumsum(np.stack([s.hist for _, s in table]), axis=1).tolist()
+                for (key, s), c in zip(table, cum, strict=True):
+                    fam.add_metric(key, list(zip(_LE, c, strict=True)), s.hist_sum_ns / 1e9)
+            yield fam
+        for field, name, text in WIDE_COUNTERS:
+            fam = CounterMetricFamily(p + name, text, labels=("destination",))
+            for dest, wide in self.wide.items():
+                fam.add_metric((dest,), wide.get(field, 0))
+            yield fam
+        fam = CounterMetricFamily(p + "receiver_malformed_packets", "Malformed datagrams "
+                                  "received, by reason.", labels=("destination", "reason"))
+        for dest, wide in self.wide.items():
+            for f, n in wide.items():
+                if f.startswith("malformed:"):
+                    fam.add_metric((dest, f[len("malformed:"):]), n)
+        yield fam
+        fam = GaugeMetricFamily(p + "flows", "Flows open at the receiver.",
+                                labels=("destination",))
+        for dest, wide in self.wide.items():
+            fam.add_metric((dest,), wide.get("flows", 0))
+        yield fam
+
+    def _render(self):
+        with self.state_lock:
+            page = generate_latest(self.registry)
+            self.rendered += 1
+            self.page = (self.rendered, page)
+
+    def _app(self, environ, start_response):
+        if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") not in (
+                "GET", "HEAD"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: the metrics are at /metrics\n"]
+        now = time.monotonic()
+        if self.page is None or not self._scraped_recently(now):
+            self._render()
+        self.scrapes = (self.scrapes + [now])[-3:]
+        number, page = self.page
+        self.served = max(self.served, number)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4),
+                                  ("Content-Length", str(len(page)))])
+        return [page]
+
+    # --- end -------------------------------------------------------------------------------------
+
+    def close(self, timeout=defaults.SHUTDOWN_FLUSH_S):
+        """Render the final counts; when a scraper comes regularly and its next scrape is
+        due within `timeout`, wait for it to collect them. Then stop serving."""
+        self._render()
+        final, start = self.rendered, time.monotonic()
+        if len(self.scrapes) >= 2:
+            gap = self.scrapes[-1] - self.scrapes[-2]
+            end = min(start + timeout, self.scrapes[-1] + 1.5 * gap)
+            while self.served < final and time.monotonic() < end:
+                time.sleep(0.02)
+        self.server.shutdown()
+        self.server.server_close()
+        return {}

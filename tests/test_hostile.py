@@ -1,0 +1,185 @@
+"""Hostile traffic at a receiver: spoofed sessions must not buy memory.
+
+1. Pure: FlowTable's memory budget (untracked new flows, the oldest idle flow evicted first,
+   windows frozen while the budget is spent), on synthetic ring records.
+2. A real receiver process takes 20,000 spoofed sessions (sequence 0 then 65,536, or random
+   64-bit sequence jumps both ways) while a real sender runs beside the flood: the receiver's
+   peak RSS (VmHWM) stays under 256 MiB, every datagram is accounted (flows or `untracked`),
+   and the real flow's numbers stay exact.
+"""
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_fuzz import _udp_queue  # noqa: E402
+from test_probe import finish, free_port, pf, records, summaries, wait_bound  # noqa: E402
+
+from packet_flow import _io, defaults, wire  # noqa: E402
+from packet_flow.flows import FlowTable  # noqa: E402
+
+S = 1_000_000_000
+FLOOD_SESSIONS = 20_000
+
+
+# ---------------------------------------------------------------- 1. pure: the budget
+
+
+def _recs(fid, seqs, port=4000):
+    r = np.zeros(len(seqs), _io.RECORD)
+    r["kind"] = 1
+    r["flow"] = r["session"] = fid
+    r["seq"] = seqs
+    r["tx_ns"] = 1_000
+    r["rx_ns"] = 5_000
+    r["addr"][:, 10:] = (0xFF, 0xFF, 127, 0, 0, 1)
+    r["port"] = port
+    r["family"] = 4
+    return r
+
+
+def test_budget_untracks_new_flows_then_evicts_the_oldest_idle(caplog):
+    out = []
+    table = FlowTable("127.0.0.1:9", out.append, stall_s=5, forget_s=60, window=1 << 17)
+    for fid in (1, 2, 3):
+        table.ingest(_recs(fid, [0]), 0)
+    table.budget = table.memory + 1000                  # three flows fit, not a fourth
+    table.ingest(_recs(4, [0, 1]), 1 * S)               # nobody idle: untracked
+    assert (table.untracked, table.evicted, len(table.flows)) == (2, 0, 3)
+    table.ingest(_recs(1, [1]), 2 * S)                  # flow 1 active again
+    table.ingest(_recs(5, [0, 1, 2]), int(6.5 * S))     # 2 and 3 idle: 2 is the oldest
+    assert (table.untracked, table.evicted) == (2, 1)
+    assert sorted(table.flows) == [1, 3, 5]
+    assert table.memory <= table.budget
+    # evicted = forgotten early: a compact record it would resume from; summary at the end
+    assert list(table.forgotten) == [2] and not [r for r in out if r["type"] == "summary"]
+    with caplog.at_level(logging.WARNING, logger="packet_flow.flows"):
+        table.tick(7 * S)
+    assert "1 idle flows evicted, 2 packets of new flows untracked" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="packet_flow.flows"):
+        table.tick(8 * S)
+    assert "evicted" not in caplog.text                # one warning per episode
+    table.finish(9 * S)
+    (gone,) = [r for r in out if r["type"] == "summary" and r["session"] == f"{2:016x}"]
+    assert gone["received"] == 1 and gone["outcome"] == "unknown"
+
+
+def test_budget_spent_freezes_window_growth():
+    table = FlowTable("127.0.0.1:9", lambda r: None, stall_s=5, forget_s=60, window=1 << 17)
+    table.ingest(_recs(1, [0]), 0)
+    table.budget = table.memory                         # spent
+    before = table.flows[1].stats.nbytes
+    table.ingest(_recs(1, np.arange(1, 5001)), S)       # a batch that would grow the ring
+    assert table.flows[1].stats.nbytes - before <= 2 * 5000 * 8   # interval delays only
+    table.tick(2 * S)                                   # ... which the tick releases
+    assert table.flows[1].stats.nbytes <= before
+    assert table.memory == sum(f.nbytes for f in table.flows.values())
+
+
+def test_max_flows_cap_uses_the_same_eviction(monkeypatch):
+    monkeypatch.setattr(defaults, "MAX_FLOWS", 2)
+    table = FlowTable("127.0.0.1:9", lambda r: None, stall_s=5, forget_s=60, window=1 << 17)
+    table.ingest(_recs(1, [0]), 0)
+    table.ingest(_recs(2, [0]), S)
+    table.ingest(_recs(3, [0]), 2 * S)
+    assert (table.untracked, table.evicted) == (1, 0)
+    table.ingest(_recs(3, [1]), 6 * S)                  # flow 1 idle for 6 s: evicted
+    assert (table.untracked, table.evicted, sorted(table.flows)) == (1, 1, [2, 3])
+
+
+# ---------------------------------------------------------------- 2. a real receiver
+
+
+def _status(pid, field):
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def _flood(pattern, port, rx_pid):
+    """Every spoofed session's datagrams; paced on the receiver's queue so nothing drops."""
+    rng = np.random.default_rng(15)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    try:
+        sessions = rng.integers(1, 2**63, FLOOD_SESSIONS, dtype=np.uint64).tolist()
+        for a in range(0, FLOOD_SESSIONS, 1000):
+            for session in sessions[a:a + 1000]:
+                if pattern == "jump":
+                    seqs = (0, 65536)
+                else:
+                    seqs = rng.integers(0, 2**64, 3, dtype=np.uint64).tolist()
+                for seq in seqs:
+                    tx.sendto(wire.encode_native(session, seq, time.time_ns()),
+                              ("127.0.0.1", port))
+                    sent += 1
+            while _udp_queue(rx_pid, port)[0] > 16 << 20:
+                time.sleep(0.005)
+    finally:
+        tx.close()
+    return sent
+
+
+@pytest.mark.parametrize("pattern,budget_mib", [("jump", None), ("random", 64)])
+def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, budget_mib):
+    port, out = free_port(), tmp_path / "rx.jsonl"
+    extra = ("--max-flow-memory", budget_mib) if budget_mib else ()
+    rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--interval", 3600,
+            "--duration", 60, "--rcvbuf", 64 << 20, "--output", f"jsonl:{out}", *extra)
+    real = None
+    try:
+        wait_bound(port)
+        real = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 0.5,
+                  "--count", 3000, "--output", "jsonl:/dev/null")
+        time.sleep(0.3)                                  # the real flow exists first
+        per = 2 if pattern == "jump" else 3
+        sent = _flood(pattern, port, rx.pid)
+        assert sent == FLOOD_SESSIONS * per
+        finish(real)
+        end = time.monotonic() + 20
+        while _udp_queue(rx.pid, port)[0] and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        rx.send_signal(signal.SIGTERM)
+        peak = 0
+        while rx.poll() is None:                         # the peak up to the very end
+            peak = max(peak, _status(rx.pid, "VmHWM") or 0)
+            time.sleep(0.01)
+        finish(rx)
+    finally:
+        for proc in (rx, real):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    recs = records(out)
+    (totals,) = [r for r in recs if r["type"] == "receiver"]
+    flows = summaries(recs)
+    mine = [f for f in flows if f["received"] == 3000]
+    assert len(mine) == 1
+    f = mine[0]
+    assert (f["lost"], f["late"], f["duplicates"], f["closed"]) == (0, 0, 0, True)
+    flood = [f for f in flows if f is not mine[0]]
+    assert totals["kernel_drops"] == 0 and totals["datagrams"] == sent + 3000
+    # every spoofed session is either a flow or untracked, all its datagrams with it
+    assert len(flood) + totals["untracked"] // per == FLOOD_SESSIONS
+    assert totals["untracked"] % per == 0 and totals["evicted"] == 0
+    if pattern == "jump":
+        assert len(flood) == defaults.MAX_FLOWS - 1      # the count cap, not memory
+        assert all((g["received"], g["lost"]) == (2, 65535) for g in flood)
+    else:
+        assert 0 < len(flood) * (defaults.FLOW_BYTES + 8 * defaults.SEQ_WINDOW_INITIAL) \
+            <= budget_mib << 20
+        assert all(g["received"] + g["late"] + g["duplicates"] == per for g in flood)
+    print(f"{pattern} flood: {sent} datagrams, {len(flood)} flows kept, "
+          f"{totals['untracked']} untracked, receiver VmHWM {peak // 1024} MiB")
+    assert 0 < peak <= 256 * 1024

@@ -1,0 +1,229 @@
+"""The Prometheus output: the sink's rules with synthetic records, /metrics over HTTP, and the
+probe scraped by a real Prometheus server (Debian's `prometheus`, started by the test)."""
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from promserver import BINARY, PromServer  # noqa: E402
+from test_probe import finish, free_port, pf, records, summaries, wait_bound  # noqa: E402
+from vmserver import free_port as free_tcp_port  # noqa: E402
+
+from packet_flow import config, defaults  # noqa: E402
+from packet_flow.options import parse_addr  # noqa: E402
+from packet_flow.sinks import prometheus  # noqa: E402
+
+DEST = "10.0.0.2:8000"
+
+
+def get(url):
+    """(status, body) of a GET."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def samples(text):
+    """{(sample name, sorted label items): value} of an exposition."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def flow_labels(source, wire="native", dest=DEST, **extra):
+    return tuple(sorted(dict(source=source, destination=dest, wire=wire, **extra).items()))
+
+
+def interval(source, **fields):
+    rec = {"type": "interval", "role": "receiver", "source": source, "destination": DEST,
+           "session": "00", "wire": "native", "received": 0, "lost": 0, "late": 0,
+           "duplicates": 0, "malformed": 0, "loss_bursts": 0, "stalled": False}
+    rec.update(fields)
+    return rec
+
+
+@pytest.fixture
+def sink():
+    port = free_tcp_port()
+    cfg = types.SimpleNamespace(forget_timeout=0.5, sources={},
+                                prometheus_listen=parse_addr(f"127.0.0.1:{port}"))
+    s = prometheus.PrometheusSink(cfg)
+    s.url = f"http://127.0.0.1:{port}"
+    yield s
+    s.close(0)
+
+
+def scrape(sink):
+    """A tick's end (the receiver's own record), then GET /metrics."""
+    sink.record({"type": "receiver", "destination": DEST, "flows": 1})
+    status, text = get(sink.url + "/metrics")
+    assert status == 200
+    return samples(text)
+
+
+def test_bucket_counts_edges():
+    d = np.array([-5, 0, 1000, 1001, 2000, 9_999_999_999, 10**10, 10**10 + 1], np.int64)
+    counts, total = prometheus.bucket_counts(d)
+    assert counts.tolist()[:3] == [3, 2, 0] and counts[-2] == 2 and counts[-1] == 1
+    assert counts.sum() == 8 and total == int(d.sum())
+    assert prometheus._LE[0] == "1e-06" and prometheus._LE[-2] == "10.0"
+
+
+def test_counters_sum_sessions_and_stay_monotonic(sink):
+    sink.packets("a:1", DEST, None, np.array([1500, 3000, 7000], np.int64))
+    sink.record(interval("a:1", session="01", received=3, lost=2, loss_bursts=1))
+    sink.record(interval("a:1", session="02", received=5, lost=-1))   # a loss taken back
+    got = scrape(sink)
+    key = flow_labels("a:1")
+    assert got[("packet_flow_received_packets_total", key)] == 8
+    assert got[("packet_flow_lost_packets_total", key)] == 2          # held, not decreased
+    assert got[("packet_flow_local_dropped_packets_total", key)] == 0
+    assert got[("packet_flow_one_way_delay_seconds_count", key)] == 3
+    assert got[("packet_flow_one_way_delay_seconds_sum", key)] == pytest.approx(11.5e-6)
+    le = dict(key + (("le", "5e-06"),))
+    assert got[("packet_flow_one_way_delay_seconds_bucket", tuple(sorted(le.items())))] == 2
+    sink.record(interval("a:1", session="02", received=1, lost=2, stalled=True))
+    got = scrape(sink)
+    assert got[("packet_flow_lost_packets_total", key)] == 3
+    assert got[("packet_flow_stalled", key)] == 1
+    time.sleep(0.6)                     # past forget-timeout with no counter moving
+    sink.record(interval("a:1", stalled=True))
+    assert not any(k[1] == key for k in scrape(sink))
+
+
+def test_label_sets_are_capped(sink, monkeypatch):
+    monkeypatch.setattr(defaults, "PROMETHEUS_MAX_SERIES", 3)
+    sink.rx.cap = defaults.PROMETHEUS_MAX_SERIES
+    for i in range(10):
+        sink.record(interval(f"spoofed:{i}", received=1))
+    got = scrape(sink)
+    rx = {k[1]: v for k, v in got.items() if k[0] == "packet_flow_received_packets_total"}
+    assert len(rx) == 3 and sum(rx.values()) == 10
+    assert rx[flow_labels(prometheus.OVERFLOW)] == 8   # 2 flows of their own, the rest
+
+
+def test_http_paths(sink):
+    assert get(sink.url + "/metrics")[0] == 200
+    for path in ("/", "/metric", "/metrics/x", "/favicon.ico"):
+        assert get(sink.url + path)[0] == 404, path
+
+
+def test_option_layers(tmp_path):
+    assert config.load([]).prometheus_listen is None
+    cfg = config.load(["--prometheus-listen", "[::1]:9469"])
+    assert (cfg.prometheus_listen.host, cfg.prometheus_listen.port) == ("::1", 9469)
+    env = {"PACKET_FLOW_PROMETHEUS_LISTEN": "127.0.0.1:9470"}
+    assert config.load([], env=env).prometheus_listen.port == 9470
+    (tmp_path / "pf.toml").write_text('prometheus_listen = "127.0.0.1:9471"\n')
+    cfg = config.load(["--config-file", str(tmp_path / "pf.toml")], env={})
+    assert cfg.prometheus_listen.port == 9471
+
+
+def test_listen_errors():
+    port = free_tcp_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        proc = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{free_port()}",
+                  "--prometheus-listen", f"127.0.0.1:{port}")
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 2
+    assert err == (f"packet-flow: error: option --prometheus-listen: value '127.0.0.1:{port}' "
+                   "from cli: cannot listen: Address already in use\n")
+    for bad, reason in (("127.0.0.1", "expected host:port"), ("127.0.0.1:0x", "is not a number"),
+                        ("::1:9469", "needs brackets"), ("192.0.2.1:9469", "cannot listen")):
+        proc = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{free_port()}",
+                  "--prometheus-listen", bad)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 2 and err.count("\n") == 1 and reason in err, err
+        assert err.startswith(f"packet-flow: error: option --prometheus-listen: value '{bad}' "
+                              "from cli: ")
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.skipif(BINARY is None, reason="prometheus not installed (make test installs it)")
+def test_scraped_by_prometheus(tmp_path):
+    """Both mode with 3 SIGUSR1 skips, scraped every second by a real Prometheus."""
+    port, mport, out = free_port(), free_tcp_port(), tmp_path / "run.jsonl"
+    with PromServer(str(tmp_path / "prom"), f"127.0.0.1:{mport}") as prom:
+        proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
+                  f"127.0.0.1:{port}", "--rate", 2, "--duration", 4, "--interval", 0.5,
+                  "--output", f"jsonl:{out}", "--prometheus-listen", f"127.0.0.1:{mport}")
+        end = time.monotonic() + 5
+        while not prom.query("packet_flow_lost_packets_total == 0") and time.monotonic() < end:
+            time.sleep(0.1)      # the counter is scraped at 0 before the first skip
+        assert prom.query("packet_flow_lost_packets_total == 0")
+        for _ in range(3):
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.3)
+        finish(proc)
+        recs = records(out)
+        (rx,), (tx,) = summaries(recs), summaries(recs, "sender")
+        assert rx["lost"] == 3 and tx["skipped_slots"] >= 3    # + catch-up skips under load
+        assert rx["duplicates"] == 0 and rx["late"] == 0   # every arrival is a delay sample
+        (series,) = prom.query("packet_flow_lost_packets_total[5m]")
+        last = series["values"][-1][0]              # the final scrape, just before the exit
+        assert series["values"][0][1] == "0"
+
+        def at_last(expr):
+            (got,) = prom.query(expr, at=last)
+            return float(got["value"][1])
+
+        assert at_last("increase(packet_flow_lost_packets_total[5m])") == 3
+        assert at_last("packet_flow_received_packets_total") == rx["received"]
+        assert at_last("packet_flow_one_way_delay_seconds_count") == rx["received"]
+        assert at_last("packet_flow_loss_bursts_total") == rx["loss_bursts"] == 3
+        assert at_last("packet_flow_sent_packets_total") == tx["sent"]
+        assert at_last("packet_flow_skipped_slots_total") == tx["skipped_slots"]
+
+
+def test_rtt_histogram_and_directions(tmp_path):
+    """A sender with --rtt against a reflector; a scraper thread reads /metrics until exit."""
+    port, mport, out = free_port(), free_tcp_port(), tmp_path / "tx.jsonl"
+    refl = pf("--mode", "reflector", "--local-addr", f"127.0.0.1:{port}", "--output",
+              f"jsonl:{tmp_path / 'refl.jsonl'}")
+    wait_bound(port)
+    tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 5, "--rtt",
+            "--count", 300, "--interval", 0.5, "--output", f"jsonl:{out}",
+            "--prometheus-listen", f"127.0.0.1:{mport}")
+    last = []
+
+    def scraper():
+        while tx.poll() is None:
+            try:
+                _, text = get(f"http://127.0.0.1:{mport}/metrics")
+                last.append(text)
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    finish(tx)
+    thread.join()
+    refl.send_signal(signal.SIGTERM)
+    finish(refl)
+    (summary,) = summaries(records(out), "sender")
+    got = samples(last[-1])
+    src = summary["source"]
+    key = flow_labels(src, dest=f"127.0.0.1:{port}")
+    assert got[("packet_flow_rtt_seconds_count", key)] == summary["reflected"] == 300
+    assert got[("packet_flow_reflected_packets_total", key)] == 300
+    assert got[("packet_flow_sent_packets_total", key)] == summary["sent"] == 300
+    for direction in ("forward", "backward", "unattributed"):
+        lab = flow_labels(src, dest=f"127.0.0.1:{port}", direction=direction)
+        assert got[("packet_flow_rtt_lost_packets_total", lab)] == 0
