@@ -24,6 +24,12 @@ record's `flow` id). Rules:
   FORGOTTEN_KEEP_S; a flow that never comes back gets its summary with `outcome: "unknown"`
   when its record goes (or when the receiver stops): whether its last packets were lost
   cannot be known.
+- The receiving host's own drops are not path loss: every record carries the socket's drop
+  count when its datagram was queued (SO_RXQ_OVFL), so the drops between two packets of a
+  flow are known, and a gap that opens across them is `local_drops` (FlowStats rules; the
+  table says whether a drop is one datagram or a GRO buffer, and whether other flows share
+  the socket). Packets of a coalesced (GRO) burst but its last share the burst's receive
+  timestamp: counted, kept out of the delay statistics and of the per-packet points.
 - Malformed datagrams are attributed to the flows of their source address when there are
   any, else to the receiver-wide counters only.
 - Flows together have a memory budget (`budget` bytes: each flow's FlowStats.nbytes plus
@@ -54,7 +60,7 @@ class Flow:
     __slots__ = ("key", "kind", "source", "peer", "session", "wire", "stats", "last_ns",
                  "first_ns", "tick_ns", "stalled", "closed", "malformed", "malformed_total",
                  "tx_max", "final_tx", "until_ns", "after_final", "after_final_total", "fresh",
-                 "nbytes")
+                 "nbytes", "drops")
 
     def __init__(self, key, kind, source, peer, session, wire, now_ns, seq_bits, window):
         self.key, self.kind = key, kind
@@ -69,6 +75,7 @@ class Flow:
         self.tx_max = self.final_tx = _TX_NONE
         self.until_ns = 0
         self.nbytes = 0     # what the table's memory account holds for this flow
+        self.drops = None   # the socket's drop count when the flow's last packet was queued
 
 
 class FlowTable:
@@ -92,6 +99,7 @@ class FlowTable:
         self.closing = {}           # flows closed by FINAL, taking stragglers until until_ns
         self.forgotten = OrderedDict()  # silent flows shrunk to a Frozen record, oldest first
         self.unattributed = 0
+        self.gro = False            # the socket coalesces (UDP GRO): a drop may be many datagrams
         self.untracked = 0          # packets of new flows refused: budget or MAX_FLOWS full
         self.evicted = 0            # idle flows forgotten early to make room for new ones
         self.budget = budget
@@ -237,7 +245,10 @@ class FlowTable:
         if self.on_gaps is not None:
             self._gaps(flow, part)
         flow.stats.growable = self.memory < self.budget
-        flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"])
+        timed = part["coalesced"] == 0
+        flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"], timed=timed,
+                          host_drops=self._host_drops(flow, part["drops"]),
+                          buffers=self.gro, shared=len(self.flows) > 1)
         self._account(flow)
         flow.last_ns = now_ns
         flow.fresh = True
@@ -245,8 +256,9 @@ class FlowTable:
             log.info("flow %s (session %s) resumed", flow.source, flow.session)
             flow.stalled = False
         if self.on_packets is not None:
-            self.on_packets(flow.source, self.destination, part["rx_ns"],
-                            part["rx_ns"] - part["tx_ns"])
+            own = part[timed]
+            self.on_packets(flow.source, self.destination, own["rx_ns"],
+                            own["rx_ns"] - own["tx_ns"])
 
     def _rebind(self, flow, part):
         """A native flow whose newest packet comes from a new address or port (a NAT gave
@@ -257,6 +269,17 @@ class FlowTable:
         old, flow.peer = flow.source, peer
         flow.source = address(peer[0], peer[1], int(part["family"][-1]))
         log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
+
+    @staticmethod
+    def _host_drops(flow, drops):
+        """Drops of the socket between each packet and the flow's previous one (the u32
+        SO_RXQ_OVFL counter wraps)."""
+        d = drops.astype(np.int64)
+        prev = np.empty_like(d)
+        prev[0] = d[0] if flow.drops is None else flow.drops
+        prev[1:] = d[:-1]
+        flow.drops = int(d[-1])
+        return (d - prev) & 0xFFFFFFFF
 
     def _account(self, flow):
         nbytes = defaults.FLOW_BYTES + flow.stats.nbytes
@@ -286,7 +309,7 @@ class FlowTable:
         return self.memory + extra <= self.budget and not (new and count >= defaults.MAX_FLOWS)
 
     def _gaps(self, flow, part):
-        seq = part["seq"].astype(np.int64)
+        seq = flow.stats.unwrap(part["seq"])     # a 32-bit STAMP sequence wraps
         before = np.maximum.accumulate(np.concatenate(([flow.stats.highest], seq[:-1])))
         if flow.stats.highest < 0:
             before[0] = seq[0] - 1
