@@ -18,13 +18,16 @@ Rules:
   counted under source="overflow", so spoofed traffic cannot grow the exposition.
 - Rendering 1000 flows costs prometheus_client ~0.2 s of CPU, so no scrape waits for it:
   the exposition is rendered on the output thread after each tick's records while a scraper
-  came within PROMETHEUS_ACTIVE_S, and a scrape serves the latest rendering (only the first
-  scrape after a quiet spell renders on the spot). At exit, close() renders the final counts
+  came within PROMETHEUS_ACTIVE_S (or the run started that recently), and a scrape serves the
+  latest rendering (only a scrape after a quiet spell, or before the first tick, renders on
+  the spot). The GIL switch interval is lowered to
+  GIL_SWITCH_S so that a scrape (and the receiver) get the GIL quickly during a rendering. At exit, close() renders the final counts
   and waits, within its timeout, for the next expected scrape to collect them.
 """
 
 import logging
 import socketserver
+import sys
 import threading
 import time
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -194,6 +197,7 @@ class PrometheusSink:
         self.rendered = 0       # renderings so far; `served` is the last one a scrape got
         self.served = -1
         self.scrapes = []       # monotonic times of the last scrapes
+        self.seen = time.monotonic()    # the last scrape, or the start: a scraper is expected
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         addr = cfg.prometheus_listen
@@ -206,8 +210,11 @@ class PrometheusSink:
             raise ConfigError(f"option --prometheus-listen: value '{addr}' from {where}: "
                               f"cannot listen: "
                               f"{exc.strerror or exc}") from None
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="prometheus",
-                                       daemon=True)
+        # A rendering holds the GIL for up to ~0.2 s in slices of the switch interval; at the
+        # default 5 ms every syscall of a scrape (accept, read, write) waits one slice.
+        sys.setswitchinterval(min(sys.getswitchinterval(), defaults.GIL_SWITCH_S))
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       name="prometheus", daemon=True)
         self.thread.start()
         log.info("prometheus: serving http://%s/metrics", addr)
 
@@ -274,7 +281,7 @@ class PrometheusSink:
             self._render()
 
     def _scraped_recently(self, now):
-        return bool(self.scrapes) and now - self.scrapes[-1] < defaults.PROMETHEUS_ACTIVE_S
+        return now - self.seen < defaults.PROMETHEUS_ACTIVE_S
 
     # --- exposition ----------------------------------------------------------------------------
 
@@ -346,6 +353,7 @@ class PrometheusSink:
         if self.page is None or not self._scraped_recently(now):
             self._render()
         self.scrapes = (self.scrapes + [now])[-3:]
+        self.seen = now
         number, page = self.page
         self.served = max(self.served, number)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4),
