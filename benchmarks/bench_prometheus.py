@@ -8,7 +8,9 @@ Rows:
 - `1000 flows scraped by Prometheus`: the receiver (CLI) with --prometheus-listen, 1000 UDP
   sender sockets in this process (100 packets/s each, started over the first second, FINAL
   at the end), a real Prometheus scraping it every second: its own scrape_duration_seconds
-  (max and mean), series count, received total against the run's summaries, lost, drops.
+  (max and median; it includes Prometheus parsing and storing the 33k samples), curl's time
+  for a whole GET /metrics every 0.5 s meanwhile, series count, received total against the
+  run's summaries, lost, drops.
 - `1.5M packets/s scraped every second`: receiver and sender CLIs as in bench_sink.py at
   --rate 0.000667 ms (64-byte packets) while Prometheus scrapes the receiver every second:
   sent, received, lost, kernel drops, and the received counter Prometheus stored last.
@@ -117,9 +119,21 @@ def flows_scraped(prom, mport: int, n: int, pps: float, seconds: float, tmp: str
             socks.append(s)
             senders.append(_io.Sender(s.fileno(), dest, session=int.from_bytes(os.urandom(8))))
         step, ticks, ramp = int(1e9 / pps), int(seconds * pps), max(1, int(pps))
+        gets, done = [], threading.Event()
+        url = f"http://127.0.0.1:{mport}/metrics"
+
+        def curl():                         # client-side scrape times, in another process
+            while not done.wait(0.5):
+                got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{time_total}",
+                                      url], capture_output=True, text=True)
+                if got.returncode == 0:
+                    gets.append(float(got.stdout))
+
+        getter = threading.Thread(target=curl)
         start = _io.now_ns() + 50_000_000
         cpu0 = proc_stat(rx.pid)[1]
         t0 = time.time()
+        getter.start()
         for k in range(ticks):
             _io.sleep_until(start + k * step, 20_000)
             for tx in senders[:n * min(k + 1, ramp) // ramp]:
@@ -127,6 +141,8 @@ def flows_scraped(prom, mport: int, n: int, pps: float, seconds: float, tmp: str
         for tx in senders:
             tx.send(1, final=True)
         time.sleep(3.0)                     # two more intervals and scrapes
+        done.set()
+        getter.join()
         cpu = proc_stat(rx.pid)[1] - cpu0
         span = f"[{int(time.time() - t0) + 1}s]"
         inst = f'instance="127.0.0.1:{mport}"'
@@ -134,8 +150,10 @@ def flows_scraped(prom, mport: int, n: int, pps: float, seconds: float, tmp: str
         got = {"series": q(f"count(packet_flow_received_packets_total{{{inst}}})"),
                "stored_received": q(f"sum(packet_flow_received_packets_total{{{inst}}})"),
                "scrape_max_s": q(f"max_over_time(scrape_duration_seconds{{{inst}}}{span})"),
-               "scrape_mean_s": q(f"avg_over_time(scrape_duration_seconds{{{inst}}}{span})"),
+               "scrape_median_s": q(f"quantile_over_time(0.5, scrape_duration_seconds{{{inst}}}"
+                                    f"{span})"),
                "samples": q(f"max_over_time(scrape_samples_scraped{{{inst}}}{span})"),
+               "curl_get_median_s": statistics.median(gets), "curl_get_max_s": max(gets),
                "receiver_cpu_s": cpu}
         rx.send_signal(signal.SIGTERM)
         rx.wait(60)
