@@ -6,14 +6,16 @@ import logging
 import sys
 
 from packet_flow import config, config_render
-from packet_flow.errors import PacketFlowError
+from packet_flow.errors import ConfigError, PacketFlowError
 from packet_flow.masking import mask
 
 log = logging.getLogger("packet_flow")
 
 
-def _fail(msg, code, cfg=None):
-    print(f"packet-flow: error: {mask(str(msg), cfg)}", file=sys.stderr)
+def _fail(msg, code):
+    """One line on stderr; ConfigErrors are masked by field already, other text by mask()."""
+    text = str(msg) if isinstance(msg, ConfigError) else mask(str(msg))
+    print(f"packet-flow: error: {text}", file=sys.stderr)
     return code
 
 
@@ -43,8 +45,8 @@ def main(argv=None):
         from packet_flow import run
         return run.run(cfg)
     except PacketFlowError as exc:
-        return _fail(exc, exc.exit_code, cfg)
+        return _fail(exc, exc.exit_code)
     except OSError as exc:
-        return _fail(f"{exc.strerror or exc} ({type(exc).__name__})", 1, cfg)
+        return _fail(f"{exc.strerror or exc} ({type(exc).__name__})", 1)
     except KeyboardInterrupt:
         return 130

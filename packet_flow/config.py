@@ -11,7 +11,9 @@ Rules:
 - TOML config files are flat. A key may be spelled `local-addr` or `local_addr` (the original's
   files use underscores and load unchanged). Values are typed: a number must be a TOML number.
   An unknown key is an error naming the key and the file.
-- Secrets (token, password, key) are masked in every message (masking.py).
+- Secrets (token, password, key, what their *-file options read, a URL's password) are masked
+  by field in every message and in --print-config (masking.py); an unrecognized argument after a
+  secret-looking flag is masked too.
 - With `--wire stamp`, an address left at its default (not given on the command line, in the
   environment or in the file) gets STAMP's port 862 instead of 8000. `--rtt` with
   `--wire legacy` is an error.
@@ -33,7 +35,7 @@ import configargparse
 from . import defaults
 from .config_render import toml_value
 from .errors import ConfigError
-from .masking import MASK, mask
+from .masking import mask, mask_args
 from .options import BY_NAME, CONFIG_ENV, FALSE, OPTS, TRUE, Bad, Opt
 
 _RANK = {"cli": 3, "env": 2, "file": 1, "default": 0}
@@ -105,7 +107,7 @@ def _toml_to_arg(opt: Opt, value: Any, source: str) -> str | list[str]:
     if not ok:
         want = {"str": "a string", "float": "a number", "int": "an integer", "bool": "true or false",
                 "list": "a string or a list of strings"}[opt.kind]
-        shown = MASK if opt.secret else value
+        shown = opt.shown(value)
         raise ConfigError(f"option --{opt.name}: value {shown!r} from {source}: "
                           f"expected {want}, got TOML {type(value).__name__}")
     if isinstance(value, bool):
@@ -122,6 +124,18 @@ def _toml_to_arg(opt: Opt, value: Any, source: str) -> str | list[str]:
 
 class _Parser(configargparse.ArgumentParser):
     """A ConfigArgParse parser whose usage errors raise ConfigError instead of exiting."""
+
+    def parse_args(self, args=None, namespace=None, config_file_contents=None,
+                   env_vars=os.environ):
+        """As ConfigArgParse's, but words it cannot place are listed with the values of
+        secret-looking flags masked (`--passwrd hunter2` -> `--passwrd ***`)."""
+        ns, extra = self.parse_known_args(args=args, namespace=namespace,
+                                          config_file_contents=config_file_contents,
+                                          env_vars=env_vars, ignore_help_args=False)
+        if extra:
+            raise ConfigError(f"unrecognized arguments: {' '.join(mask_args(extra))} "
+                              "(see --help)")
+        return ns
 
     def error(self, message: str):
         raise ConfigError(f"{mask(message)} (see --help)")
@@ -202,11 +216,11 @@ def _config_path(argv: list[str], env: Mapping[str, str]) -> tuple[str | None, s
 def _fail(name: str, value: Any, source: str, reason: str) -> ConfigError:
     opt = BY_NAME.get(name)
     if value is None:
-        return ConfigError(mask(f"option --{name}: not set ({source}): {reason}"))
-    shown = MASK if opt is not None and opt.secret else value
+        return ConfigError(f"option --{name}: not set ({source}): {reason}")
+    shown = opt.shown(value) if opt is not None else value
     if isinstance(shown, list):
         shown = ",".join(shown)
-    return ConfigError(mask(f"option --{name}: value {shown!r} from {source}: {reason}"))
+    return ConfigError(f"option --{name}: value {shown!r} from {source}: {reason}")
 
 
 def _read_secret(name: str, path: str, source: str) -> bytes:
@@ -291,6 +305,19 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     return _finish(vals, sources, generate)
 
 
+def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
+    """A jsonl:PATH output must be a file in an existing folder (checked before the run starts)."""
+    for item in outputs:
+        kind, _, path = item.partition(":")
+        if kind != "jsonl" or path == "-":
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise _fail("output", item, source, f"{path!r} is a folder, not a file")
+        if not os.path.isdir(folder):
+            raise _fail("output", item, source, f"folder {folder!r} of {path!r} does not exist")
+
+
 def opt_env(name: str) -> str:
     """The environment variable of an option, e.g. opt_env("rate") == "PACKET_FLOW_RATE"."""
     return BY_NAME[name].env
@@ -348,6 +375,8 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
                         "--token or --username and --password")
 
     action = "generate" if vals["generate-config"] else "print" if vals["print-config"] else "run"
+    if action == "run":
+        _check_jsonl_paths(outputs, sources["output"])
     kwargs = {BY_NAME[n].field: v for n, v in vals.items()}
     kwargs.update(action=action, outputs=outputs, sources=dict(sources))
     return Config(**kwargs)

@@ -1,6 +1,6 @@
 """The configuration as text: --print-config, --generate-config and the config log lines.
 
-Rules: secrets show as "***" (masking.py); every line of --print-config names the layer its
+Rules: secrets show as "***", masked by field (Opt.shown); every line of --print-config names the layer its
 value came from; both documents load back as config files.
 """
 
@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .addresses import Addr
 from .errors import ConfigError
-from .masking import MASK, mask
-from .options import CONFIG_ENV, OPTS, Opt
+from .options import CONFIG_ENV, OPTS
 
 
 def toml_value(value: Any) -> str:
@@ -26,17 +24,6 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def _shown(cfg, opt: Opt) -> Any:
-    value = getattr(cfg, opt.field)
-    if value is None:
-        return None
-    if opt.secret:
-        return MASK
-    if isinstance(value, Addr):
-        return str(value)
-    return value
-
-
 def render_toml(cfg, commented_sources: bool = True) -> str:
     """The effective configuration as a TOML document (secrets masked), for --print-config."""
     lines = ["# packet-flow effective configuration"]
@@ -45,7 +32,7 @@ def render_toml(cfg, commented_sources: bool = True) -> str:
     for opt in OPTS:
         if opt.run_only:
             continue
-        value = _shown(cfg, opt)
+        value = opt.shown(getattr(cfg, opt.field))
         source = cfg.sources.get(opt.name, "default")
         if opt.secret and value is not None and source == "default":
             source = f"read from --{opt.name}-file"
@@ -58,7 +45,7 @@ def render_toml(cfg, commented_sources: bool = True) -> str:
         if commented_sources:
             line += f"  # {source}"
         lines.append(line)
-    return mask("\n".join(lines) + "\n", cfg)
+    return "\n".join(lines) + "\n"
 
 
 def log_config(cfg, logger) -> None:

@@ -6,7 +6,7 @@ Rules:
   --print-config and --generate-config lines and the Config attribute all come from it.
 - A converter takes the text argparse collected (a list of texts for `kind="list"`) and returns
   the value, or raises Bad(reason); config.py adds the option, value and source to the reason.
-- `secret` values are never shown (see masking.py); `file_of` names the secret an option reads
+- `secret` values are never shown, and `show` masks part of a value (masking.py); `file_of` names the secret an option reads
   from a file (`--token-file` holds the value of `--token`).
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 
 from . import defaults
 from .addresses import Addr
+from .masking import MASK, mask_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 UDP_PAYLOAD_MAX = 65507
@@ -36,7 +37,9 @@ class Bad(ValueError):
 # --- converters: text -> value, raising Bad(reason) --------------------------------------------
 
 
-def _float(lo: float | None = None, hi: float | None = None, above: float | None = None):
+def _float(lo: float | None = None, hi: float | None = None, above: float | None = None,
+           zero: bool = False):
+    """A float in [lo, hi] or above `above`; `zero` allows 0 besides (0 = off)."""
     def conv(text: str) -> float:
         try:
             value = float(text)
@@ -44,6 +47,10 @@ def _float(lo: float | None = None, hi: float | None = None, above: float | None
             raise Bad("not a number") from None
         if not math.isfinite(value):
             raise Bad("not a finite number")
+        if zero and value == 0:
+            return value
+        if zero and lo is not None and value < lo:
+            raise Bad(f"must be 0 or at least {lo:g}")
         if above is not None and value <= above:
             raise Bad(f"must be greater than {above:g}")
         if lo is not None and hi is not None and not lo <= value <= hi:
@@ -190,6 +197,7 @@ class Opt:
     enables_influx: bool = False  # setting it turns the InfluxDB output on
     commented: bool = False   # commented out in the file --generate-config writes
     attr: str | None = None   # the Config attribute, when not the name with `_`
+    show: Callable[[Any], Any] | None = None  # how people see a value (masking by field)
 
     @property
     def env(self) -> str:
@@ -206,6 +214,16 @@ class Opt:
     @property
     def dest(self) -> str:
         return self.name.replace("-", "_")
+
+    def shown(self, value: Any) -> Any:
+        """The value as messages, the log and --print-config show it: a secret is "***"."""
+        if value is None:
+            return None
+        if self.secret:
+            return MASK
+        if isinstance(value, Addr):
+            return str(value)
+        return self.show(value) if self.show and isinstance(value, str) else value
 
 
 OPTS = (
@@ -230,8 +248,8 @@ OPTS = (
         _choice(defaults.WIRES)),
     Opt("timer", "str", defaults.TIMER, "send scheduler: " + ", ".join(defaults.TIMERS),
         _choice(defaults.TIMERS)),
-    Opt("interval", "float", defaults.INTERVAL_S, "seconds per metrics record (> 0)",
-        _float(above=0.0)),
+    Opt("interval", "float", defaults.INTERVAL_S, "seconds per metrics record "
+        f"(>= {defaults.INTERVAL_MIN_S:g})", _float(defaults.INTERVAL_MIN_S)),
     Opt("output", "list", (defaults.OUTPUT,), "where metrics go: console, jsonl:PATH "
         "(jsonl:- = stdout), influx; repeat or separate with commas", _outputs, attr="outputs"),
     Opt("stall-timeout", "float", defaults.STALL_TIMEOUT_S,
@@ -240,10 +258,13 @@ OPTS = (
         "seconds of silence before a sender is forgotten (> --stall-timeout)",
         _float(above=0.0)),
     Opt("influx-url", "str", defaults.INFLUX_URL, "InfluxDB URL (http or https); setting it "
-        "turns the InfluxDB output on", _url, short="-i", enables_influx=True),
+        "turns the InfluxDB output on", _url, short="-i", enables_influx=True, show=mask_url),
     Opt("database", "str", defaults.DATABASE, "InfluxDB database (1.x) or bucket (2.x)",
         _nonempty, short="-d"),
     Opt("influx-org", "str", defaults.INFLUX_ORG, "InfluxDB organisation (2.x)"),
+    Opt("influx-api", "str", defaults.INFLUX_API, "InfluxDB write API: auto (from the version "
+        "the server's /ping reports), v1 (/write?db=), v2 (/api/v2/write)",
+        _choice(defaults.INFLUX_APIS)),
     Opt("retention-policy", "str", defaults.RETENTION_POLICY,
         "InfluxDB 1.x retention policy, empty = the database's default"),
     Opt("token", "str", None, "InfluxDB token", _optional, short="-t", secret=True,
@@ -264,9 +285,12 @@ OPTS = (
     Opt("compat-max-pps", "int", defaults.COMPAT_MAX_PPS,
         "cap on per-packet compat points per second per flow", _int(0)),
     Opt("flush-interval", "float", defaults.FLUSH_INTERVAL_S,
-        "seconds between InfluxDB writes, 0 = --interval", _float(0.0)),
+        f"seconds between InfluxDB writes (>= {defaults.INTERVAL_MIN_S:g}), 0 = --interval",
+        _float(defaults.INTERVAL_MIN_S, zero=True)),
     Opt("spool-dir", "str", defaults.SPOOL_DIR,
         "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
+    Opt("spool-max-bytes", "int", defaults.SPOOL_MAX_BYTES,
+        "cap on the spool's size; past it the oldest points go first, 0 = no cap", _int(0)),
     Opt("prometheus-listen", "str", None, "serve Prometheus metrics at http://ADDR:PORT/metrics "
         "(e.g. 127.0.0.1:9469; 0.0.0.0:9469 for every address), empty = off; beside the other "
         "outputs", _listen),

@@ -29,13 +29,15 @@ class ReceiverLoop:
             host = cfg.local.host
             port = sock.getsockname()[1]
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.rx = _io.Receiver(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
-                               key=cfg.key, mode=mode, reflect=reflect)
+        core = _io.Reflector if reflect else _io.Receiver
+        self.rx = core(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
+                       key=cfg.key, mode=mode)
         if not reflect:     # a reflector answers at once; a receiver may read in bunches
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps,
                                budget=cfg.max_flow_memory << 20)
+        self.table.gro = sockets.gro_enabled(sock)
         self.stopping = False
         self._last = {}
 
@@ -44,13 +46,15 @@ class ReceiverLoop:
 
     def counters(self):
         """Cumulative receiver-wide counters (the `receiver` record holds their increments)."""
-        out = {"datagrams": self.rx.datagrams, "overwritten": self.rx.overwritten,
+        out = {"datagrams": self.rx.datagrams, "buffers": self.rx.messages,
+               "overwritten": self.rx.overwritten,
                "kernel_drops": sockets.drops(self.sock, self.rx.kernel_drops),
                "unattributed_malformed": self.table.unattributed,
                "untracked": self.table.untracked, "evicted": self.table.evicted}
         out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
-        if self.rx.reflect:
-            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors)
+        if isinstance(self.rx, _io.Reflector):
+            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors,
+                       reflect_limited=self.rx.limited)
         return out
 
     def _receiver_record(self, now_ns, since_ns):

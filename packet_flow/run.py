@@ -145,7 +145,11 @@ def build_sinks(cfg):
             sinks.append(ConsoleSink(sys.stderr if to_stdout else StdStream(1)))
         elif out.startswith("jsonl:"):
             path = out[len("jsonl:"):]
-            sinks.append(JsonlSink(path, StdStream(1) if path == "-" else None))
+            try:
+                sinks.append(JsonlSink(path, StdStream(1) if path == "-" else None))
+            except OSError as exc:
+                raise ConfigError(f"option --output: cannot open {out!r}: "
+                                  f"{exc.strerror or exc}") from None
         elif out == "influx":
             from packet_flow.sinks.influx import InfluxSink
             sinks.append(InfluxSink(cfg))

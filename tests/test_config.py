@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from packet_flow import config, config_render, defaults, masking, options
+from packet_flow import cli, config, config_render, defaults, masking, options
 from packet_flow.addresses import Addr
 from packet_flow.errors import ConfigError
 
@@ -274,7 +274,13 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
                                 "and 3.6e+06"),
         (["-r", "3600001"], {}, "option --rate: value '3600001' from cli: must be between 0.0001 "
                                 "and 3.6e+06"),
-        (["--interval", "0"], {}, "option --interval: value '0' from cli: must be greater than 0"),
+        (["--interval", "0"], {}, "option --interval: value '0' from cli: must be at least 0.001"),
+        (["--interval", "1e-10"], {},
+         "option --interval: value '1e-10' from cli: must be at least 0.001"),
+        ([], {"PACKET_FLOW_INTERVAL": "0.0009"},
+         "option --interval: value '0.0009' from env PACKET_FLOW_INTERVAL: must be at least 0.001"),
+        (["--flush-interval", "1e-12"], {},
+         "option --flush-interval: value '1e-12' from cli: must be 0 or at least 0.001"),
         (["--duration", "-1"], {}, "option --duration: value '-1' from cli: must be at least 0"),
         (["--count", "1.5"], {}, "option --count: value '1.5' from cli: not an integer"),
         (["--size", "70000"], {}, "option --size: value '70000' from cli: must be between 0 and "
@@ -317,7 +323,6 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
         # usage errors become one-line ConfigErrors too
         (["--token"], {}, "argument -t/--token: expected one argument (see --help)"),
         (["--bogus"], {}, "unrecognized arguments: --bogus (see --help)"),
-        (["--tok", "x"], {}, "unrecognized arguments: --tok x (see --help)"),
         (["--generate-config"], {}, "option --generate-config: value True from cli: needs "
                                     "--config-file PATH to write to"),
         (["--generate-config", "--print-config", "--config-file", "x"], {},
@@ -326,6 +331,37 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
 )
 def test_validation_error_messages(argv, env, message):
     assert error(argv, env).startswith(message)
+
+
+def test_config_errors_exit_2_with_one_line(tmp_path, capsys):
+    """Issue 13.4: an interval of 0 ns and a jsonl file in a missing folder are configuration
+    errors naming the option, the value, its source and the path, before anything starts."""
+    missing = tmp_path / "no-such-folder" / "run.jsonl"
+    cases = [
+        (["-m", "both", "--interval", "1e-10"], {},
+         "option --interval: value '1e-10' from cli: must be at least 0.001"),
+        (["-m", "both", "--output", f"console,jsonl:{missing}"], {},
+         f"option --output: value 'jsonl:{missing}' from cli: folder "
+         f"'{missing.parent}' of '{missing}' does not exist"),
+        (["-m", "both"], {"PACKET_FLOW_OUTPUT": f"jsonl:{tmp_path}"},
+         f"option --output: value 'jsonl:{tmp_path}' from env PACKET_FLOW_OUTPUT: "
+         f"'{tmp_path}' is a folder, not a file"),
+    ]
+    for argv, env, message in cases:
+        assert error(argv, env) == message
+    # through the command line: exit status 2 and exactly one line on stderr
+    assert cli.main(["-m", "both", "--output", f"jsonl:{missing}"]) == 2
+    assert capsys.readouterr().err == (
+        f"packet-flow: error: option --output: value 'jsonl:{missing}' from cli: folder "
+        f"'{missing.parent}' of '{missing}' does not exist\n")
+    assert cli.main(["-m", "both", "--interval", "0.0001", "--duration", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "packet-flow: error: option --interval: value '0.0001' from cli: must be at least 0.001\n")
+    # printing the configuration does not need the folder; 1 ms intervals are fine
+    cfg = config.load(["--print-config", "--interval", "0.001", "--flush-interval", "0",
+                       "--output", f"jsonl:{missing}"], {})
+    assert (cfg.action, cfg.interval, cfg.flush_interval) == ("print", 0.001, 0.0)
+    assert not missing.parent.exists()
 
 
 def test_secret_file_errors(tmp_path):
@@ -442,13 +478,12 @@ def test_log_config_is_masked(tmp_path, caplog):
         config_render.log_config(cfg, logger)
         logger.info("connecting with token=%s to %s", cfg.token, cfg.influx_url)
         logger.info("auth header Authorization: Token %s", cfg.token)
-        logger.info("%s", masking.mask(f"password {cfg.password} and {cfg.token}", cfg))
     assert all(r.levelno == logging.INFO for r in caplog.records)
-    logged = "\n".join(masking.mask(r.getMessage(), cfg) for r in caplog.records)
+    logged = "\n".join(masking.mask(r.getMessage()) for r in caplog.records)
     assert_no_secret(logged)
     assert "config: token = \"***\"  # cli" in logged
     # the lines log_config wrote carry no secret even before any further masking
-    assert_no_secret("\n".join(r.getMessage() for r in caplog.records[:-3]))
+    assert_no_secret("\n".join(r.getMessage() for r in caplog.records[:-2]))
     assert TOKEN not in repr(cfg) and PASSWORD not in repr(cfg)
 
 
@@ -478,10 +513,51 @@ def test_mask(text, masked):
     assert masking.mask(text) == masked
 
 
-def test_mask_literal_secrets_of_a_config(tmp_path):
-    cfg = secret_cfg(tmp_path)
-    text = f"sent {TOKEN} and me:{PASSWORD} with {KEY}"
-    assert masking.mask(text, cfg) == "sent *** and me:*** with ***"
+def test_secrets_are_masked_by_field_not_by_text(tmp_path, capsys):
+    """Issue 15.4: a password "8000" must not turn 0.0.0.0:8000 into 0.0.0.0:***."""
+    (tmp_path / "key").write_text("8000\n")
+    (tmp_path / "token").write_text("0.0\n")
+    argv = ["-m", "both", "-u", "me", "-p", "8000", "--token-file", str(tmp_path / "token"),
+            "--key-file", str(tmp_path / "key"), "-i", "http://admin:8000@db:8000/x",
+            "--local-addr", "0.0.0.0:8000", "--remote-addr", "127.0.0.1:8000"]
+    cfg = config.load(argv, {})
+    assert (cfg.password, cfg.key, cfg.token) == ("8000", b"8000", "0.0")
+    text = config_render.render_toml(cfg)
+    lines = set(text.splitlines())
+    for line in ('local_addr = "0.0.0.0:8000"  # cli', 'remote_addr = "127.0.0.1:8000"  # cli',
+                 'password = "***"  # cli', 'key = "***"  # read from --key-file',
+                 'token = "***"  # read from --token-file', 'rate = 1000.0  # default',
+                 'influx_url = "http://admin:***@db:8000/x"  # cli',
+                 'stall_timeout = 5.0  # default'):
+        assert line in lines, line
+    assert text.count("***") == 4
+    # an error message names the value of another option in full
+    assert cli.main([*argv, "--dscp", "8000"]) == 2
+    assert capsys.readouterr().err == (
+        "packet-flow: error: option --dscp: value '8000' from cli: must be between 0 and 63\n")
+    assert error(["-i", "http://admin:8000@db:0.0", "-p", "8000"]) == (
+        "option --influx-url: value 'http://admin:***@db:0.0' from cli: not a URL (Port could "
+        "not be cast to integer value as '0.0')")
+
+
+@pytest.mark.parametrize(
+    "argv, shown",
+    [
+        (["--passwrd", "hunter2"], "--passwrd ***"),
+        (["--passwrd=hunter2"], "--passwrd=***"),
+        (["--tokn", "-abc-def"], "--tokn ***"),
+        (["--api-key", "s3cr3t", "--bogus", "plain"], "--api-key *** --bogus plain"),
+        (["--secrets", "--colour", "red"], "--secrets --colour red"),
+        (["-P", "hunter2"], "-P ***"),
+        (["--bogus", "hunter2"], "--bogus hunter2"),
+        (["--tok", "x"], "--tok ***"),
+    ],
+)
+def test_unrecognized_arguments_mask_values_of_secret_looking_flags(argv, shown, capsys):
+    assert error(["-r", "5", *argv]) == f"unrecognized arguments: {shown} (see --help)"
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"packet-flow: error: unrecognized arguments: {shown} (see --help)\n")
 
 
 def test_help_lists_env_vars_and_hides_secrets(capsys):

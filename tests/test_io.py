@@ -3,6 +3,7 @@ malformed input, ring overflow accounting, errors, precise waiting."""
 
 import errno
 import os
+import resource
 import socket
 
 import numpy as np
@@ -84,7 +85,7 @@ def test_malformed_counted_by_reason_never_raises(link):
     recs = lk.collect(len(junk) + 1)
     assert len(recs) == len(junk) + 1
     assert lk.rx.malformed == {"short": 2, "magic": 2, "version": 1, "truncated": 1,
-                               "legacy": 1, "no_tag": 0, "bad_tag": 0}
+                               "legacy": 1, "no_tag": 0, "bad_tag": 0, "short_probe": 0}
     assert int(recs[-1]["kind"]) == 1 and int(recs[-1]["seq"]) == 9
     assert lk.rx.datagrams == len(junk) + 1
 
@@ -136,6 +137,16 @@ def test_bad_socket_type_raises_oserror():
         with pytest.raises(OSError) as info:
             rx.pump(_io.now_ns() + 1_000_000)
     assert info.value.errno == errno.ENOTSOCK
+
+
+def test_idle_pump_waits_in_poll(link):
+    """An empty socket is waited for in one poll(), not in coalescing sleeps: EAGAIN is not
+    "one datagram received" (the idle receiver used to wake every 0.5 ms, ~400 times here)."""
+    lk = link()
+    lk.rx.coalesce_ns = 500_000
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+    assert lk.rx.pump(_io.now_ns() + 200_000_000) == 0
+    assert resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before <= 2
 
 
 def test_sleep_until_absolute_deadline():

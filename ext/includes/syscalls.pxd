@@ -1,6 +1,6 @@
-# Extern-only declarations of the C API the batch I/O core uses: sockets, mmsg, cmsg,
-# clocks, poll, prctl and the HMAC helper. Only the fields we touch are listed.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+# Extern-only declarations of the kernel and libc API the batch I/O core uses: sockets,
+# mmsg, cmsg, clocks, poll, prctl. Only the fields we touch are listed; everything is nogil.
+from libc.stdint cimport uint16_t, uint32_t
 
 
 cdef extern from "<time.h>" nogil:
@@ -67,6 +67,7 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_INET
         AF_INET6
         SOL_SOCKET
+        SO_TIMESTAMPNS
         SCM_TIMESTAMPNS
         SO_RXQ_OVFL
         MSG_DONTWAIT
@@ -99,6 +100,7 @@ cdef extern from "<netinet/in.h>" nogil:
         uint16_t sin6_port
         in6_addr sin6_addr
     uint16_t ntohs(uint16_t)
+    uint32_t ntohl(uint32_t)
 
 
 cdef extern from "<netinet/udp.h>" nogil:
@@ -118,9 +120,3 @@ cdef extern from "<netinet/udp.h>" nogil:
         UDP_SEGMENT
         UDP_GRO
 
-
-cdef extern from "hmac_sha256.h" nogil:
-    ctypedef struct pf_hmac_key:
-        pass
-    void pf_hmac_init(pf_hmac_key *k, const uint8_t *key, size_t n)
-    void pf_hmac(const pf_hmac_key *k, const uint8_t *p, size_t n, uint8_t *out)
