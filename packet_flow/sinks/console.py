@@ -145,7 +145,7 @@ def summary_table(records):
         if rec.get("negative_owd"):
             lines.append(f"  {rec['negative_owd']} negative delays: clocks not synchronised")
         if rec.get("local_drops"):
-            exact = "" if rec.get("local_drops_exact") else "; may include path loss"
+            exact = "" if rec.get("local_drops_exact") else "; may hold path loss"
             lines.append(f"  local drops {rec['local_drops']} (socket buffer full, not in lost"
                          f"{exact})")
         if rec.get("coalesced"):
