@@ -31,7 +31,8 @@
 # Legacy format (the Rust original, bincode 1.x): exactly 17 bytes,
 #   u64 sequence | u64 send time in µs since the epoch | u8 is_final (0 or 1), little-endian.
 #
-# STAMP (RFC 8762, unauthenticated, network byte order), at least 44 bytes: see
+# STAMP (RFC 8762, unauthenticated, network byte order), at least 44 bytes (replies from
+# TWAMP-Light reflectors may end after the sender error estimate: 38 bytes): see
 # _encode_stamp, _reflect_stamp and _parse below.
 
 cpdef enum:
@@ -40,6 +41,7 @@ cpdef enum:
     REFLECTED_HEADER = 56
     LEGACY_SIZE = 17
     STAMP_SIZE = 44
+    STAMP_REPLY_MIN = 38    # a TWAMP-Light reply may end after the sender error estimate
     TAG = 16
     FLAG_FINAL = 1
     FLAG_AUTH = 2
@@ -63,11 +65,12 @@ cpdef enum:
     R_LEGACY = 5
     R_NO_TAG = 6
     R_BAD_TAG = 7
+    R_SHORT_PROBE = 8
 
 cdef enum:
     MAGIC0 = 0x50       # 'P'
     MAGIC1 = 0x46       # 'F'
-    N_REASONS = 8
+    N_REASONS = 9
 
 cdef extern from *:
     """
@@ -78,7 +81,8 @@ cdef extern from *:
 MAGIC = bytes((MAGIC0, MAGIC1))
 NTP_OFFSET = _NTP_OFFSET
 KINDS = ("malformed", "native", "legacy", "stamp", "stamp_reflected")
-REASONS = ("ok", "short", "magic", "version", "truncated", "legacy", "no_tag", "bad_tag")
+REASONS = ("ok", "short", "magic", "version", "truncated", "legacy", "no_tag", "bad_tag",
+           "short_probe")
 
 
 # A parsed datagram as the receive ring stores it; RECORD is its numpy view.
@@ -99,13 +103,14 @@ cdef packed struct rec_t:
     uint8_t reason
     uint8_t flags
     uint8_t ttl
-    uint8_t pad[5]
+    uint32_t drops          # the socket's drop count when this datagram was queued (SO_RXQ_OVFL)
+    uint8_t coalesced       # 1: the receive timestamp is a later datagram's (same GRO buffer)
 
 RECORD = np.dtype([
     ("flow", "<u8"), ("session", "<u8"), ("seq", "<u8"), ("tx_ns", "<i8"), ("rx_ns", "<i8"),
     ("r_seq", "<u8"), ("t2_ns", "<i8"), ("t3_ns", "<i8"), ("addr", "u1", (16,)),
     ("length", "<u4"), ("port", "<u2"), ("family", "u1"), ("kind", "u1"), ("reason", "u1"),
-    ("flags", "u1"), ("ttl", "u1"), ("pad", "V5"),
+    ("flags", "u1"), ("ttl", "u1"), ("drops", "<u4"), ("coalesced", "u1"),
 ])
 assert RECORD.itemsize == sizeof(rec_t)
 
@@ -139,7 +144,11 @@ cdef inline void _stbe16(uint8_t *p, uint16_t v) noexcept nogil:
 
 
 cdef inline int64_t _ntp_to_ns(const uint8_t *p) noexcept nogil:
+    # RFC 4330 §3: seconds with the top bit set are 1968-2036 (era 0, from 1900); without it
+    # 2036-2104 (era 1, from 2036-02-07T06:28:16Z)
     cdef int64_t sec = <int64_t>_be32(p) - _NTP_OFFSET
+    if not (p[0] & 0x80):
+        sec += <int64_t>1 << 32
     cdef uint64_t frac = _be32(p + 4)
     return sec * 1000000000 + <int64_t>((frac * 1000000000) >> 32)
 
@@ -151,11 +160,18 @@ cdef inline void _ns_to_ntp(uint8_t *p, int64_t ns) noexcept nogil:
     _stbe32(p + 4, <uint32_t>((rem << 32) // 1000000000))
 
 
-cdef inline void _sign(const pf_hmac_key *key, uint8_t *p, size_t n) noexcept nogil:
+cdef inline void _sign(const hmac_key *key, uint8_t *p, size_t n) noexcept nogil:
     # the last TAG bytes of p[:n] become the truncated HMAC-SHA-256 of the bytes before them
     cdef uint8_t mac[32]
-    pf_hmac(key, p, n - TAG, mac)
+    _hmac(key, p, n - TAG, mac)
     memcpy(p + n - TAG, mac, TAG)
+
+
+cdef inline bint _tag_ok(const hmac_key *key, const uint8_t *p, size_t n) noexcept nogil:
+    # whether the last TAG bytes of p[:n] are the tag of the bytes before them
+    cdef uint8_t mac[32]
+    _hmac(key, p, n - TAG, mac)
+    return CRYPTO_memcmp(mac, p + n - TAG, TAG) == 0
 
 
 # ---------------------------------------------------------------- encoders
@@ -189,25 +205,17 @@ cdef inline void _encode_stamp(uint8_t *p, uint64_t seq, int64_t tx_ns, uint16_t
     _stbe16(p + 14, <uint16_t>session)
 
 
-cdef inline uint32_t _reflect_native(uint8_t *p, uint32_t length, uint8_t flags, uint64_t r_seq,
-                                     int64_t t2_ns, int64_t t3_ns,
-                                     const pf_hmac_key *key) noexcept nogil:
-    # Turns the valid native test packet p[:length] into its reflection in place (the buffer
-    # has room for REFLECTED_HEADER + TAG) and returns its length: grown to the reflected
-    # header (zero-filled) if shorter, REFLECTED set, reflector sequence, T2, T3, and a new
-    # tag when key is not NULL.
-    cdef uint32_t newlen = length
-    cdef uint32_t least = REFLECTED_HEADER + (TAG if flags & FLAG_AUTH else 0)
-    if newlen < least:
-        newlen = least
-        memset(p + length, 0, newlen - length)
+cdef inline void _reflect_native(uint8_t *p, uint32_t length, uint64_t r_seq, int64_t t2_ns,
+                                 int64_t t3_ns, const hmac_key *key) noexcept nogil:
+    # Turns the native test packet p[:length] into its reflection in place, in its own length
+    # (at least REFLECTED_HEADER, + TAG when key is not NULL: _parse's `least`): REFLECTED
+    # set, reflector sequence, T2, T3, and a new tag when key is not NULL.
     p[3] |= FLAG_REFLECTED
     _st64(p + 32, r_seq)
     _st64(p + 40, <uint64_t>t2_ns)
     _st64(p + 48, <uint64_t>t3_ns)
     if key != NULL:
-        _sign(key, p, newlen)
-    return newlen
+        _sign(key, p, length)
 
 
 cdef inline void _reflect_stamp(uint8_t *p, uint32_t r_seq, int64_t t2_ns, int64_t t3_ns,
@@ -233,11 +241,12 @@ cdef inline void _reflect_stamp(uint8_t *p, uint32_t r_seq, int64_t t2_ns, int64
 # ---------------------------------------------------------------- decoder
 
 cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
-                        const pf_hmac_key *key) noexcept nogil:
+                        const hmac_key *key, uint32_t least) noexcept nogil:
     # Fills the wire fields of r (kind, reason, flags, session, seq, tx_ns, r_seq, t2_ns,
     # t3_ns; ttl for STAMP replies) from the datagram p[:n]. mode: WIRE_NATIVE (native and
     # legacy), WIRE_STAMP or WIRE_STAMP_REFLECTED. key: require a valid tag (NULL: none).
-    cdef uint8_t mac[32]
+    # least: a native test packet (not REFLECTED) shorter than this is R_SHORT_PROBE (a
+    # reflector answers in the request's own size; checked before the tag, which costs more).
     r.kind = K_MALFORMED
     r.reason = 0
     r.flags = 0
@@ -258,7 +267,7 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
         return
     if mode == WIRE_STAMP_REFLECTED:
         # RFC 8762 §4.3.1 reflector packet: seq | T3 | err | mbz | T2 | sender seq | T1 | ...
-        if n < STAMP_SIZE:
+        if n < STAMP_REPLY_MIN:
             r.reason = R_SHORT
             return
         r.r_seq = _be32(p)
@@ -267,7 +276,7 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
         r.seq = _be32(p + 24)
         r.tx_ns = _ntp_to_ns(p + 28)
         r.session = (<uint64_t>p[14] << 8) | p[15]
-        r.ttl = p[40]
+        r.ttl = p[40] if n > 40 else 0
         r.kind = K_STAMP_REFLECTED
         return
     if n == LEGACY_SIZE:
@@ -293,12 +302,14 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
             ((r.flags & FLAG_REFLECTED) and n < REFLECTED_HEADER):
         r.reason = R_TRUNCATED
         return
+    if n < least and not (r.flags & FLAG_REFLECTED):
+        r.reason = R_SHORT_PROBE
+        return
     if key != NULL:
         if not (r.flags & FLAG_AUTH):
             r.reason = R_NO_TAG
             return
-        pf_hmac(key, p, n - TAG, mac)
-        if memcmp(mac, p + n - TAG, TAG) != 0:
+        if not _tag_ok(key, p, n):
             r.reason = R_BAD_TAG
             return
     r.kind = K_NATIVE

@@ -37,6 +37,7 @@ class ReceiverLoop:
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps,
                                budget=cfg.max_flow_memory << 20)
+        self.table.gro = sockets.gro_enabled(sock)
         self.stopping = False
         self._last = {}
 
@@ -45,13 +46,15 @@ class ReceiverLoop:
 
     def counters(self):
         """Cumulative receiver-wide counters (the `receiver` record holds their increments)."""
-        out = {"datagrams": self.rx.datagrams, "overwritten": self.rx.overwritten,
+        out = {"datagrams": self.rx.datagrams, "buffers": self.rx.messages,
+               "overwritten": self.rx.overwritten,
                "kernel_drops": sockets.drops(self.sock, self.rx.kernel_drops),
                "unattributed_malformed": self.table.unattributed,
                "untracked": self.table.untracked, "evicted": self.table.evicted}
         out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
         if isinstance(self.rx, _io.Reflector):
-            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors)
+            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors,
+                       reflect_limited=self.rx.limited)
         return out
 
     def _receiver_record(self, now_ns, since_ns):
@@ -68,7 +71,8 @@ class ReceiverLoop:
             log.warning("receive ring overflowed: %d records lost before analysis",
                         rec["overwritten"])
         if rec["kernel_drops"]:
-            log.warning("the socket dropped %d datagrams (receive buffer full: raise --rcvbuf)",
+            log.warning("the socket dropped %d datagrams or GRO buffers (receive buffer full: "
+                        "raise --rcvbuf); the flows count them as local_drops, not lost",
                         rec["kernel_drops"])
         return rec
 
