@@ -33,11 +33,12 @@ record's `flow` id). Rules:
 - Malformed datagrams are attributed to the flows of their source address when there are
   any, else to the receiver-wide counters only.
 - Flows together have a memory budget (`budget` bytes: each flow's FlowStats.nbytes plus
-  FLOW_BYTES of Python objects; closed flows count until their summary) and a count cap
-  (MAX_FLOWS, open and closed). A new flow that does not fit takes the place of the oldest
-  idle flow (silent longer than `stall`: it is forgotten early, as above; `evicted` counts
-  it); when no flow is idle its packets are counted `untracked`. Windows stop growing while
-  the budget is spent. One warning per interval.
+  FLOW_BYTES of Python objects; closed flows count until their summary; a forgotten record
+  counts FORGOTTEN_BYTES) and a count cap (MAX_FLOWS, open and closed). A new flow that does
+  not fit takes the place of the oldest idle flow (silent longer than `stall`: it is
+  forgotten early, as above; `evicted` counts it), then of the oldest forgotten records
+  (their summaries come early); when neither frees enough its packets are counted
+  `untracked`. Windows stop growing while the budget is spent. One warning per interval.
 All per-packet work is per batch with numpy; the Python loop runs once per flow per batch.
 """
 
@@ -48,7 +49,7 @@ import numpy as np
 
 from packet_flow import _io, defaults
 from packet_flow.addresses import address
-from packet_flow.analysis import FlowStats
+from packet_flow.analysis import FlowStats, local_part
 
 log = logging.getLogger(__name__)
 
@@ -245,13 +246,13 @@ class FlowTable:
             self._rebind(flow, part)
         else:
             flow.tx_max = max(flow.tx_max, int(part["tx_ns"].max()))
+        host = self._host_drops(flow, part["drops"])
         if self.on_gaps is not None:
-            self._gaps(flow, part)
+            self._gaps(flow, part, host)
         flow.stats.growable = self.memory < self.budget
         timed = part["coalesced"] == 0
         flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"], timed=timed,
-                          host_drops=self._host_drops(flow, part["drops"]),
-                          buffers=self.gro, shared=len(self.flows) > 1)
+                          host_drops=host, buffers=self.gro, shared=len(self.flows) > 1)
         self._account(flow)
         flow.last_ns = now_ns
         flow.fresh = True
@@ -295,28 +296,41 @@ class FlowTable:
         flow.nbytes = 0
 
     def _room(self, now_ns, new=True):
-        """Forget the oldest idle flows until one more flow fits (new=True: the budget and
-        MAX_FLOWS) or the flows are back within the budget; False if they do not."""
+        """Make room until one more flow fits (new=True: the budget and MAX_FLOWS) or the
+        flows are back within the budget: forget the oldest idle flows first, then let the
+        oldest forgotten records go (with their summaries); False if it does not fit."""
         extra = self._new_bytes if new else 0
-        while self.flows and not self._fits(extra, new):
-            key, flow = next(iter(self.flows.items()))
-            if now_ns - flow.last_ns <= self.stall_ns:
+        while not self._fits(extra, new):
+            oldest = next(iter(self.flows.items()), None)
+            if oldest is not None and now_ns - oldest[1].last_ns > self.stall_ns:
+                self._forget(*oldest, now_ns)
+                self.evicted += 1
+                self._pressure[1] += 1
+            elif self.forgotten and self.memory + extra > self.budget:
+                self._expire(now_ns)
+            else:
                 break
-            self._forget(key, flow, now_ns)
-            self.evicted += 1
-            self._pressure[1] += 1
         return self._fits(extra, new)
+
+    def _expire(self, now_ns):
+        """The oldest forgotten record goes, with its summary."""
+        _, flow = self.forgotten.popitem(last=False)
+        self.memory -= defaults.FORGOTTEN_BYTES
+        self._summary(flow, now_ns, "unknown")
 
     def _fits(self, extra, new):
         count = len(self.flows) + len(self.closing)
         return self.memory + extra <= self.budget and not (new and count >= defaults.MAX_FLOWS)
 
-    def _gaps(self, flow, part):
+    def _gaps(self, flow, part, host):
+        """Compat `packet_loss` points: the part of each gap lost on the path (what this
+        host's socket dropped is local, not loss)."""
         seq = flow.stats.unwrap(part["seq"])     # a 32-bit STAMP sequence wraps
         before = np.maximum.accumulate(np.concatenate(([flow.stats.highest], seq[:-1])))
         if flow.stats.highest < 0:
             before[0] = seq[0] - 1
-        gap = seq - before - 1
+        gap = np.maximum(seq - before - 1, 0)
+        gap -= local_part(gap, host, self.gro)
         opened = gap > 0
         if opened.any():
             self.on_gaps(flow.source, self.destination, part["rx_ns"][opened], gap[opened])
@@ -326,6 +340,7 @@ class FlowTable:
         when it does not fit)."""
         flow = self.forgotten.pop(key, None) if resume else None
         if flow is not None:
+            self.memory -= defaults.FORGOTTEN_BYTES
             flow.stats = FlowStats.resume(flow.stats, self.window)
             self._account(flow)
             log.warning("flow %s (session %s) is back after %.1f s of silence", flow.source,
@@ -354,9 +369,9 @@ class FlowTable:
         self._release(flow)
         flow.stats = flow.stats.freeze()
         self.forgotten[key] = flow
+        self.memory += defaults.FORGOTTEN_BYTES
         if len(self.forgotten) > defaults.FORGOTTEN_MAX:
-            _, old = self.forgotten.popitem(last=False)
-            self._summary(old, now_ns, "unknown")
+            self._expire(now_ns)
 
     def _malformed(self, recs):
         by_source = {}
@@ -406,12 +421,8 @@ class FlowTable:
                 self._release(flow)
                 del self.closing[key]
         keep_ns = int(defaults.FORGOTTEN_KEEP_S * 1e9)
-        while self.forgotten:
-            key, flow = next(iter(self.forgotten.items()))
-            if now_ns - flow.last_ns <= keep_ns:
-                break
-            del self.forgotten[key]
-            self._summary(flow, now_ns, "unknown")
+        while self.forgotten and now_ns - next(iter(self.forgotten.values())).last_ns > keep_ns:
+            self._expire(now_ns)
 
     def finish(self, now_ns):
         """At exit: a last interval and the summary of every flow."""
