@@ -5,8 +5,8 @@ sockets: the real-socket versions of these cases are in test_flow_events.py."""
 import numpy as np
 
 from packet_flow import _io
-from packet_flow.sinks.lineproto import format_record
 from packet_flow.flows import FlowTable
+from packet_flow.sinks.lineproto import format_record
 
 S = 1_000_000_000
 MS = 1_000_000
