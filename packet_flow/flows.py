@@ -33,11 +33,12 @@ record's `flow` id). Rules:
 - Malformed datagrams are attributed to the flows of their source address when there are
   any, else to the receiver-wide counters only.
 - Flows together have a memory budget (`budget` bytes: each flow's FlowStats.nbytes plus
-  FLOW_BYTES of Python objects; closed flows count until their summary) and a count cap
-  (MAX_FLOWS, open and closed). A new flow that does not fit takes the place of the oldest
-  idle flow (silent longer than `stall`: it is forgotten early, as above; `evicted` counts
-  it); when no flow is idle its packets are counted `untracked`. Windows stop growing while
-  the budget is spent. One warning per interval.
+  FLOW_BYTES of Python objects; closed flows count until their summary; a forgotten record
+  counts FORGOTTEN_BYTES) and a count cap (MAX_FLOWS, open and closed). A new flow that does
+  not fit takes the place of the oldest idle flow (silent longer than `stall`: it is
+  forgotten early, as above; `evicted` counts it), then of the oldest forgotten records
+  (their summaries come early); when neither frees enough its packets are counted
+  `untracked`. Windows stop growing while the budget is spent. One warning per interval.
 All per-packet work is per batch with numpy; the Python loop runs once per flow per batch.
 """
 
@@ -293,17 +294,27 @@ class FlowTable:
         flow.nbytes = 0
 
     def _room(self, now_ns, new=True):
-        """Forget the oldest idle flows until one more flow fits (new=True: the budget and
-        MAX_FLOWS) or the flows are back within the budget; False if they do not."""
+        """Make room until one more flow fits (new=True: the budget and MAX_FLOWS) or the
+        flows are back within the budget: forget the oldest idle flows first, then let the
+        oldest forgotten records go (with their summaries); False if it does not fit."""
         extra = self._new_bytes if new else 0
-        while self.flows and not self._fits(extra, new):
-            key, flow = next(iter(self.flows.items()))
-            if now_ns - flow.last_ns <= self.stall_ns:
+        while not self._fits(extra, new):
+            oldest = next(iter(self.flows.items()), None)
+            if oldest is not None and now_ns - oldest[1].last_ns > self.stall_ns:
+                self._forget(*oldest, now_ns)
+                self.evicted += 1
+                self._pressure[1] += 1
+            elif self.forgotten and self.memory + extra > self.budget:
+                self._expire(now_ns)
+            else:
                 break
-            self._forget(key, flow, now_ns)
-            self.evicted += 1
-            self._pressure[1] += 1
         return self._fits(extra, new)
+
+    def _expire(self, now_ns):
+        """The oldest forgotten record goes, with its summary."""
+        _, flow = self.forgotten.popitem(last=False)
+        self.memory -= defaults.FORGOTTEN_BYTES
+        self._summary(flow, now_ns, "unknown")
 
     def _fits(self, extra, new):
         count = len(self.flows) + len(self.closing)
@@ -324,6 +335,7 @@ class FlowTable:
         when it does not fit)."""
         flow = self.forgotten.pop(key, None) if resume else None
         if flow is not None:
+            self.memory -= defaults.FORGOTTEN_BYTES
             flow.stats = FlowStats.resume(flow.stats, self.window)
             self._account(flow)
             log.warning("flow %s (session %s) is back after %.1f s of silence", flow.source,
@@ -353,9 +365,9 @@ class FlowTable:
         flow.stats = flow.stats.freeze()
         flow.peer = None            # the returning packet sets it (and the source if it moved)
         self.forgotten[key] = flow
+        self.memory += defaults.FORGOTTEN_BYTES
         if len(self.forgotten) > defaults.FORGOTTEN_MAX:
-            _, old = self.forgotten.popitem(last=False)
-            self._summary(old, now_ns, "unknown")
+            self._expire(now_ns)
 
     def _malformed(self, recs):
         by_source = {}
@@ -405,12 +417,8 @@ class FlowTable:
                 self._release(flow)
                 del self.closing[key]
         keep_ns = int(defaults.FORGOTTEN_KEEP_S * 1e9)
-        while self.forgotten:
-            key, flow = next(iter(self.forgotten.items()))
-            if now_ns - flow.last_ns <= keep_ns:
-                break
-            del self.forgotten[key]
-            self._summary(flow, now_ns, "unknown")
+        while self.forgotten and now_ns - next(iter(self.forgotten.values())).last_ns > keep_ns:
+            self._expire(now_ns)
 
     def finish(self, now_ns):
         """At exit: a last interval and the summary of every flow."""

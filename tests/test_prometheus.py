@@ -105,12 +105,13 @@ def test_bucket_counts_edges():
 def test_counters_sum_sessions_and_stay_monotonic(sink):
     sink.packets("a:1", DEST, None, np.array([1500, 3000, 7000], np.int64))
     sink.record(interval("a:1", session="01", received=3, lost=2, loss_bursts=1))
-    sink.record(interval("a:1", session="02", received=5, lost=-1))   # a loss taken back
+    # a second session of the same source; a late packet takes back a loss
+    sink.record(interval("a:1", session="02", received=5, lost=-1, local_drops=4))
     got = scrape(sink)
     key = flow_labels("a:1")
     assert got[("packet_flow_received_packets_total", key)] == 8
     assert got[("packet_flow_lost_packets_total", key)] == 2          # held, not decreased
-    assert got[("packet_flow_local_dropped_packets_total", key)] == 0
+    assert got[("packet_flow_local_dropped_packets_total", key)] == 4
     assert got[("packet_flow_one_way_delay_seconds_count", key)] == 3
     assert got[("packet_flow_one_way_delay_seconds_sum", key)] == pytest.approx(11.5e-6)
     le = dict(key + (("le", "5e-06"),))
