@@ -75,7 +75,7 @@ def in_process(flows: int) -> dict:
     renders, snaps = [], []
     for _ in range(5):
         t = time.perf_counter()
-        sink._render()
+        sink._render(wait=True)
         renders.append(time.perf_counter() - t)
         t = time.perf_counter()
         with sink.state_lock:
@@ -92,7 +92,7 @@ def in_process(flows: int) -> dict:
 
     serves = serve_times()
     busy = threading.Event()
-    thread = threading.Thread(target=lambda: [sink._render() for _ in iter(busy.is_set, True)])
+    thread = threading.Thread(target=lambda: [sink._render(wait=True) for _ in iter(busy.is_set, True)])
     thread.start()                          # scrapes while the output thread renders
     during = serve_times()
     busy.set()

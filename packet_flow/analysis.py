@@ -99,6 +99,14 @@ def _exact_sum(a: np.ndarray, lo: int, hi: int) -> int:
     return total
 
 
+def local_part(gap: np.ndarray, drops: np.ndarray, buffers: bool) -> np.ndarray:
+    """How many sequences of each gap the receiving host dropped itself, given the socket's
+    drops across the gap (module rules): one drop, one datagram -> min(gap, drops), the rest
+    was lost on the path; drops of GRO buffers (``buffers``), which hold one datagram or
+    several -> the whole gap."""
+    return np.where(drops > 0, gap if buffers else np.minimum(gap, drops), 0)
+
+
 class _Acc:
     """Accumulators of one interval (raw delay arrays) or of the whole flow (histograms)."""
 
@@ -614,10 +622,8 @@ class FlowStats:
         if not hit.size:
             return
         d = drops[hit]
-        if buffers:  # a dropped buffer holds one datagram or several: the whole gap
-            n, unsure = gap, int(gap[gap > d].sum())
-        else:  # one drop, one datagram: the rest of the gap was lost on the path
-            n, unsure = np.minimum(gap, d), 0
+        n = local_part(gap, d, buffers)
+        unsure = int(gap[gap > d].sum()) if buffers else 0
         if shared:
             unsure = int(gap.sum())
         start = pm[hit] + 1
