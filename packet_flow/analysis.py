@@ -55,6 +55,9 @@ Rules (the metric names are those of README.md (JSON-lines records) and REFERENC
   keeps the ring at its size.
 """
 
+import math
+import struct
+
 import numpy as np
 
 from packet_flow import defaults
@@ -177,19 +180,32 @@ _TOTALS = ("received", "lost", "late", "duplicates", "negative_owd", "local_drop
            "jitter_n")
 _FROZEN_STATS = ("owd_p50_us", "owd_p90_us", "owd_p99_us", "owd_p999_us", "jitter_us",
                  "ipdv_p99_us")
+_FROZEN = struct.Struct(f"<{len(_TOTALS)}q{len(_FROZEN_STATS)}d")
+_NONE_INT = -(1 << 63)
 
 
 class Frozen:
-    """What a forgotten flow keeps: where its sequence stood and its totals, a few hundred
-    bytes instead of its ring and histograms. ``FlowStats.resume`` continues the flow from it;
-    ``summary()`` gives the summary of a flow that never came back (its percentiles as they
-    were when it was forgotten)."""
+    """What a forgotten flow keeps: where its sequence stood and its totals, packed into a
+    few hundred bytes instead of its ring and histograms. ``FlowStats.resume`` continues the
+    flow from it; ``summary()`` gives the summary of a flow that never came back (its
+    percentiles as they were when it was forgotten)."""
 
-    __slots__ = ("bits", "next", "horizon", "totals", "hist", "stats")
+    __slots__ = ("bits", "next", "horizon", "packed", "hist")
 
     def __init__(self, bits, next_seq, horizon, totals, hist, stats):
-        self.bits, self.next, self.horizon = bits, next_seq, horizon
-        self.totals, self.hist, self.stats = totals, hist, stats
+        self.bits, self.next, self.horizon, self.hist = bits, next_seq, horizon, hist
+        self.packed = _FROZEN.pack(*(_NONE_INT if v is None else v for v in totals),
+                                   *(math.nan if v is None else v for v in stats))
+
+    @property
+    def totals(self) -> tuple:
+        v = _FROZEN.unpack(self.packed)[: len(_TOTALS)]
+        return tuple(None if x == _NONE_INT else x for x in v)
+
+    @property
+    def stats(self) -> tuple:
+        v = _FROZEN.unpack(self.packed)[len(_TOTALS) :]
+        return tuple(None if math.isnan(x) else x for x in v)
 
     def summary(self) -> dict:
         acc = _Acc(False)
@@ -438,8 +454,8 @@ class FlowStats:
         t = self._tot
         rec = t.record(self._jitter)
         return Frozen(self._bits, (self.highest + 1) & self._mask, self._horizon,
-                      tuple(getattr(t, k) for k in _TOTALS), tuple(sorted(t.hist.items())),
-                      tuple(rec[k] for k in _FROZEN_STATS))
+                      [getattr(t, k) for k in _TOTALS], tuple(sorted(t.hist.items())),
+                      [rec[k] for k in _FROZEN_STATS])
 
     @classmethod
     def resume(cls, frozen: "Frozen", window: int = defaults.SEQ_WINDOW,

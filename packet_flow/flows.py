@@ -272,7 +272,8 @@ class FlowTable:
             return
         old, flow.peer = flow.source, peer
         flow.source = address(peer[0], peer[1], int(part["family"][-1]))
-        log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
+        if flow.source != old:
+            log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
 
     @staticmethod
     def _host_drops(flow, drops):
@@ -368,6 +369,7 @@ class FlowTable:
         del self.flows[key]
         self._release(flow)
         flow.stats = flow.stats.freeze()
+        flow.peer = None            # the returning packet sets it (and the source if it moved)
         self.forgotten[key] = flow
         self.memory += defaults.FORGOTTEN_BYTES
         if len(self.forgotten) > defaults.FORGOTTEN_MAX:
