@@ -130,7 +130,7 @@ def test_old_run_replies_overtaken_by_the_new_run():
 def test_replies_dropped_by_the_senders_own_socket_are_local():
     """Replies the sender's 64 KiB socket cannot hold are neither forward nor backward loss."""
     refl = ReflectorLoop(_cfg("-m", "reflector", "--local-addr", "127.0.0.1:0"), lambda r: 0)
-    thread = threading.Thread(target=refl.run, args=(_io.now_ns() + 10_000_000_000,))
+    thread = threading.Thread(target=refl.run, args=(_io.mono_ns() + 10_000_000_000,))
     thread.start()
     sock, _ = sockets.receive_socket(("127.0.0.1", 0), socket.AF_INET, 65536, gro=False)
     tx = _io.Sender(sock.fileno(), sockets.dest_tuple(refl.sock.getsockname(), socket.AF_INET),
@@ -143,7 +143,7 @@ def test_replies_dropped_by_the_senders_own_socket_are_local():
         while refl.reflected < expect and time.monotonic() < end:
             time.sleep(0.01)
         time.sleep(0.05)
-        while back.pump(_io.now_ns()):
+        while back.pump(_io.mono_ns()):
             pass
         recs = back.drain()
         r.update(recs["seq"], recs["r_seq"], recs["tx_ns"], recs["t2_ns"], recs["t3_ns"],
