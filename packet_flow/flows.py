@@ -49,7 +49,7 @@ import numpy as np
 
 from packet_flow import _io, defaults
 from packet_flow.addresses import address
-from packet_flow.analysis import FlowStats
+from packet_flow.analysis import FlowStats, local_part
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +243,13 @@ class FlowTable:
             self._rebind(flow, part)
         else:
             flow.tx_max = max(flow.tx_max, int(part["tx_ns"].max()))
+        host = self._host_drops(flow, part["drops"])
         if self.on_gaps is not None:
-            self._gaps(flow, part)
+            self._gaps(flow, part, host)
         flow.stats.growable = self.memory < self.budget
         timed = part["coalesced"] == 0
         flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"], timed=timed,
-                          host_drops=self._host_drops(flow, part["drops"]),
-                          buffers=self.gro, shared=len(self.flows) > 1)
+                          host_drops=host, buffers=self.gro, shared=len(self.flows) > 1)
         self._account(flow)
         flow.last_ns = now_ns
         flow.fresh = True
@@ -269,7 +269,8 @@ class FlowTable:
             return
         old, flow.peer = flow.source, peer
         flow.source = address(peer[0], peer[1], int(part["family"][-1]))
-        log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
+        if flow.source != old:
+            log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
 
     @staticmethod
     def _host_drops(flow, drops):
@@ -319,12 +320,15 @@ class FlowTable:
         count = len(self.flows) + len(self.closing)
         return self.memory + extra <= self.budget and not (new and count >= defaults.MAX_FLOWS)
 
-    def _gaps(self, flow, part):
+    def _gaps(self, flow, part, host):
+        """Compat `packet_loss` points: the part of each gap lost on the path (what this
+        host's socket dropped is local, not loss)."""
         seq = flow.stats.unwrap(part["seq"])     # a 32-bit STAMP sequence wraps
         before = np.maximum.accumulate(np.concatenate(([flow.stats.highest], seq[:-1])))
         if flow.stats.highest < 0:
             before[0] = seq[0] - 1
-        gap = seq - before - 1
+        gap = np.maximum(seq - before - 1, 0)
+        gap -= local_part(gap, host, self.gro)
         opened = gap > 0
         if opened.any():
             self.on_gaps(flow.source, self.destination, part["rx_ns"][opened], gap[opened])
@@ -362,6 +366,7 @@ class FlowTable:
         del self.flows[key]
         self._release(flow)
         flow.stats = flow.stats.freeze()
+        flow.peer = None            # the returning packet sets it (and the source if it moved)
         self.forgotten[key] = flow
         self.memory += defaults.FORGOTTEN_BYTES
         if len(self.forgotten) > defaults.FORGOTTEN_MAX:

@@ -133,7 +133,7 @@ class SenderLoop:
         if not len(recs):
             return
         self.rtt.update(recs["seq"], recs["r_seq"], recs["tx_ns"], recs["t2_ns"],
-                        recs["t3_ns"], recs["rx_ns"])
+                        recs["t3_ns"], recs["rx_ns"], recs["drops"])
         if self.on_rtt is not None:
             self.on_rtt(self.source, str(self.cfg.remote),
                         recs["rx_ns"] - recs["tx_ns"] - (recs["t3_ns"] - recs["t2_ns"]))

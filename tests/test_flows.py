@@ -6,6 +6,7 @@ import numpy as np
 
 from packet_flow import _io
 from packet_flow.flows import FlowTable
+from packet_flow.sinks.lineproto import format_record
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -139,6 +140,8 @@ def test_forgotten_flow_resumes_and_the_gap_is_one_burst():
         tb.t.tick(T0 + S + k * 250 * MS)
     stalled = [r for r in tb.intervals() if r["stalled"]]
     assert stalled and stalled[-1]["silent_s"] >= 1.0
+    line = format_record(stalled[-1], "h").decode()       # what InfluxDB gets
+    assert "stalled=true" in line and f"silent_s={stalled[-1]['silent_s']!r}" in line
     assert not tb.t.flows and len(tb.t.forgotten) == 1 and not tb.summaries()
     tb.t.ingest(recs(range(400, 500)), T0 + 4 * S)
     tb.t.tick(T0 + 4 * S + 100 * MS)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from packet_flow import _io, config, wire
+from packet_flow import _io, config, sockets, wire
 from packet_flow.receiver import ReceiverLoop
 from packet_flow.reflector import ReflectorLoop
 from packet_flow.rtt import RttStats
@@ -125,6 +125,48 @@ def test_old_run_replies_overtaken_by_the_new_run():
     assert s["lost"] == s["forward_lost"] == s["backward_lost"] == 0
     assert s["forward_duplicates"] == s["backward_duplicates"] == 0
     assert s["forward_late"] + s["backward_late"] == 2
+
+
+def test_replies_dropped_by_the_senders_own_socket_are_local():
+    """Replies the sender's 64 KiB socket cannot hold are neither forward nor backward loss."""
+    refl = ReflectorLoop(_cfg("-m", "reflector", "--local-addr", "127.0.0.1:0"), lambda r: 0)
+    thread = threading.Thread(target=refl.run, args=(_io.now_ns() + 10_000_000_000,))
+    thread.start()
+    sock, _ = sockets.receive_socket(("127.0.0.1", 0), socket.AF_INET, 65536, gro=False)
+    tx = _io.Sender(sock.fileno(), sockets.dest_tuple(refl.sock.getsockname(), socket.AF_INET),
+                    session=9, size=_io.REFLECTED_HEADER, batch=64)
+    back = _io.Receiver(sock.fileno(), capacity=1 << 14)
+    r = RttStats()
+
+    def settle(expect):
+        end = time.monotonic() + 5
+        while refl.reflected < expect and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        while back.pump(_io.now_ns()):
+            pass
+        recs = back.drain()
+        r.update(recs["seq"], recs["r_seq"], recs["tx_ns"], recs["t2_ns"], recs["t3_ns"],
+                 recs["rx_ns"], recs["drops"])
+
+    try:
+        for _ in range(32):             # 2048 replies pile up unread
+            tx.send(64)
+        settle(2048)
+        for _ in range(5):              # then read as they come
+            tx.send(10)
+            settle(tx.sent)
+        dropped = sockets.drops(sock, -1)
+    finally:
+        refl.stop()
+        thread.join()
+        refl.close()
+        sock.close()
+    r.close()
+    s = r.summary(tx.seq)
+    assert refl.reflected == tx.sent == 2098
+    assert s["local_drops"] == tx.sent - s["reflected"] == dropped > 0
+    assert s["lost"] == s["forward_lost"] == s["backward_lost"] == s["unattributed_lost"] == 0
 
 
 def test_compat_gap_points_continue_after_stamp_wrap():
