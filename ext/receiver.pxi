@@ -27,6 +27,8 @@ cdef class Receiver:
     cdef int fd
     cdef readonly int batch, bufsize, mode
     cdef readonly uint64_t head, tail, datagrams, overwritten, kernel_drops, capacity
+    # socket buffers read: one per datagram, or one per coalesced burst with UDP GRO
+    cdef readonly uint64_t messages
     cdef uint64_t reasons[N_REASONS]
     cdef object _ring
     cdef rec_t *ring
@@ -111,17 +113,20 @@ cdef class Receiver:
         cdef uint16_t port
         cdef uint8_t fam
         cdef uint64_t written = 0, akey
+        cdef uint32_t dropped
         for i in range(nmsg):
             rx = fallback_ns
             seg = 0
             ttl = 0
+            dropped = 0     # SO_RXQ_OVFL comes only once the socket has dropped something
             c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
             while c != NULL:
                 if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
                     ts = <timespec *>CMSG_DATA(c)
                     rx = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
                 elif c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
-                    self.kernel_drops = (<uint32_t *>CMSG_DATA(c))[0]
+                    dropped = (<uint32_t *>CMSG_DATA(c))[0]
+                    self.kernel_drops = dropped
                 elif c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
                     seg = (<int *>CMSG_DATA(c))[0]
                 elif (c.cmsg_level == IPPROTO_IP and c.cmsg_type == IP_TTL) or \
@@ -155,6 +160,9 @@ cdef class Receiver:
                 r.rx_ns = rx
                 r.length = part
                 r.ttl = ttl
+                r.drops = dropped
+                # a GRO buffer is stamped when it leaves GRO, after its last segment arrived
+                r.coalesced = off + part < len_
                 memcpy(r.addr, addr, 16)
                 r.port = port
                 r.family = fam
@@ -165,6 +173,7 @@ cdef class Receiver:
                 if off >= len_:
                     break
         self.datagrams += written
+        self.messages += nmsg
         return written
 
     cdef Status _pump(self, int64_t until_ns, uint64_t max_records,

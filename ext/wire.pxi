@@ -31,7 +31,8 @@
 # Legacy format (the Rust original, bincode 1.x): exactly 17 bytes,
 #   u64 sequence | u64 send time in µs since the epoch | u8 is_final (0 or 1), little-endian.
 #
-# STAMP (RFC 8762, unauthenticated, network byte order), at least 44 bytes: see
+# STAMP (RFC 8762, unauthenticated, network byte order), at least 44 bytes (replies from
+# TWAMP-Light reflectors may end after the sender error estimate: 38 bytes): see
 # _encode_stamp, _reflect_stamp and _parse below.
 
 cpdef enum:
@@ -40,6 +41,7 @@ cpdef enum:
     REFLECTED_HEADER = 56
     LEGACY_SIZE = 17
     STAMP_SIZE = 44
+    STAMP_REPLY_MIN = 38    # a TWAMP-Light reply may end after the sender error estimate
     TAG = 16
     FLAG_FINAL = 1
     FLAG_AUTH = 2
@@ -99,13 +101,14 @@ cdef packed struct rec_t:
     uint8_t reason
     uint8_t flags
     uint8_t ttl
-    uint8_t pad[5]
+    uint32_t drops          # the socket's drop count when this datagram was queued (SO_RXQ_OVFL)
+    uint8_t coalesced       # 1: the receive timestamp is a later datagram's (same GRO buffer)
 
 RECORD = np.dtype([
     ("flow", "<u8"), ("session", "<u8"), ("seq", "<u8"), ("tx_ns", "<i8"), ("rx_ns", "<i8"),
     ("r_seq", "<u8"), ("t2_ns", "<i8"), ("t3_ns", "<i8"), ("addr", "u1", (16,)),
     ("length", "<u4"), ("port", "<u2"), ("family", "u1"), ("kind", "u1"), ("reason", "u1"),
-    ("flags", "u1"), ("ttl", "u1"), ("pad", "V5"),
+    ("flags", "u1"), ("ttl", "u1"), ("drops", "<u4"), ("coalesced", "u1"),
 ])
 assert RECORD.itemsize == sizeof(rec_t)
 
@@ -139,7 +142,11 @@ cdef inline void _stbe16(uint8_t *p, uint16_t v) noexcept nogil:
 
 
 cdef inline int64_t _ntp_to_ns(const uint8_t *p) noexcept nogil:
+    # RFC 4330 §3: seconds with the top bit set are 1968-2036 (era 0, from 1900); without it
+    # 2036-2104 (era 1, from 2036-02-07T06:28:16Z)
     cdef int64_t sec = <int64_t>_be32(p) - _NTP_OFFSET
+    if not (p[0] & 0x80):
+        sec += <int64_t>1 << 32
     cdef uint64_t frac = _be32(p + 4)
     return sec * 1000000000 + <int64_t>((frac * 1000000000) >> 32)
 
@@ -258,7 +265,7 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
         return
     if mode == WIRE_STAMP_REFLECTED:
         # RFC 8762 §4.3.1 reflector packet: seq | T3 | err | mbz | T2 | sender seq | T1 | ...
-        if n < STAMP_SIZE:
+        if n < STAMP_REPLY_MIN:
             r.reason = R_SHORT
             return
         r.r_seq = _be32(p)
@@ -267,7 +274,7 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
         r.seq = _be32(p + 24)
         r.tx_ns = _ntp_to_ns(p + 28)
         r.session = (<uint64_t>p[14] << 8) | p[15]
-        r.ttl = p[40]
+        r.ttl = p[40] if n > 40 else 0
         r.kind = K_STAMP_REFLECTED
         return
     if n == LEGACY_SIZE:

@@ -20,6 +20,19 @@ Rules (the metric names are those of README.md (JSON-lines records) and REFERENC
   settled as lost takes it back exactly: lost - 1 and its burst is split in two. Interval values are net (settled minus
   taken back during the interval), so they may be negative in that rare case and always add up to
   the summary.
+- Local drops. The caller may say, per packet, how many datagrams the receiving socket dropped
+  since the flow's previous packet. A gap that opens across such drops is the host's, not the
+  path's: when each drop is one datagram, min(gap, drops) of it is ``local_drops`` and the rest
+  ``lost``; when a drop is a socket buffer that may hold several datagrams (UDP GRO), the whole
+  gap is ``local_drops``, and if the gap is larger than the buffers dropped (a path loss could
+  hide in it) or other flows share the socket (the drops may be theirs), the record says
+  ``local_drops_exact: false``. Missing sequences are labelled when their gap opens and
+  counted when they settle; a late packet in a labelled gap takes back a local drop.
+  ``loss_burst_*`` describe runs of missing sequences whatever the cause, so their sum is
+  ``lost + local_drops``; ``loss_percent`` is ``lost / (received + local_drops + lost)``.
+- Timestamps. A packet whose receive timestamp is not its own (``timed`` False: one of a UDP
+  GRO burst that got one timestamp) counts as received, late or duplicate as any other, but
+  stays out of the delay, jitter and IPDV statistics; unique ones are counted as ``coalesced``.
 - Delays are ``rx - tx`` in int64 ns, negative kept (``negative_owd``), over unique arrivals only
   (new and late, never duplicates). Interval percentiles are exact (numpy, linear interpolation);
   summary percentiles come from a log-bucket histogram with at most 0.2 % relative error
@@ -48,6 +61,7 @@ from packet_flow import defaults
 from packet_flow.histogram import LogHistogram
 
 EMPTY = np.iinfo(np.int64).min  # ring entry of a sequence not received
+UNTIMED = EMPTY + 1  # ring entry of a sequence received without a timestamp of its own
 _JUMP_MAX = 1 << 62
 _JITTER_TAIL = 2000  # (15/16)**2000 < 1e-56: older |D| values no longer change J
 _JITTER_W = (15 / 16) ** np.arange(_JITTER_TAIL - 1, -1, -1, dtype=np.float64)
@@ -88,6 +102,7 @@ class _Acc:
     def __init__(self, interval: bool):
         self.interval = interval
         self.received = self.lost = self.late = self.duplicates = self.negative_owd = 0
+        self.local_drops = self.unsure = self.coalesced = 0
         self.hist: dict[int, int] = {}
         self.owd_n = self.owd_sum = 0
         self.owd_min = self.owd_max = None
@@ -109,7 +124,7 @@ class _Acc:
             self.hist.pop(length, None)
 
     def record(self, jitter_ns: float) -> dict:
-        lost, rcv = self.lost, self.received
+        lost, rcv, local = self.lost, self.received, self.local_drops
         if self.owd_n and self.interval:
             pct = _percentiles(self.owd_parts, PERCENTILES)
         elif self.owd_n:
@@ -130,7 +145,11 @@ class _Acc:
             "loss_bursts": sum(self.hist.values()),
             "max_loss_burst": max((k for k, v in self.hist.items() if v > 0), default=0),
             "loss_burst_hist": {str(k): v for k, v in sorted(self.hist.items())},
-            "loss_percent": round(max(0.0, 100 * lost / (rcv + lost)), 3) if rcv + lost > 0 else 0.0,
+            "loss_percent": round(max(0.0, 100 * lost / (rcv + local + lost)), 3)
+            if rcv + local + lost > 0 else 0.0,
+            "local_drops": local,
+            "local_drops_exact": not self.unsure,
+            "coalesced": self.coalesced,
             "owd_min_us": _us(self.owd_min),
             "owd_mean_us": _us(self.owd_sum / self.owd_n) if self.owd_n else None,
             "owd_p50_us": _us(pct[0]),
@@ -180,6 +199,8 @@ class FlowStats:
         self._open = -1  # start of the lost run that reaches _f, -1 if _f is not lost
         self._run_s = np.zeros(0, np.int64)  # completed lost runs ending inside the window
         self._run_e = np.zeros(0, np.int64)
+        self._loc_s = np.zeros(0, np.int64)  # sequences dropped by the receiving host, as runs
+        self._loc_e = np.zeros(0, np.int64)
         self._last_owd = None  # delay of the last unique arrival (RFC 3550 D)
         self._jitter = 0.0
         self._cur = _Acc(True)
@@ -210,6 +231,7 @@ class FlowStats:
         """Bytes of this flow's numpy buffers: the ring, the lost runs inside the window,
         the current interval's delays and the summary histograms."""
         return (self._ring.nbytes + self._run_s.nbytes + self._run_e.nbytes
+                + self._loc_s.nbytes + self._loc_e.nbytes
                 + self._cur.parts_bytes + self._tot.owd_hist.nbytes + self._tot.ipdv_hist.nbytes)
 
     def _slot(self, x):
@@ -227,15 +249,24 @@ class FlowStats:
         """Highest (unwrapped) sequence seen, -1 if none."""
         return -1 if self._low is None else self._low + self._h
 
-    def update(self, seq: np.ndarray, tx_ns: np.ndarray, rx_ns: np.ndarray) -> None:
+    def update(self, seq: np.ndarray, tx_ns: np.ndarray, rx_ns: np.ndarray, timed=None,
+               host_drops=None, buffers: bool = False, shared: bool = False) -> None:
         """Account one batch of this flow's packets, in arrival order.
 
         ``seq`` uint64 (low ``seq_bits`` bits used), ``tx_ns``/``rx_ns`` int64 ns timestamps.
+        ``timed``: bool per packet, False where ``rx_ns`` is not the packet's own (a coalesced
+        burst shares one): such packets count everywhere except in the delay statistics.
+        ``host_drops``: per packet, how many datagrams the receiving socket dropped between
+        the flow's previous packet and this one (``buffers``: socket buffers, each holding one
+        datagram or several); ``shared``: other flows use the socket too, so those drops may
+        be theirs. Gaps that open across such drops are ``local_drops``, not ``lost``.
         """
         seq = np.asarray(seq, np.uint64)
         if not seq.size:
             return
         owd = np.asarray(rx_ns, np.int64) - np.asarray(tx_ns, np.int64)
+        if timed is not None:
+            owd = np.where(timed, owd, UNTIMED)
         if self._low is None:
             self._low = int(seq[0]) & self._mask
         u = self._unwrap(seq)
@@ -245,6 +276,8 @@ class FlowStats:
             need = min(need, self._tot.received + u.size)
             if 2 * need > self._w:
                 self._grow(need)
+        if host_drops is not None:
+            self._mark_local(u, np.asarray(host_drops, np.int64), buffers, shared)
         h0, f0, w = self._h, self._f, self._w
         h_new = int(u.max())
         if in_order:
@@ -272,11 +305,35 @@ class FlowStats:
         if self._run_e.size and self._run_e[0] <= h_new - w:
             k = np.searchsorted(self._run_e, h_new - w, side="right")
             self._run_s, self._run_e = self._run_s[k:], self._run_e[k:]
+        if self._loc_e.size and self._loc_e[0] <= h_new - w:
+            k = np.searchsorted(self._loc_e, h_new - w, side="right")
+            self._loc_s, self._loc_e = self._loc_s[k:], self._loc_e[k:]
         self._delays(dd)
         for a in (self._cur, self._tot):
             a.received += int(uu.size)
             a.late += late
             a.duplicates += dups
+
+    def unwrap(self, seq: np.ndarray) -> np.ndarray:
+        """The unwrapped (absolute, int64) sequences of a batch not yet given to update(), as
+        update() will see them: a 32-bit STAMP sequence after a wrap continues above 2**32."""
+        seq = np.asarray(seq, np.uint64)
+        if self._low is None:
+            low = int(seq[0]) & self._mask if seq.size else 0
+            return self._unwrap(seq, low) + low
+        return self._unwrap(seq) + self._low
+
+    def received(self, u: np.ndarray) -> np.ndarray:
+        """Whether each unwrapped sequence (from unwrap()) was received in an earlier batch.
+        Sequences older than the window remembers count as received (nothing can be said of
+        them but that they are far in the past)."""
+        if self._low is None:
+            return np.zeros(np.shape(u), bool)
+        x = np.asarray(u, np.int64) - self._low
+        out = x <= self._h
+        known = out & (x > self._h - self._w) & (x >= max(0, self._known))
+        out[known] = self._ring[self._slot(x[known])] != EMPTY
+        return out
 
     def close(self) -> None:
         """The final packet was seen: settle every gap up to the highest sequence."""
@@ -295,8 +352,8 @@ class FlowStats:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _unwrap(self, seq: np.ndarray) -> np.ndarray:
-        ref = np.uint64((self._low + self._h) & self._mask)
+    def _unwrap(self, seq: np.ndarray, low: int | None = None) -> np.ndarray:
+        ref = np.uint64(((self._low if low is None else low) + self._h) & self._mask)
         delta = seq - ref  # uint64 arithmetic wraps modulo 2**64
         if self._bits == 64:
             signed = delta.view(np.int64)
@@ -340,9 +397,12 @@ class FlowStats:
         late = int(late_i.size + np.count_nonzero(too_old))
         return u[unique], owd[unique], int(hz[-1]), f_new, fixes, late, int(np.count_nonzero(dup))
 
-    def _lost(self, n: int, lengths: np.ndarray) -> None:
+    def _lost(self, n: int, lengths: np.ndarray, local: int = 0) -> None:
+        """n sequences settled missing, `local` of them dropped by the receiving host; the
+        lengths of the missing runs completed."""
         for a in (self._cur, self._tot):
-            a.lost += n
+            a.lost += n - local
+            a.local_drops += local
         if lengths.size:
             vals, counts = np.unique(lengths, return_counts=True)
             for v, c in zip(vals.tolist(), counts.tolist(), strict=True):
@@ -371,16 +431,17 @@ class FlowStats:
             rcv.sort()
         edges = np.concatenate([[f0], rcv, [f_new + 1]])
         gaps = np.diff(edges) - 1
+        local = self._local_in(f0 + 1, f_new, rcv)
         if not rcv.size:  # the whole range is lost: the open run goes on
             self._open = self._open if self._open >= 0 else f0 + 1
-            self._lost(f_new - f0, np.zeros(0, np.int64))
+            self._lost(f_new - f0, np.zeros(0, np.int64), local)
         else:
             lengths, starts, ends = gaps[:-1], edges[:-2] + 1, edges[1:-1] - 1
             if self._open >= 0:
                 lengths[0] += f0 - self._open + 1
                 starts[0] = self._open
             done = lengths > 0
-            self._lost(f_new - f0 - int(rcv.size), lengths[done])
+            self._lost(f_new - f0 - int(rcv.size), lengths[done], local)
             inside = done & (ends > f_new - w)
             self._run_s = np.concatenate([self._run_s, starts[inside]])
             self._run_e = np.concatenate([self._run_e, ends[inside]])
@@ -394,10 +455,58 @@ class FlowStats:
         self._run_e = np.append(self._run_e, end)
         self._open = -1
 
+    def _local_in(self, lo: int, hi: int, rcv: np.ndarray) -> int:
+        """How many sequences in lo..hi labelled local (see _mark_local) are not in rcv
+        (sorted)."""
+        if not self._loc_s.size:
+            return 0
+        s, e = np.maximum(self._loc_s, lo), np.minimum(self._loc_e, hi)
+        ok = s <= e
+        if not ok.any():
+            return 0
+        s, e = s[ok], e[ok]
+        n = int((e - s + 1).sum())
+        if rcv.size:
+            n -= int((np.searchsorted(rcv, e, "right") - np.searchsorted(rcv, s, "left")).sum())
+        return n
+
+    def _mark_local(self, u: np.ndarray, drops: np.ndarray, buffers: bool, shared: bool) -> None:
+        """Label the sequences of gaps that opened while the receiving socket dropped (see the
+        module rules). u: this batch, unwrapped, arrival order; drops: the socket's drops
+        between each packet and the flow's previous one."""
+        hit = np.flatnonzero(drops > 0)
+        if not hit.size:
+            return
+        pm = np.empty_like(u)  # highest sequence before each packet
+        pm[0] = self._h
+        np.maximum(np.maximum.accumulate(u)[:-1], self._h, out=pm[1:])
+        gap = u[hit] - pm[hit] - 1
+        hit, gap = hit[gap > 0], gap[gap > 0]
+        if not hit.size:
+            return
+        d = drops[hit]
+        if buffers:  # a dropped buffer holds one datagram or several: the whole gap
+            n, unsure = gap, int(gap[gap > d].sum())
+        else:  # one drop, one datagram: the rest of the gap was lost on the path
+            n, unsure = np.minimum(gap, d), 0
+        if shared:
+            unsure = int(gap.sum())
+        start = pm[hit] + 1
+        keep = n > 0
+        self._loc_s = np.concatenate([self._loc_s, start[keep]])
+        self._loc_e = np.concatenate([self._loc_e, (start + n - 1)[keep]])
+        for a in (self._cur, self._tot):
+            a.unsure += unsure
+
     def _take_back(self, m: int) -> None:
         """Rare path: sequence m was settled as lost and has now arrived late."""
+        k = int(np.searchsorted(self._loc_e, m))
+        local = k < self._loc_e.size and self._loc_s[k] <= m
         for a in (self._cur, self._tot):
-            a.lost -= 1
+            if local:  # the host did not drop it after all
+                a.local_drops -= 1
+            else:
+                a.lost -= 1
         if 0 <= self._open <= m:  # inside the run still open at the frontier
             parts = [m - self._open]
             if m > self._open:  # the part below m is a completed run now
@@ -433,11 +542,11 @@ class FlowStats:
     def _ipdv(self, su: np.ndarray, sd: np.ndarray) -> None:
         """|IPDV| of the pairs (s-1, s) completed by this batch (su sorted, sd their delays)."""
         if int(su[-1]) - int(su[0]) == su.size - 1:  # no hole: every neighbour is in the batch
-            parts = [np.abs(np.diff(sd))]
+            pairs = [(sd[1:], sd[:-1])]
             sides = ((np.array([0]), -1), (np.array([su.size - 1]), 1))
         else:
             adj = su[1:] == su[:-1] + 1
-            parts = [np.abs(sd[1:][adj] - sd[:-1][adj])]
+            pairs = [(sd[1:][adj], sd[:-1][adj])]
             alone_l = np.ones(su.size, bool)
             alone_l[1:] = ~adj
             alone_r = np.ones(su.size, bool)
@@ -448,7 +557,10 @@ class FlowStats:
             if i.size:
                 v = self._pre(su[i] + step)
                 ok = v != EMPTY
-                parts.append(np.abs(sd[i][ok] - v[ok]))
+                pairs.append((sd[i][ok], v[ok]))
+        # a packet without a timestamp of its own (UNTIMED) has no delay to compare
+        parts = [np.abs(a[k] - b[k]) for a, b in pairs
+                 for k in [(a != UNTIMED) & (b != UNTIMED)]]
         ipdv = np.concatenate(parts)
         if not ipdv.size:
             return
@@ -461,7 +573,14 @@ class FlowStats:
         self._tot.ipdv_hist.add(ipdv)
 
     def _delays(self, d: np.ndarray) -> None:
-        """Delay statistics and RFC 3550 jitter of the unique arrivals d, in arrival order."""
+        """Delay statistics and RFC 3550 jitter of the unique arrivals d, in arrival order
+        (UNTIMED entries are counted as `coalesced` and left out)."""
+        untimed = d == UNTIMED
+        if untimed.any():
+            n = int(np.count_nonzero(untimed))
+            for a in (self._cur, self._tot):
+                a.coalesced += n
+            d = d[~untimed]
         if not d.size:
             return
         lo, hi = int(d.min()), int(d.max())

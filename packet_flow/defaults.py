@@ -13,6 +13,8 @@ RATE_MAX_MS = 3_600_000.0   # one packet an hour
 INFLUX_URL = "http://localhost:8086"
 DATABASE = "packet_flow"
 INFLUX_ORG = "-"
+INFLUX_API = "auto"         # auto = from the version header of the server's /ping
+INFLUX_APIS = ("auto", "v1", "v2")
 RETENTION_POLICY = ""
 LOG_LEVEL = "info"
 ENV_PREFIX = "PACKET_FLOW_"
@@ -60,6 +62,7 @@ REFLECT_MAX_PPS = 2_000_000  # replies/s to one source address: above one sender
 # InfluxDB sink
 FLUSH_INTERVAL_S = 0.0      # 0 = the record interval
 SPOOL_DIR = ""              # "" = a packet-flow folder under the system temp dir
+SPOOL_MAX_BYTES = 1 << 30   # spool cap; past it the oldest points go (0 = no cap)
 SINK_MEMORY_POINTS = 200_000
 SINK_QUEUE_RECORDS = 100_000
 COMPAT_MAX_PPS = 10_000     # per-packet `latency` points per second per flow
@@ -73,6 +76,9 @@ SINK_CHUNK_POINTS = 50_000  # points per HTTP write request
 SINK_HTTP_TIMEOUT_S = 10.0
 SINK_BACKOFF_MIN_S = 0.25   # first retry after a failed write; doubles up to the max
 SINK_BACKOFF_MAX_S = 5.0
+SINK_WARN_EVERY_S = 60.0    # a persisting write problem is logged again at most this often
+SINK_SPOOL_RETRY_S = 5.0    # after a failed spool write (disk full), memory only this long
+SINK_MEMORY_HARD_FACTOR = 4  # spool failing: memory holds up to this x memory points, then drops
 
 # Report (packet-flow report): figure geometry
 REPORT_WIDTH_IN = 16.0      # figure width, inches

@@ -7,6 +7,12 @@ them into the record's `flow` id). Rules:
   with `closed: true` and the flow's `summary` are emitted, and the flow is forgotten.
 - Silence longer than `stall` marks the flow `stalled` (one warning, no invented loss);
   longer than `forget` emits its summary and forgets it.
+- The receiving host's own drops are not path loss: every record carries the socket's drop
+  count when its datagram was queued (SO_RXQ_OVFL), so the drops between two packets of a
+  flow are known, and a gap that opens across them is `local_drops` (FlowStats rules; the
+  table says whether a drop is one datagram or a GRO buffer, and whether other flows share
+  the socket). Packets of a coalesced (GRO) burst but its last share the burst's receive
+  timestamp: counted, kept out of the delay statistics and of the per-packet points.
 - Malformed datagrams are attributed to the flows of their source address when there are
   any, else to the receiver-wide counters only.
 - Flows together have a memory budget (`budget` bytes: each flow's FlowStats.nbytes plus
@@ -32,7 +38,8 @@ WIRES = {1: "native", 2: "legacy", 3: "stamp", 4: "stamp_reflected"}
 
 class Flow:
     __slots__ = ("fid", "source", "session", "wire", "stats", "last_ns", "first_ns",
-                 "tick_ns", "stalled", "closed", "malformed", "malformed_total", "nbytes")
+                 "tick_ns", "stalled", "closed", "malformed", "malformed_total", "nbytes",
+                 "drops")
 
     def __init__(self, fid, source, session, wire, now_ns, seq_bits, window):
         self.fid = fid
@@ -44,6 +51,7 @@ class Flow:
         self.stalled = self.closed = False
         self.malformed = self.malformed_total = 0
         self.nbytes = 0     # what the table's memory account holds for this flow
+        self.drops = None   # the socket's drop count when the flow's last packet was queued
 
 
 class FlowTable:
@@ -65,6 +73,7 @@ class FlowTable:
         self.on_gaps = on_gaps
         self.flows = {}             # least recently active first
         self.unattributed = 0
+        self.gro = False            # the socket coalesces (UDP GRO): a drop may be many datagrams
         self.untracked = 0          # packets of new flows refused: budget or MAX_FLOWS full
         self.evicted = 0            # idle flows dropped to make room for new ones
         self.budget = budget
@@ -123,15 +132,19 @@ class FlowTable:
                 part = part[: final[0] + 1]
             if self.on_gaps is not None:
                 self._gaps(flow, part)
-            flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"])
+            timed = part["coalesced"] == 0
+            flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"], timed=timed,
+                              host_drops=self._host_drops(flow, part["drops"]),
+                              buffers=self.gro, shared=len(self.flows) > 1)
             self._account(flow)
             flow.last_ns = now_ns
             if flow.stalled:
                 log.info("flow %s (session %s) resumed", flow.source, flow.session)
                 flow.stalled = False
             if self.on_packets is not None:
-                self.on_packets(flow.source, self.destination, part["rx_ns"],
-                                part["rx_ns"] - part["tx_ns"])
+                own = part[timed]
+                self.on_packets(flow.source, self.destination, own["rx_ns"],
+                                own["rx_ns"] - own["tx_ns"])
             if len(final):
                 flow.closed = True
                 flow.stats.close()
@@ -140,6 +153,17 @@ class FlowTable:
                 self._drop(flow)
         if self.memory > self.budget:
             self._room(now_ns, new=False)
+
+    @staticmethod
+    def _host_drops(flow, drops):
+        """Drops of the socket between each packet and the flow's previous one (the u32
+        SO_RXQ_OVFL counter wraps)."""
+        d = drops.astype(np.int64)
+        prev = np.empty_like(d)
+        prev[0] = d[0] if flow.drops is None else flow.drops
+        prev[1:] = d[:-1]
+        flow.drops = int(d[-1])
+        return (d - prev) & 0xFFFFFFFF
 
     def _account(self, flow):
         nbytes = defaults.FLOW_BYTES + flow.stats.nbytes
@@ -170,7 +194,7 @@ class FlowTable:
                                                            len(self.flows) >= defaults.MAX_FLOWS)
 
     def _gaps(self, flow, part):
-        seq = part["seq"].astype(np.int64)
+        seq = flow.stats.unwrap(part["seq"])     # a 32-bit STAMP sequence wraps
         before = np.maximum.accumulate(np.concatenate(([flow.stats.highest], seq[:-1])))
         if flow.stats.highest < 0:
             before[0] = seq[0] - 1

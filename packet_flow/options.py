@@ -262,6 +262,9 @@ OPTS = (
     Opt("database", "str", defaults.DATABASE, "InfluxDB database (1.x) or bucket (2.x)",
         _nonempty, short="-d"),
     Opt("influx-org", "str", defaults.INFLUX_ORG, "InfluxDB organisation (2.x)"),
+    Opt("influx-api", "str", defaults.INFLUX_API, "InfluxDB write API: auto (from the version "
+        "the server's /ping reports), v1 (/write?db=), v2 (/api/v2/write)",
+        _choice(defaults.INFLUX_APIS)),
     Opt("retention-policy", "str", defaults.RETENTION_POLICY,
         "InfluxDB 1.x retention policy, empty = the database's default"),
     Opt("token", "str", None, "InfluxDB token", _optional, short="-t", secret=True,
@@ -286,6 +289,8 @@ OPTS = (
         _float(defaults.INTERVAL_MIN_S, zero=True)),
     Opt("spool-dir", "str", defaults.SPOOL_DIR,
         "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
+    Opt("spool-max-bytes", "int", defaults.SPOOL_MAX_BYTES,
+        "cap on the spool's size; past it the oldest points go first, 0 = no cap", _int(0)),
     Opt("prometheus-listen", "str", None, "serve Prometheus metrics at http://ADDR:PORT/metrics "
         "(e.g. 127.0.0.1:9469; 0.0.0.0:9469 for every address), empty = off; beside the other "
         "outputs", _listen),

@@ -37,6 +37,7 @@ class ReceiverLoop:
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps,
                                budget=cfg.max_flow_memory << 20)
+        self.table.gro = sockets.gro_enabled(sock)
         self.stopping = False
         self._last = {}
 
@@ -45,7 +46,8 @@ class ReceiverLoop:
 
     def counters(self):
         """Cumulative receiver-wide counters (the `receiver` record holds their increments)."""
-        out = {"datagrams": self.rx.datagrams, "overwritten": self.rx.overwritten,
+        out = {"datagrams": self.rx.datagrams, "buffers": self.rx.messages,
+               "overwritten": self.rx.overwritten,
                "kernel_drops": sockets.drops(self.sock, self.rx.kernel_drops),
                "unattributed_malformed": self.table.unattributed,
                "untracked": self.table.untracked, "evicted": self.table.evicted}

@@ -21,6 +21,13 @@ reflector's own per-flow sequence (stateful reflector, RFC 8762 §4.2). Rules:
   a reflector counting this flow from 0 (its reflector sequence is not above its sender
   sequence), else at the first reply's reflector sequence (a reflector that counts from
   elsewhere; nothing before it is attributed).
+- A reflector that restarts, or whose table forgets the flow, numbers it from 0 again. A reply
+  to a sender sequence never answered before that carries a reflector sequence already seen
+  cannot come from a reflector still counting (it gives each packet it receives a new number),
+  so it marks the new run (``reflector_resets``): the backward stream of the old run keeps its
+  counts and a new one starts at reflector sequence 0; replies to sender sequences below the
+  one that revealed the new run still belong to the old one. Nothing turns into duplicates,
+  and no counter goes negative.
 - Packets sent after the last reply received cannot be attributed to a direction: the summary
   counts them in ``lost`` and in ``unattributed_lost`` only, so
   ``lost = forward_lost + backward_lost + unattributed_lost``. A native sender's final packet is
@@ -54,6 +61,10 @@ class RttStats:
         self.total = FlowStats(seq_bits=seq_bits, window=window, start=0)
         self.backward = FlowStats(seq_bits=seq_bits, window=window)
         self._started = False
+        self._retired = []      # backward streams of earlier reflector runs (see _reset)
+        self._untaken = []      # ... whose last interval is not yet in a record
+        self.resets = self._resets_taken = 0
+        self._since = 0         # the first sender sequence of the reflector's current run
 
     def update(self, seq, r_seq, t1_ns, t2_ns, t3_ns, t4_ns) -> None:
         """Account one batch of replies in arrival order: sender sequence, reflector sequence
@@ -71,8 +82,50 @@ class RttStats:
                 # the reflector's count began with this run: anchor it at 0 too
                 self.backward = FlowStats(seq_bits=self.seq_bits, window=self.window, start=0)
             self._started = True
-        self.total.update(seq, tx, t4)
-        self.backward.update(r_seq, tx, t4)
+        while True:
+            k = self._reset_at(seq, r_seq)
+            end = k if k >= 0 else seq.size
+            self.total.update(seq[:end], tx[:end], t4[:end])
+            back = np.ones(end, bool)
+            if self._retired:
+                # a reply of the previous run overtaken by the new run's first ones
+                back = self.total.unwrap(seq[:end]) >= self._since
+                self._retired[-1].update(r_seq[:end][~back], tx[:end][~back], t4[:end][~back])
+            self.backward.update(r_seq[:end][back], tx[:end][back], t4[:end][back])
+            if k < 0:
+                return
+            self._since = int(self.total.unwrap(seq[k:k + 1])[0])
+            self._reset()
+            seq, r_seq, tx, t4 = seq[k:], r_seq[k:], tx[k:], t4[k:]
+
+    def _reset_at(self, seq, r_seq) -> int:
+        """Index of the first reply showing that the reflector numbers this flow anew (it
+        restarted, or its table forgot the flow), or -1. A stateful reflector gives every
+        packet it receives a new sequence number, so a reply to a sender sequence never
+        answered before can only carry a reflector sequence already seen when the reflector
+        has started counting again."""
+        u = self.total.unwrap(seq)
+        before = np.empty_like(u)
+        before[0] = self.total.highest
+        np.maximum.accumulate(np.maximum(u[:-1], self.total.highest), out=before[1:])
+        new = u > before
+        cur = u >= self._since      # replies of the reflector's current run
+        ub = self.backward.unwrap(r_seq)
+        reused = self.backward.received(ub)
+        idx = np.flatnonzero(cur)
+        order = idx[np.argsort(ub[idx], kind="stable")]
+        reused[order[1:]] |= ub[order[1:]] == ub[order[:-1]]
+        hit = np.flatnonzero(new & cur & reused)
+        return int(hit[0]) if hit.size else -1
+
+    def _reset(self) -> None:
+        """Retire the backward stream of the reflector's previous run (its counts stay in the
+        records) and count the next run's reflector sequences from 0, as a reflector does."""
+        self.backward.close()
+        self._retired.append(self.backward)
+        self._untaken.append(self.backward)
+        self.backward = FlowStats(seq_bits=self.seq_bits, window=self.window, start=0)
+        self.resets += 1
 
     @property
     def highest(self) -> int:
@@ -86,12 +139,19 @@ class RttStats:
 
     def take_interval(self) -> dict:
         """Record fields for the interval since the previous call."""
-        return combine(self.total.take_interval(), self.backward.take_interval())
+        back = _add(self.backward.take_interval(), [s.take_interval() for s in self._untaken])
+        self._untaken = []
+        rec = combine(self.total.take_interval(), back)
+        rec["reflector_resets"] = self.resets - self._resets_taken
+        self._resets_taken = self.resets
+        return rec
 
     def summary(self, sent: int | None = None) -> dict:
         """Record fields for the whole run. `sent` (packets sent, sequences 0..sent-1) adds the
         packets after the last reply as `unattributed_lost`."""
-        rec = combine(self.total.summary(), self.backward.summary())
+        back = _add(self.backward.summary(), [s.summary() for s in self._retired])
+        rec = combine(self.total.summary(), back)
+        rec["reflector_resets"] = self.resets
         tail = max(0, sent - 1 - self.highest) if sent is not None else 0
         rec["unattributed_lost"] = tail
         if tail:
@@ -99,6 +159,14 @@ class RttStats:
             n = rec["reflected"] + rec["lost"]
             rec["loss_percent"] = round(max(0.0, 100 * rec["lost"] / n), 3) if n > 0 else 0.0
         return rec
+
+
+def _add(rec: dict, others: list) -> dict:
+    """rec with the loss, late and duplicate counts of other FlowStats records added."""
+    for o in others:
+        for k in ("lost", "late", "duplicates"):
+            rec[k] += o[k]
+    return rec
 
 
 def combine(total: dict, backward: dict) -> dict:

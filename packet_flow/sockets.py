@@ -40,6 +40,15 @@ def receive_socket(sockaddr, family, rcvbuf=0, gro=True):
     return sock, gro
 
 
+def gro_enabled(sock):
+    """True when the socket takes UDP GRO buffers (several datagrams per receive, and per
+    drop); when the kernel cannot tell, True (the cautious answer for drop accounting)."""
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_UDP, _io.UDP_GRO_))
+    except OSError:
+        return True
+
+
 def set_rcvbuf(sock, size):
     """SO_RCVBUFFORCE when allowed (CAP_NET_ADMIN), else SO_RCVBUF (capped by rmem_max)."""
     if not _try(sock, socket.SOL_SOCKET, 33, size, "SO_RCVBUFFORCE"):

@@ -9,7 +9,8 @@ tools use to build packets by hand. Formats:
   then zero padding, then (flag AUTH) a 16-byte truncated HMAC-SHA-256 of everything before.
 - legacy: the Rust original's 17 bytes `u64 seq | u64 send µs | u8 final`, little-endian.
 - STAMP (RFC 8762 unauthenticated, big-endian): 44-byte Session-Sender and
-  Session-Reflector test packets.
+  Session-Reflector test packets; replies of 38 bytes (TWAMP-Light reflectors that end after
+  the sender error estimate) are accepted with TTL 0. NTP timestamps follow RFC 4330 §3 eras.
 """
 
 import hashlib
@@ -27,6 +28,7 @@ from packet_flow._io import (
     MAGIC,
     NTP_OFFSET,
     REFLECTED_HEADER,
+    STAMP_REPLY_MIN,
     STAMP_SIZE,
     TAG,
     VERSION,
@@ -81,13 +83,19 @@ def encode_legacy(seq, ts_us, final=False):
 
 
 def ns_to_ntp(ns):
-    """64-bit NTP timestamp (u32 seconds since 1900, u32 fraction) as 8 big-endian bytes."""
+    """64-bit NTP timestamp (u32 seconds since 1900, u32 fraction) as 8 big-endian bytes.
+    The seconds wrap on 2036-02-07T06:28:16Z (era 1 starts again at 0)."""
     sec, rem = divmod(ns, 1_000_000_000)
     return struct.pack(">II", (sec + NTP_OFFSET) & 0xFFFFFFFF, (rem << 32) // 1_000_000_000)
 
 
 def ntp_to_ns(b):
+    """ns since the UNIX epoch of a 64-bit NTP timestamp, by the RFC 4330 §3 convention:
+    seconds with the top bit set are 1968-2036 (era 0, from 1900), without it 2036-2104
+    (era 1, from 2036-02-07T06:28:16Z)."""
     sec, frac = struct.unpack(">II", b)
+    if not sec & 0x80000000:
+        sec += 1 << 32
     return (sec - NTP_OFFSET) * 1_000_000_000 + ((frac * 1_000_000_000) >> 32)
 
 
@@ -110,11 +118,12 @@ def decode(data, key=None, stamp=None):
     Raises WireError(reason) with the same reason names as the Cython receiver."""
     n = len(data)
     if stamp is not None:
-        if n < STAMP_SIZE:
+        if n < (STAMP_SIZE if stamp == "sender" else STAMP_REPLY_MIN):
             raise WireError("short")
         if stamp == "sender":
             seq, t1, _err, ssid = _STAMP_SENDER.unpack_from(data)
             return Packet("stamp", ssid, seq, ntp_to_ns(t1))
+        data = data[:STAMP_SIZE] + bytes(max(0, STAMP_SIZE - n))    # no TTL byte: 0
         r_seq, t3, _e, ssid, t2, seq, t1, _se, _mbz, ttl = _STAMP_REFLECTOR.unpack_from(data)
         return Packet("stamp_reflected", ssid, seq, ntp_to_ns(t1), 0, r_seq,
                       ntp_to_ns(t2), ntp_to_ns(t3), ttl)

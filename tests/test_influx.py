@@ -22,6 +22,15 @@ from vmserver import BINARY, VMServer  # noqa: E402
 
 from packet_flow.errors import SinkError  # noqa: E402
 from packet_flow.sinks.influx import InfluxSink  # noqa: E402
+from packet_flow.sinks.influxlink import (  # noqa: E402
+    Answer,
+    Verdict,
+    auth_headers,
+    choose_api,
+    classify,
+    server_message,
+    split,
+)
 from packet_flow.sinks.lineproto import format_int_points, format_record  # noqa: E402
 
 needs_vm = pytest.mark.skipif(
@@ -35,7 +44,7 @@ def interval(ns: int, seq: int, **extra) -> dict:
            "destination": "[::1]:8000", "session": "00112233aabbccdd", "interval_s": 1.0,
            "received": 1000 + seq, "lost": seq % 3, "late": 0, "duplicates": 0,
            "loss_percent": 0.25, "owd_p50_us": 12.5, "owd_p999_us": None, "stalled": False,
-           "closed": False, "loss_burst_hist": {"1": 2}}
+           "closed": False, "loss_burst_hist": {}}
     rec.update(extra)
     return rec
 
@@ -74,11 +83,15 @@ def vm(tmp_path):
 # ---- pure: no server -------------------------------------------------------------------
 
 def test_format_record_schema():
-    line = format_record(interval(1795545715123456000, 4), "probe host")
+    line = format_record(interval(1795545715123456000, 4, loss_burst_hist={"1": 2, "3": 0}),
+                         "probe host")
     assert line == (
         b"packet_flow,destination=[::1]:8000,host=probe\\ host,session=00112233aabbccdd,"
         b"source=127.0.0.1:4000 interval_s=1.0,received=1004i,lost=1i,late=0i,duplicates=0i,"
-        b"loss_percent=0.25,owd_p50_us=12.5,stalled=false,closed=false 1795545715123456000\n")
+        b"loss_percent=0.25,owd_p50_us=12.5,stalled=false,closed=false 1795545715123456000\n"
+        # the loss-burst histogram: one point per burst length
+        b"packet_flow_loss_burst,destination=[::1]:8000,host=probe\\ host,length=1,"
+        b"session=00112233aabbccdd,source=127.0.0.1:4000 count=2i 1795545715123456000\n")
     # integer values of float-named fields stay floats, so field types never flip
     assert b"loss_percent=0.0," in format_record(interval(0, 0, loss_percent=0), "h")
     summary = format_record({"type": "summary", "role": "sender", "time": 0,
@@ -97,6 +110,43 @@ def test_format_int_points_matches_python():
     assert format_int_points(b"x", np.array([], np.int64), np.array([], np.int64)) == b""
 
 
+def test_answers_classified():
+    """What the writer does with each answer: exact partial-write counts only."""
+    ok, retry = Verdict("ok"), Verdict("retry")
+    assert classify(Answer(204, ""), 10) == ok
+    for status in (None, 401, 403, 404, 405, 429, 500, 503):
+        assert classify(Answer(status, "x"), 10) == retry
+    msg = ('partial write: field type conflict: input field "received" on measurement '
+           '"packet_flow" is type integer, already exists as type float dropped=4')
+    assert classify(Answer(400, msg), 10) == Verdict(
+        "partial", 4, 'field type conflict: input field "received" on measurement '
+        '"packet_flow" is type integer, already exists as type float')
+    assert classify(Answer(422, "partial write: points beyond retention policy dropped=3"),
+                    8) == Verdict("partial", 3, "points beyond retention policy")
+    # no exact count (a parse error's dropped=0 does not count the bad line): split
+    assert classify(Answer(400, "partial write: unable to parse 'x': bad dropped=0"),
+                    5) == Verdict("split")
+    assert classify(Answer(400, "field type conflict"), 5) == Verdict("split")
+    assert classify(Answer(400, "field type conflict"), 1) == Verdict(
+        "refused", 1, "field type conflict")
+    assert classify(Answer(413, "Request Entity Too Large"), 2) == Verdict("split")
+    assert split(b"a 1\nb 2\nc 3\n") in ((b"a 1\nb 2\n", b"c 3\n"), (b"a 1\n", b"b 2\nc 3\n"))
+    assert split(b"a 1\nb 2\n") == (b"a 1\n", b"b 2\n")
+    assert server_message(b'{"error":"authorization failed"}\n') == "authorization failed"
+    assert server_message('{"code":"not found","message":"bucket \\"x\\" not found"}') == \
+        'bucket "x" not found'
+
+
+def test_credentials_per_api():
+    assert auth_headers("u", "p", None, False) == {}  # 1.x: u/p query parameters
+    assert auth_headers("u", "p", None, True) == {"Authorization": "Basic dTpw"}
+    assert auth_headers(None, None, "tok", False) == {"Authorization": "Token tok"}
+    assert auth_headers(None, None, "u:p", True) == {"Authorization": "Basic dTpw"}
+    assert choose_api("v1", "http://127.0.0.1:9", {}, 0.5) == ("v1", "forced by --influx-api")
+    api, why = choose_api("auto", "http://127.0.0.1:9", {}, 0.5)
+    assert api is None and why.startswith("unreachable (")
+
+
 # ---- against a real VictoriaMetrics ------------------------------------------------------
 
 @pytest.mark.influx
@@ -112,6 +162,7 @@ def test_points_land_with_tags_fields_timestamps(vm, tmp_path):
                  "session": "00112233aabbccdd", "sent": 77, "timer_late_p99_us": 3.25})
     c = sink.close()
     assert c["written"] == 6 and c["dropped"] == c["spooled"] == c["queued"] == 0
+    assert sink.api == "v2"  # VictoriaMetrics' /ping has no version header: the 2.x path
 
     got = samples(vm, "packet_flow_received", 5, settle=1.0)
     labels = frozenset({"source": "127.0.0.1:4000", "destination": "[::1]:8000",
@@ -128,6 +179,9 @@ def test_points_land_with_tags_fields_timestamps(vm, tmp_path):
 @pytest.mark.influx
 @needs_vm
 def test_wrong_password_gives_clear_error_and_keeps_accepting(tmp_path, caplog):
+    """401 is an outage, not permission to drop: one clear line naming the server and the
+    cause; the points wait in the spool and are written exactly once when the password is
+    right."""
     with VMServer(str(tmp_path / "vmdata"), username="probe", password="right") as vm:
         cfg = make_cfg(vm.url, str(tmp_path / "spool"), token=None, username="probe",
                        password="wrong", auth_basic=True)
@@ -137,18 +191,21 @@ def test_wrong_password_gives_clear_error_and_keeps_accepting(tmp_path, caplog):
         for i in range(5):
             sink.record(interval(t0 + i * 1_000_000, i))  # must neither raise nor block
             time.sleep(0.25)
-        c = sink.close()
-        errors = [r.getMessage() for r in caplog.records if "rejected the credentials" in r.getMessage()]
+        c = sink.close(timeout=1.0)
+        errors = [r.getMessage() for r in caplog.records if "refused the credentials" in r.getMessage()]
         assert len(errors) == 1, caplog.text
-        assert f"(401 Unauthorized) at {vm.url}" in errors[0] and "--token" in errors[0]
+        assert errors[0].startswith(f"InfluxDB at {vm.url} refused the credentials (401: ")
+        assert "--username/--password" in errors[0] and "keeping points" in errors[0]
         assert sink.error == errors[0]
-        assert c["written"] == 0 and c["rejected"] == c["dropped"] == 5 and c["spooled"] == 0
+        assert c["written"] == c["rejected"] == c["dropped"] == 0 and c["spool_points"] == 5
 
         ok = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool"), token=None, username="probe",
                                  password="right", auth_basic=True))
-        ok.record(interval(t0, 0))
-        assert ok.close()["written"] == 1
-        assert len(samples(vm, "packet_flow_received")) == 1
+        ok.record(interval(t0 + 5 * 1_000_000, 5))
+        c = ok.close()
+        assert c["written"] == 6 and c["replayed"] == 5 and c["spool_points"] == 0
+        (series,) = samples(vm, "packet_flow_received", 6, settle=1.0).values()
+        assert [v for _, v in series] == [1000 + i for i in range(6)]
 
 
 @pytest.mark.influx
@@ -324,7 +381,7 @@ def test_5xx_and_429_are_retried_in_order(tmp_path, script):
     assert [int(line.rsplit(b" ", 1)[1]) // 1000 % 10 for line in lines] == list(range(6))
 
 
-def test_404_names_the_bucket_and_keeps_going(tmp_path, caplog):
+def test_404_names_the_bucket_and_keeps_the_points(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
     server = http.server.HTTPServer(("127.0.0.1", 0), _Scripted)
     server.script, server.bodies = [404] * 100, []
@@ -340,8 +397,8 @@ def test_404_names_the_bucket_and_keeps_going(tmp_path, caplog):
     finally:
         server.shutdown()
         server.server_close()
-    assert c["written"] == 0 and c["rejected"] == c["dropped"] == 3
-    assert caplog.text.count("InfluxDB has no bucket/database 'packet_flow/week'") == 1
+    assert c["written"] == c["rejected"] == c["dropped"] == 0 and c["spool_points"] == 3
+    assert caplog.text.count("has no bucket 'packet_flow/week' in org '-' (404: ") == 1
 
 
 def test_unusable_spool_dir_is_a_sink_error(tmp_path):

@@ -1,19 +1,26 @@
 """InfluxDB sink: the writer thread that sends contract records and compat points, off the
-receive path. Line protocol is in lineproto.py, the durable spool in spool.py.
+receive path. Line protocol is in lineproto.py, the server link (both write APIs, what an
+answer means) in influxlink.py, the durable spool in spool.py.
 
 Rules:
 - The caller's thread only hands items to a bounded queue (`put_nowait`); it never formats
   a batch, never touches HTTP and never raises. A full queue drops the item and counts it.
 - One background writer thread formats line protocol (lineproto.py; vectorised for
-  per-packet points), joins it into chunks every flush interval and writes each chunk with
-  influxdb-client's SYNCHRONOUS write API. The client's batching mode is never used: it
-  drops a batch after its retries (REFERENCE.md §5).
-- Unreachable server, 5xx or 429: the chunk stays. Memory holds up to `memory_points`
-  points; older chunks spill to files in the spool directory. Spool files are always older
-  than memory chunks and are replayed first, oldest first, with exponential backoff. Spool
-  files left by an earlier run for the same server and bucket are replayed at start.
-- Any other 4xx (401, 403, 404, 400, 413): the chunk is dropped, one clear log line per
-  cause names it; measuring goes on and later chunks are tried again.
+  per-packet points), joins it into chunks every flush interval and writes each chunk
+  synchronously (influxdb-client's batching mode drops a batch after its retries,
+  REFERENCE.md §5). The write API (1.x or 2.x) is chosen once, before the first write.
+- Nothing the server says is permission to drop points. No answer, 401, 403, 404, 429, 5xx
+  and any other 4xx are an outage: the chunk stays, retries back off, and the cause is
+  logged with the server's own message at most once a minute per cause. Memory holds up to
+  `memory_points` points; older chunks spill to the spool. Spool files are older than memory
+  chunks and are replayed first, oldest first; files an earlier run left for the same server
+  and bucket are replayed at start.
+- 413 splits the chunk in halves; a 400/422 partial write counts exactly the points the
+  server refused (counter `rejected`, log line with the reason) and the rest as written.
+- The spool is capped (`spool_max_bytes`): past it the oldest points go, counted
+  (`spool_evicted`) and logged. A spool write that fails (disk full) keeps the points in
+  memory (`spool_failed`), up to SINK_MEMORY_HARD_FACTOR x `memory_points`, beyond which
+  the oldest are dropped, counted and logged.
 - `close()` flushes within its timeout, spools what it could not write and logs it.
 """
 
@@ -27,80 +34,79 @@ import tempfile
 import threading
 import time
 from collections import deque
-from http.client import HTTPException
 
 import numpy as np
 
 from packet_flow import defaults
 from packet_flow.errors import SinkError
+from packet_flow.sinks import influxlink
 from packet_flow.sinks.lineproto import MEASUREMENTS, escape, format_int_points, format_record
 from packet_flow.sinks.spool import Spool
 
 log = logging.getLogger(__name__)
 
+COUNTERS = ("written", "retried", "spooled", "dropped", "replayed", "rejected", "capped",
+            "failed_requests", "split_requests", "spool_evicted", "spool_failed")
+
 
 class _Chunk:
-    __slots__ = ("data", "points", "failed")
+    __slots__ = ("data", "points", "failed", "front", "unspooled")
 
-    def __init__(self, data: bytes, points: int):
+    def __init__(self, data: bytes, points: int, front: bool = False):
         self.data, self.points, self.failed = data, points, False
-
-
-def _connection(cfg):
-    """(client kwargs, bucket, org) from the options (InfluxDB 2.x/3.x or 1.8+)."""
-    url = getattr(cfg, "influx_url", None) or defaults.INFLUX_URL
-    database = getattr(cfg, "database", None) or defaults.DATABASE
-    rp = getattr(cfg, "retention_policy", None) or defaults.RETENTION_POLICY
-    username = getattr(cfg, "username", None)
-    token = getattr(cfg, "token", None)
-    org = getattr(cfg, "influx_org", None) or defaults.INFLUX_ORG
-    if username:  # InfluxDB 1.8+ compatibility API
-        token = f"{username}:{getattr(cfg, 'password', None) or ''}"
-        org = "-"
-    bucket = f"{database}/{rp}" if rp else database
-    kwargs = {
-        "url": url,
-        "token": token,
-        "org": org,
-        "timeout": int(defaults.SINK_HTTP_TIMEOUT_S * 1000),
-    }
-    if getattr(cfg, "auth_basic", False):
-        kwargs["auth_basic"] = True
-    return kwargs, bucket, org
+        self.front = front          # a half of a split chunk: written before the spool
+        self.unspooled = False      # counted once in spool_failed
 
 
 class InfluxSink:
     """Writes contract records (and optional compat points) to InfluxDB without losing any.
 
-    Public API: record(), packets(), gaps(), close(), counters, error (the last rejection's
+    Public API: record(), packets(), gaps(), close(), counters, api (the chosen write API,
+    None until known), rejected_reasons ({server reason: points}), error (the last problem's
     log line, None while writes succeed), wants_packets. Raises SinkError at construction
-    only, when the spool directory cannot be created or read.
+    only, when the spool directory cannot be created, read or written.
     """
 
     def __init__(self, cfg):
-        self._client_kwargs, self.bucket, self.org = _connection(cfg)
-        self.url = self._client_kwargs["url"]
-        self.host = getattr(cfg, "hostname", None) or socket.gethostname()
-        self.compat = bool(getattr(cfg, "compat_points", False))
+        opt = lambda name, default=None: getattr(cfg, name, None) or default  # noqa: E731
+        self.url = opt("influx_url", defaults.INFLUX_URL)
+        self.database = opt("database", defaults.DATABASE)
+        self.rp = opt("retention_policy", defaults.RETENTION_POLICY)
+        self.username, self.password = opt("username"), opt("password")
+        self.token, self.auth_basic = opt("token"), bool(opt("auth_basic", False))
+        self.org = opt("influx_org", defaults.INFLUX_ORG)
+        if self.username:  # InfluxDB 1.8+ compatibility API on the 2.x path
+            self.org = "-"
+        self.bucket = f"{self.database}/{self.rp}" if self.rp else self.database
+        self.forced_api = opt("influx_api", defaults.INFLUX_API)
+        self.api: str | None = None
+        self._link = None
+        self.host = opt("hostname") or socket.gethostname()
+        self.compat = bool(opt("compat_points", False))
         self.wants_packets = self.compat  # the run loop hands per-packet arrays only if True
         self.compat_max_pps = int(getattr(cfg, "compat_max_pps", defaults.COMPAT_MAX_PPS) or 0)
-        flush = getattr(cfg, "flush_interval", None) or defaults.FLUSH_INTERVAL_S
-        self.flush_s = flush or getattr(cfg, "interval", None) or defaults.INTERVAL_S
-        self.memory_points = getattr(cfg, "memory_points", None) or defaults.SINK_MEMORY_POINTS
-        base = getattr(cfg, "spool_dir", None) or defaults.SPOOL_DIR
-        base = base or os.path.join(tempfile.gettempdir(), "packet-flow-spool")
+        self.flush_s = opt("flush_interval", defaults.FLUSH_INTERVAL_S) or opt(
+            "interval", defaults.INTERVAL_S)
+        self.memory_points = opt("memory_points", defaults.SINK_MEMORY_POINTS)
+        max_bytes = getattr(cfg, "spool_max_bytes", None)
+        max_bytes = defaults.SPOOL_MAX_BYTES if max_bytes is None else int(max_bytes)
+        base = opt("spool_dir", defaults.SPOOL_DIR) or os.path.join(tempfile.gettempdir(),
+                                                                    "packet-flow-spool")
         target = f"{self.url}|{self.org}|{self.bucket}".encode()
         self.spool_dir = os.path.join(base, hashlib.sha1(target).hexdigest()[:12])
         try:
-            self._spool = Spool(self.spool_dir)
+            self._spool = Spool(self.spool_dir, max_bytes)
         except OSError as e:
-            raise SinkError(f"cannot use --spool-dir {base!r}: {e.strerror}") from e
+            raise SinkError(f"option --spool-dir: cannot write to {base!r} "
+                            f"({e.strerror or e})") from e
+        if self._spool.stale:
+            log.info("removed %d unfinished .tmp files from %s", self._spool.stale,
+                     self.spool_dir)
         if self._spool.points:
             log.info("replaying %d points left in %s by an earlier run",
                      self._spool.points, self.spool_dir)
-        self._counters = dict.fromkeys(
-            ("written", "retried", "spooled", "dropped", "replayed", "rejected",
-             "capped", "failed_requests"), 0)
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self.rejected_reasons: dict[str, int] = {}
         self._queue = queue.Queue(maxsize=defaults.SINK_QUEUE_RECORDS)
         self._pending: deque[_Chunk] = deque()
         self._pending_points = 0
@@ -108,21 +114,17 @@ class InfluxSink:
         self._buf_points = 0
         self._cap_state: dict = {}
         self._warned: set = set()
+        self._warned_at: dict = {}
         self._lock = threading.Lock()  # counters (both threads; held only briefly)
         self._state = threading.Lock()  # buffers, memory chunks, spool list (never during HTTP)
         self._abandoned = False  # set by close() when the writer is stuck in an HTTP call
         self._closing = threading.Event()
         self._deadline = math.inf
         self._retry_at = 0.0
-        self._retry_after = 0.0  # seconds a 429/503 asked us to wait
+        self._spool_retry_at = 0.0
         self._backoff = defaults.SINK_BACKOFF_MIN_S
         self._down_since = None
         self.error: str | None = None
-        from influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
-
-        self._client = InfluxDBClient(**self._client_kwargs)
-        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._thread = threading.Thread(target=self._run, name="influx-writer", daemon=True)
         self._thread.start()
 
@@ -199,8 +201,9 @@ class InfluxSink:
 
     @property
     def counters(self) -> dict:
-        """written, retried, spooled, dropped, replayed, rejected, capped, failed_requests,
-        `queued` (points in memory plus items still in the hand-off queue), `spool_points`."""
+        """COUNTERS (points unless named otherwise: failed_requests and split_requests are
+        requests), `queued` (points in memory plus items still in the hand-off queue) and
+        `spool_points` (points in spool files)."""
         with self._lock:
             out = dict(self._counters)
             out["queued"] = self._pending_points + self._buf_points + self._queue.qsize()
@@ -226,12 +229,12 @@ class InfluxSink:
         if c["spool_points"]:
             log.warning("InfluxDB at %s: %d points not written at shutdown; kept in %s for the "
                         "next start", self.url, c["spool_points"], self.spool_dir)
+        for reason, n in self.rejected_reasons.items():
+            log.warning("InfluxDB at %s refused %d points: %s", self.url, n, reason)
         log.info("InfluxDB sink: written %(written)d, retried %(retried)d, spooled %(spooled)d, "
-                 "dropped %(dropped)d, capped %(capped)d", c)
-        try:
-            self._client.close()
-        except Exception:  # noqa: BLE001 - closing a pool must not fail shutdown
-            pass
+                 "dropped %(dropped)d, rejected %(rejected)d, capped %(capped)d", c)
+        if self._link is not None:
+            self._link.close()
         return c
 
     def _abandon(self) -> None:
@@ -253,20 +256,30 @@ class InfluxSink:
                 if item is not None:
                     self._add(item)
             self._seal()
+            self._spool_retry_at = 0.0
             self._spill(0)
         finally:
             self._state.release()
 
     # ---- writer thread ------------------------------------------------------------------
 
+    def _warn_every(self, key, msg: str, *args, level=logging.WARNING) -> bool:
+        """Log at most once per SINK_WARN_EVERY_S per key; True when it logged."""
+        now = time.monotonic()
+        if now - self._warned_at.get(key, -math.inf) < defaults.SINK_WARN_EVERY_S:
+            return False
+        self._warned_at[key] = now
+        log.log(level, msg, *args)
+        return True
+
     def _format(self, item) -> tuple[bytes | None, int]:
         if item[0] == "rec":
-            line = format_record(item[1], self.host)
-            if line is None and item[1].get("type") not in MEASUREMENTS:
+            data = format_record(item[1], self.host)
+            if data is None and item[1].get("type") not in MEASUREMENTS:
                 self._warn_once(("type", item[1].get("type")),
                                 "InfluxDB sink: no measurement for record type %r",
                                 item[1].get("type"))
-            return line, 1 if line else 0
+            return data, data.count(b"\n") if data else 0
         _, kind, src, dst, rx_ns, values, scale = item
         prefix = f"{kind.decode()},destination={escape(dst)},source={escape(src)} value="
         return format_int_points(prefix.encode(), values // scale, rx_ns), len(rx_ns)
@@ -309,87 +322,113 @@ class InfluxSink:
             self._buf_points = 0
         if self._pending_points > self.memory_points:
             self._spill(self.memory_points // 2)
+        hard = self.memory_points * defaults.SINK_MEMORY_HARD_FACTOR
+        while self._pending_points > hard and len(self._pending) > 1:
+            with self._lock:
+                old = self._pending.popleft()
+                self._pending_points -= old.points
+                self._counters["dropped"] += old.points
+            self._warn_every("memory", "InfluxDB sink: %d points in memory and the spool "
+                             "cannot take more; dropping the oldest (counter `dropped`)",
+                             hard, level=logging.ERROR)
 
     def _spill(self, keep_points: int) -> None:
-        """Move the oldest memory chunks to spool files until at most keep_points remain."""
+        """Move the oldest memory chunks to spool files until at most keep_points remain.
+
+        A failed spool write keeps the chunks in memory and pauses spilling for a while."""
         while self._pending and self._pending_points > keep_points:
+            if time.monotonic() < self._spool_retry_at:
+                return
             group = []
-            while (self._pending and self._pending_points > keep_points
-                   and sum(c.points for c in group) < defaults.SINK_CHUNK_POINTS):
-                with self._lock:
+            with self._lock:
+                while (self._pending and self._pending_points > keep_points
+                       and sum(c.points for c in group) < defaults.SINK_CHUNK_POINTS):
                     chunk = self._pending.popleft()
                     self._pending_points -= chunk.points
-                group.append(chunk)
+                    group.append(chunk)
             points = sum(c.points for c in group)
             try:
-                self._spool.add(b"".join(c.data for c in group))
+                evicted = self._spool.add(b"".join(c.data for c in group))
             except OSError as e:
-                self._count("dropped", points)
-                log.error("cannot spool %d points to %s (%s); dropped", points, self.spool_dir, e)
-                continue
-            self._count("spooled", points)
+                fresh = sum(c.points for c in group if not c.unspooled)
+                for c in group:
+                    c.unspooled = True
+                with self._lock:
+                    self._pending.extendleft(reversed(group))
+                    self._pending_points += points
+                    self._counters["spool_failed"] += fresh
+                self._spool_retry_at = time.monotonic() + defaults.SINK_SPOOL_RETRY_S
+                self._warn_every("spool-write", "cannot write to the spool (--spool-dir %s: "
+                                 "%s); keeping %d points in memory (counter `spool_failed`)",
+                                 self.spool_dir, e.strerror or e, self._pending_points,
+                                 level=logging.ERROR)
+                return
+            with self._lock:
+                self._counters["spooled"] += points
+                if evicted:
+                    self._counters["spool_evicted"] += evicted
+                    self._counters["dropped"] += evicted
+            if evicted:
+                self._warn_every("spool-cap", "spool %s reached --spool-max-bytes %d: dropped "
+                                 "the %d oldest points (counter `spool_evicted` has the total)",
+                                 self.spool_dir, self._spool.max_bytes, evicted)
 
-    def _write(self, data: bytes) -> str:
-        """One synchronous write: 'ok', 'retry' (keep the data) or 'reject' (drop it)."""
-        from influxdb_client import WritePrecision
-        from influxdb_client.rest import ApiException
-        from urllib3.exceptions import HTTPError
+    def _connect(self) -> bool:
+        """Choose the write API (once) and open its link; False while the server is silent."""
+        headers = influxlink.auth_headers(self.username, self.password, self.token,
+                                          self.auth_basic)
+        api, why = influxlink.choose_api(self.forced_api, self.url, headers,
+                                         defaults.SINK_HTTP_TIMEOUT_S)
+        if api is None:
+            self._trouble("unreachable", f"InfluxDB at {self.url} {why}; keeping points "
+                          f"(memory up to {self.memory_points}, then spool {self.spool_dir}) "
+                          "and retrying")
+            return False
+        if api == "v1":
+            self._link = influxlink.V1Link(self.url, self.database, self.rp, self.username,
+                                           self.password, self.token, self.auth_basic,
+                                           defaults.SINK_HTTP_TIMEOUT_S)
+        else:
+            token = f"{self.username}:{self.password or ''}" if self.username else self.token
+            self._link = influxlink.V2Link(self.url, self.bucket, self.org, token,
+                                           self.auth_basic, defaults.SINK_HTTP_TIMEOUT_S)
+        self.api = api
+        log.info("InfluxDB at %s: %s; writing with the %s API (%s)", self.url, why,
+                 "1.x" if api == "v1" else "2.x", self._link.where)
+        return True
 
-        try:
-            self._write_api.write(self.bucket, self.org, data, write_precision=WritePrecision.NS)
-        except ApiException as e:
-            if e.status == 429 or (e.status or 0) >= 500:
-                self._retry_after = self._parse_retry_after(e)
-                return self._outage(f"answers HTTP {e.status} {e.reason}")
-            self._reject(e)
-            return "reject"
-        except (HTTPError, OSError, HTTPException) as e:
-            self._retry_after = 0.0
-            return self._outage(f"unreachable ({type(e).__name__}: {str(e).split(': ')[-1]})")
-        if self._down_since is not None:
-            log.warning("InfluxDB at %s is back after %.1f s; replaying held points", self.url,
-                        time.monotonic() - self._down_since)
-            self._down_since = None
-        if self.error is not None:
-            log.warning("InfluxDB at %s accepts writes again", self.url)
-            self.error = None
-            for key in [w for w in list(self._warned) if isinstance(w, tuple) and w[0] == "reject"]:
-                self._warned.discard(key)
-        return "ok"
-
-    @staticmethod
-    def _parse_retry_after(e) -> float:
-        try:
-            return min(60.0, float((e.headers or {}).get("Retry-After", 0)))
-        except (TypeError, ValueError):
-            return 0.0
-
-    def _outage(self, cause: str) -> str:
+    def _trouble(self, key, msg: str) -> None:
+        """A write that must be tried again: count it, log it at most once a minute."""
         self._count("failed_requests")
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("InfluxDB at %s %s; keeping points (memory up to %d, then spool %s) "
-                        "and retrying", self.url, cause, self.memory_points, self.spool_dir)
-        return "retry"
-
-    def _reject(self, e) -> None:
-        status = e.status
-        body = (e.body or b"")
-        body = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
-        if status in (401, 403):
-            msg = (f"InfluxDB rejected the credentials ({status} {e.reason}) at {self.url}; "
-                   "check --token, or --username/--password (and --auth-basic for Basic auth)")
-        elif status == 404:
-            msg = (f"InfluxDB has no bucket/database '{self.bucket}' in org '{self.org}' "
-                   f"({status}) at {self.url}; check --database, --retention-policy and "
-                   "--influx-org, or create it")
-        else:
-            msg = f"InfluxDB refused points ({status} {e.reason}) at {self.url}: {body[:300]}"
         self.error = msg
-        self._warn_once(("reject", status), "%s", msg)
+        self._warn_every(key, "%s", msg)
+
+    def _explain(self, answer) -> tuple[str, str]:
+        """(key, log line) for an answer that is an outage."""
+        status, text = answer.status, answer.message
+        keep = "; keeping points and retrying"
+        if status is None:
+            return "unreachable", (
+                f"InfluxDB at {self.url} unreachable ({text}); keeping points (memory up to "
+                f"{self.memory_points}, then spool {self.spool_dir}) and retrying")
+        if status in (401, 403):
+            return status, (
+                f"InfluxDB at {self.url} refused the credentials ({status}: {text}); check "
+                "--token, or --username/--password (and --auth-basic for Basic auth)" + keep)
+        if status == 404:
+            return status, (
+                f"InfluxDB at {self.url} has no {self._link.target} ({status}: {text}); check "
+                "--database, --retention-policy and --influx-org, or create it" + keep)
+        return status, f"InfluxDB at {self.url} answers HTTP {status} ({text})" + keep
 
     def _next(self):
-        """(data, points, chunk or None, spool path or None) of the oldest held data."""
+        """(data, points, chunk or None, spool path or None) of the oldest held data;
+        halves of a split chunk go first."""
+        if self._pending and self._pending[0].front:
+            chunk = self._pending[0]
+            return chunk.data, chunk.points, chunk, None
         while len(self._spool):
             path, data, points = self._spool.oldest()
             if data is not None:
@@ -403,8 +442,21 @@ class InfluxSink:
         chunk = self._pending[0]
         return chunk.data, chunk.points, chunk, None
 
+    def _take(self, chunk, path, points) -> None:
+        """Remove the data just answered from memory or the spool (lock held)."""
+        if chunk is None:
+            try:
+                self._spool.remove(path)
+            except OSError as e:
+                log.error("cannot remove spool file %s (%s); it will be written again", path, e)
+        else:
+            with self._lock:
+                self._pending.remove(chunk)
+                self._pending_points -= points
+
     def _send(self) -> None:
-        """Write spool files (oldest first), then memory chunks, until one fails."""
+        """Write the held data (split halves, spool files oldest first, then memory chunks)
+        until a write must be retried later."""
         while True:
             with self._state:
                 if self._abandoned or not (len(self._spool) or self._pending):
@@ -412,37 +464,65 @@ class InfluxSink:
                 if self._closing.is_set() and time.monotonic() >= self._deadline:
                     return
                 data, points, chunk, path = self._next()
-            result = self._write(data) if points else "ok"  # the only step without the lock
+            # the only steps without the lock: HTTP
+            if self._link is None and not self._connect():
+                answer = None
+            else:
+                answer = self._link.write(data) if points else influxlink.Answer(204, "")
+            verdict = influxlink.classify(answer, points) if answer else influxlink.Verdict(
+                "retry")
             with self._state:
                 if self._abandoned:
                     return
-                if result == "retry":
+                if verdict.action == "retry":
+                    if answer is not None:
+                        retry_after = answer.retry_after
+                        self._trouble(*self._explain(answer))
+                    else:
+                        retry_after = 0.0
                     if chunk is None or not chunk.failed:
                         self._count("retried", points)
                         if chunk is not None:
                             chunk.failed = True
-                    delay = max(self._retry_after, self._backoff)
-                    self._retry_at = time.monotonic() + delay
+                    self._retry_at = time.monotonic() + max(retry_after, self._backoff)
                     self._backoff = min(self._backoff * 2, defaults.SINK_BACKOFF_MAX_S)
                     return
                 self._backoff = defaults.SINK_BACKOFF_MIN_S
+                self._recovered()
+                self._take(chunk, path, points)
+                if verdict.action == "split":
+                    halves = [_Chunk(h, h.count(b"\n"), front=True)
+                              for h in influxlink.split(data)]
+                    with self._lock:
+                        self._pending.extendleft(reversed(halves))
+                        self._pending_points += points
+                        self._counters["split_requests"] += 1
+                    if answer.status == 413:
+                        self._warn_once("413", "InfluxDB at %s: request too large (413) for %d "
+                                        "points; splitting chunks", self.url, points)
+                    continue
+                refused = verdict.refused
                 with self._lock:
+                    self._counters["written"] += points - refused
                     if chunk is None:
-                        try:
-                            self._spool.remove(path)
-                        except OSError as e:
-                            log.error("cannot remove spool file %s (%s); it will be written "
-                                      "again", path, e)
-                    else:
-                        self._pending.popleft()
-                        self._pending_points -= points
-                    if result == "ok":
-                        self._counters["written"] += points
-                        if chunk is None:
-                            self._counters["replayed"] += points
-                    else:
-                        self._counters["dropped"] += points
-                        self._counters["rejected"] += points
+                        self._counters["replayed"] += points - refused
+                    self._counters["rejected"] += refused
+                    self._counters["dropped"] += refused
+                if refused:
+                    reasons = self.rejected_reasons
+                    reasons[verdict.reason] = reasons.get(verdict.reason, 0) + refused
+                    self._warn_every(("refused", verdict.reason), "InfluxDB at %s refused %d "
+                                     "of %d points (%s); the counter `rejected` has the total",
+                                     self.url, refused, points, verdict.reason)
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning("InfluxDB at %s is back after %.1f s; replaying held points", self.url,
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+            self._warned_at = {k: v for k, v in self._warned_at.items()
+                               if not isinstance(k, int) and k != "unreachable"}
+        self.error = None
 
     def _run(self) -> None:
         while True:
@@ -479,5 +559,6 @@ class InfluxSink:
                     if self._abandoned or not (len(self._spool) or self._pending):
                         return
                     if time.monotonic() >= self._deadline:
+                        self._spool_retry_at = 0.0
                         self._spill(0)
                         return

@@ -7,6 +7,9 @@ Rules:
 - Fields named like durations, percentages and ratios (FLOAT_SUFFIXES) are always floats,
   so a field's type never flips between points (InfluxDB refuses such a point).
 - The record's `time` is integer ns since the epoch; it is written as is (precision ns).
+- The loss-burst histogram (`loss_burst_hist`, {length: count}) of an interval or summary
+  becomes one point per burst length with a count, in MEASUREMENT_loss_burst (tags as the
+  record's plus `length`, field `count`), at the record's time.
 - Per-packet compat points are formatted for whole arrays at once (format_int_points).
 """
 
@@ -23,6 +26,7 @@ MEASUREMENTS = {
     "receiver": "packet_flow_receiver",
 }
 TAG_KEYS = ("destination", "host", "role", "session", "source")  # sorted: what InfluxDB prefers
+BURST_TAG_KEYS = tuple(sorted((*TAG_KEYS, "length")))
 NOT_FIELDS = frozenset(("type", "time", "role", "source", "destination", "session"))
 FLOAT_SUFFIXES = ("_us", "_s", "_percent", "_ratio")  # always floats, so field types never flip
 
@@ -47,12 +51,17 @@ def _field(name: str, value) -> str | None:
     return None  # None, NaN, strings, dicts (loss_burst_hist), lists
 
 
+def _tagset(tags: dict, keys) -> str:
+    return "".join(f",{k}={escape(tags[k])}" for k in keys if tags.get(k) not in (None, ""))
+
+
 def format_record(rec: dict, host: str, now_ns: int | None = None) -> bytes | None:
-    """One contract record -> one line of line protocol (bytes, ending in \\n), or None.
+    """One contract record -> line protocol (bytes, each line ending in \\n), or None.
 
     Measurement from MEASUREMENTS by `type`; tags source, destination, session, host (and
     role for summaries); fields are the record's numeric and boolean values; the timestamp
-    is the record's integer ns `time` (now when absent).
+    is the record's integer ns `time` (now when absent). A loss-burst histogram adds one line
+    per burst length (see the module rules).
     """
     measurement = MEASUREMENTS.get(rec.get("type"))
     if measurement is None:
@@ -61,16 +70,19 @@ def format_record(rec: dict, host: str, now_ns: int | None = None) -> bytes | No
     tags["host"] = host
     if rec.get("type") != "summary":
         tags.pop("role", None)
-    tagset = "".join(
-        f",{k}={escape(tags[k])}" for k in TAG_KEYS if tags.get(k) not in (None, "")
-    )
+    tagset = _tagset(tags, TAG_KEYS)
     fields = [f for k, v in rec.items() if k not in NOT_FIELDS and (f := _field(k, v))]
     if not fields:
         return None
     ts = rec.get("time")
     if not isinstance(ts, numbers.Integral):
         ts = time.time_ns() if now_ns is None else now_ns
-    return f"{measurement}{tagset} {','.join(fields)} {int(ts)}\n".encode()
+    line = f"{measurement}{tagset} {','.join(fields)} {int(ts)}\n"
+    hist = rec.get("loss_burst_hist")
+    if isinstance(hist, dict):
+        line += "".join(f"{measurement}_loss_burst{_tagset({**tags, 'length': k}, BURST_TAG_KEYS)}"
+                        f" count={int(v)}i {int(ts)}\n" for k, v in hist.items() if v)
+    return line.encode()
 
 
 def _int_columns(values: np.ndarray):
