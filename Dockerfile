@@ -15,9 +15,10 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 # The official image ships the Python headers but no compiler; a Debian-built stand-in
-# (shared/tools/container-base.sh) needs python3-dev for them too.
+# (shared/tools/container-base.sh) needs python3-dev for them too. The extension links
+# OpenSSL's libcrypto (libssl-dev here; the runtime image has it for Python's own hashlib).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
  && { python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
       || apt-get install -y --no-install-recommends python3-dev; } \
  && rm -rf /var/lib/apt/lists/*

@@ -9,9 +9,11 @@ DIRECTIVES = {"language_level": 3, "embedsignature": True, "cdivision": True}
 extensions = [
     Extension(
         "packet_flow._io",
-        ["ext/_io.pyx", "ext/hmac_sha256.c"],
+        ["ext/_io.pyx"],
         include_dirs=[numpy.get_include(), "ext"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("_GNU_SOURCE", "1")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("_GNU_SOURCE", "1"),
+                       ("OPENSSL_SUPPRESS_DEPRECATED", "1")],
+        libraries=["crypto"],
         extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
     )
 ]

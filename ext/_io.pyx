@@ -5,9 +5,10 @@
 # included below in dependency order:
 #
 #   includes/syscalls.pxd  extern-only kernel and libc declarations
-#   includes/hmac.pxd      extern-only HMAC helper (hmac_sha256.c)
+#   includes/crypto.pxd    extern-only OpenSSL libcrypto declarations (SHA-256, CRYPTO_memcmp)
 #   status.pxi             Status (DONE, INTERRUPTED, AGAIN, REFUSED, NO_GSO), the errno path
 #   clock.pxi              CLOCK_REALTIME reads, absolute sleeps, waiting
+#   hmac.pxi               HMAC-SHA-256 with per-key precomputed states, constant-time check
 #   wire.pxi               wire constants (packet_flow/wire.py imports them), record, codecs
 #   sender.pxi             _send_all, Sender and its schedule
 #   receiver.pxi           Receiver and its ring
@@ -22,10 +23,10 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport (EACCES, EAGAIN, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH, EINTR, EIO,
                          EMSGSIZE, ENETDOWN, ENETUNREACH, ENOBUFS, EPERM, errno)
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
-from includes.hmac cimport *
+from includes.crypto cimport *
 from includes.syscalls cimport *
 
 import os
@@ -40,6 +41,7 @@ UDP_GRO_ = UDP_GRO
 
 include "status.pxi"
 include "clock.pxi"
+include "hmac.pxi"
 include "wire.pxi"
 include "sender.pxi"
 include "receiver.pxi"

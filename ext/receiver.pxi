@@ -37,10 +37,12 @@ cdef class Receiver:
     cdef iovec *iovs
     cdef sockaddr_storage *names
     cdef uint8_t *ctrl
-    cdef pf_hmac_key hkey
+    cdef hmac_key hkey
     cdef bint keyed
     cdef size_t ctrl_len
     cdef public int64_t coalesce_ns
+    cdef uint32_t least         # shorter native test packets are R_SHORT_PROBE (Reflector)
+    cdef bint split_gro         # cut UDP_GRO messages into their segments (not a Reflector)
 
     def __cinit__(self):
         self.bufs = NULL
@@ -57,7 +59,10 @@ cdef class Receiver:
         cdef int i
         if capacity < 1 or (capacity & (capacity - 1)):
             raise ValueError("ring capacity must be a power of two")
+        if batch < 1 or bufsize < 1:
+            raise ValueError("batch and bufsize must be at least 1")
         self.fd = fd
+        self.split_gro = True
         self.batch = batch
         self.bufsize = bufsize
         self.mode = mode
@@ -67,7 +72,7 @@ cdef class Receiver:
         self.ring = <rec_t *>&raw[0]
         self.keyed = bool(key)
         if self.keyed:
-            pf_hmac_init(&self.hkey, <const uint8_t *><char *>key, len(key))
+            _hmac_init(&self.hkey, <const uint8_t *><char *>key, len(key))
         self.ctrl_len = 256
         self.bufs = <uint8_t *>calloc(batch, bufsize)
         self.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
@@ -127,7 +132,7 @@ cdef class Receiver:
                 elif c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
                     dropped = (<uint32_t *>CMSG_DATA(c))[0]
                     self.kernel_drops = dropped
-                elif c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
+                elif c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO and self.split_gro:
                     seg = (<int *>CMSG_DATA(c))[0]
                 elif (c.cmsg_level == IPPROTO_IP and c.cmsg_type == IP_TTL) or \
                         (c.cmsg_level == IPPROTO_IPV6 and c.cmsg_type == IPV6_HOPLIMIT):
@@ -155,7 +160,7 @@ cdef class Receiver:
                 part = min(seg, len_ - off)
                 r = &self.ring[self.head & (self.capacity - 1)]
                 _parse(<uint8_t *>self.iovs[i].iov_base + off, part, r, self.mode,
-                       &self.hkey if self.keyed else NULL)
+                       &self.hkey if self.keyed else NULL, self.least)
                 self.reasons[r.reason] += 1
                 r.rx_ns = rx
                 r.length = part
@@ -234,6 +239,63 @@ cdef class Receiver:
         with nogil:
             self._pump(until_ns, max_records, &got)
         return got
+
+    cdef list _replies(self, int nmsg, uint64_t head0):
+        # _feed: what the batch just stored at ring[head0...] is answered with (Reflector)
+        return []
+
+    def _feed(self, const uint8_t[:] data, const uint8_t[:] control=b"", int family=AF_INET):
+        """For tests and the fuzzer: take one datagram as recvmmsg would have returned it --
+        its bytes, the kernel's control messages (well-formed, as the kernel writes them)
+        and a loopback source of `family` -- without a socket, from exactly sized heap
+        copies, so AddressSanitizer sees any access past either. Returns the replies a
+        Reflector builds for it, never sent ([] for a Receiver); the records are in the
+        ring as after pump()."""
+        cdef size_t n = data.shape[0], cn = control.shape[0]
+        cdef uint8_t *buf = <uint8_t *>malloc(n if n else 1)
+        cdef uint8_t *cbuf = <uint8_t *>malloc(cn if cn else 1)
+        cdef void *base = self.iovs[0].iov_base
+        cdef size_t base_len = self.iovs[0].iov_len
+        cdef sockaddr_in *a4 = <sockaddr_in *>&self.names[0]
+        cdef sockaddr_in6 *a6 = <sockaddr_in6 *>&self.names[0]
+        cdef msghdr *h = &self.msgs[0].msg_hdr
+        cdef uint64_t head0 = self.head
+        if buf == NULL or cbuf == NULL:
+            free(buf)
+            free(cbuf)
+            raise MemoryError()
+        if n:
+            memcpy(buf, &data[0], n)
+        if cn:
+            memcpy(cbuf, &control[0], cn)
+        memset(h, 0, sizeof(msghdr))
+        memset(&self.names[0], 0, sizeof(sockaddr_storage))
+        if family == AF_INET6:
+            a6.sin6_family = AF_INET6
+            a6.sin6_port = ntohs(9)
+            a6.sin6_addr.s6_addr[15] = 1
+            h.msg_namelen = sizeof(sockaddr_in6)
+        else:
+            a4.sin_family = AF_INET
+            a4.sin_port = ntohs(9)
+            a4.sin_addr.s_addr = ntohl(0x7f000001)
+            h.msg_namelen = sizeof(sockaddr_in)
+        h.msg_name = &self.names[0]
+        self.iovs[0].iov_base = buf
+        self.iovs[0].iov_len = n
+        h.msg_iov = &self.iovs[0]
+        h.msg_iovlen = 1
+        h.msg_control = cbuf if cn else NULL
+        h.msg_controllen = cn
+        self.msgs[0].msg_len = <unsigned int>n
+        try:
+            self._store(1, _now())
+            return self._replies(1, head0)
+        finally:
+            self.iovs[0].iov_base = base
+            self.iovs[0].iov_len = base_len
+            free(buf)
+            free(cbuf)
 
     def drain(self):
         """The records added since the last drain, oldest first, as a new array. Records

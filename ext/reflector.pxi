@@ -3,22 +3,40 @@
 # carry the REFLECTED flag, this reflector's per-flow sequence, T2 (kernel receive time) and
 # T3 (send time), and a new tag when keyed; STAMP replies follow RFC 8762 §4.3 as a stateful
 # reflector, copying the received TTL. Replies to one address with one length leave as UDP
-# GSO messages when reflect_gso is set. Its socket must not use UDP GRO (one datagram per
-# received message, answered in place).
+# GSO messages when reflect_gso is set. One record per received message: UDP_GRO control
+# messages are ignored (its socket must not use GRO; each datagram is answered in place).
+#
+# Against abuse as an amplifier: a reply is never longer than its request (native requests
+# shorter than a reply, REFLECTED_HEADER + TAG when keyed, are malformed `short_probe` and
+# get none), and each source address gets at most max_pps replies per one-second window
+# (started by its first request after the previous window, on kernel receive time);
+# refusals are counted in `limited`.
 
 cdef enum:
     RSEQ_SLOTS = 65536      # per-flow reflector sequences: open-addressing table size
     RSEQ_PROBE = 64
     GSO_MAX = 64            # replies per UDP GSO message
     GSO_BYTES = 65000       # payload bytes per UDP GSO message (below the 64 KiB IP limit)
+    RATE_SLOTS = 16384      # per-source reply windows: open-addressing table size
+    RATE_PROBE = 8
+
+
+cdef struct rate_t:
+    uint64_t key            # mix of the source address, | 1 (0: a free slot)
+    int64_t start           # kernel receive time that opened its current window
+    uint32_t count          # replies in that window
 
 
 cdef class Reflector(Receiver):
     """A Receiver (same arguments; mode WIRE_NATIVE or WIRE_STAMP) that answers what it
-    receives; `reflected` counts the replies, `reflect_errors` the replies the kernel
-    refused."""
+    receives, never with more bytes than it received; `reflected` counts the replies,
+    `reflect_errors` the replies the kernel refused, `limited` the requests refused a reply
+    because their source address had max_pps replies in its current second (0 = no
+    limit; settable)."""
 
-    cdef readonly uint64_t reflected, reflect_errors
+    cdef readonly uint64_t reflected, reflect_errors, limited
+    cdef public uint32_t max_pps
+    cdef rate_t *rates
     cdef public bint reflect_gso
     # STAMP Error Estimate (RFC 4656 §4.1.2) written into reflections; settable
     cdef public uint16_t error_estimate
@@ -36,11 +54,19 @@ cdef class Reflector(Receiver):
         self.sctrl = NULL
         self.rseq_keys = NULL
         self.rseq_vals = NULL
+        self.rates = NULL
         self.error_estimate = 0x0001
 
     def __init__(self, int fd, int batch=64, uint64_t capacity=1 << 18, int bufsize=65536,
-                 key=None, int mode=0):
+                 key=None, int mode=0, uint32_t max_pps=0):
+        if bufsize < REFLECTED_HEADER + TAG:
+            raise ValueError(f"a reflector's buffers must hold a reflected packet: "
+                             f"bufsize >= {REFLECTED_HEADER + TAG}")
         Receiver.__init__(self, fd, batch, capacity, bufsize, key, mode)
+        self.least = REFLECTED_HEADER + (TAG if self.keyed else 0)
+        self.split_gro = False
+        self.max_pps = max_pps
+        self.rates = <rate_t *>calloc(RATE_SLOTS, sizeof(rate_t))
         self.smsgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
         self.siovs = <iovec *>calloc(batch, sizeof(iovec))
         self.gmsgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
@@ -48,7 +74,7 @@ cdef class Reflector(Receiver):
         self.rseq_keys = <uint64_t *>calloc(RSEQ_SLOTS, sizeof(uint64_t))
         self.rseq_vals = <uint64_t *>calloc(RSEQ_SLOTS, sizeof(uint64_t))
         if not (self.smsgs and self.siovs and self.gmsgs and self.sctrl and self.rseq_keys
-                and self.rseq_vals):
+                and self.rseq_vals and self.rates):
             raise MemoryError()
 
     def __dealloc__(self):
@@ -58,6 +84,7 @@ cdef class Reflector(Receiver):
         free(self.sctrl)
         free(self.rseq_keys)
         free(self.rseq_vals)
+        free(self.rates)
 
     cdef uint64_t _next_rseq(self, uint64_t flow) noexcept nogil:
         # Open addressing by flow id; after RSEQ_PROBE collisions the oldest slot is reused
@@ -75,38 +102,75 @@ cdef class Reflector(Receiver):
         self.rseq_vals[i] = v + 1
         return v
 
+    cdef bint _allow(self, const rec_t *r) noexcept nogil:
+        # One more reply to r's source address within max_pps per window? Open addressing
+        # by address; when RATE_PROBE slots are taken by others, the oldest window is reused.
+        cdef uint64_t key = _mix(_ld64(r.addr) ^ _mix(_ld64(r.addr + 8))) | 1
+        cdef uint64_t i = key & (RATE_SLOTS - 1), oldest = i
+        cdef rate_t *e
+        cdef int probe
+        if self.max_pps == 0:
+            return True
+        for probe in range(RATE_PROBE):
+            e = &self.rates[i]
+            if e.key == key or e.key == 0:
+                break
+            if e.start < self.rates[oldest].start:
+                oldest = i
+            i = (i + 1) & (RATE_SLOTS - 1)
+        else:
+            e = &self.rates[oldest]
+        if e.key != key or r.rx_ns - e.start >= 1000000000 or r.rx_ns < e.start:
+            e.key = key
+            e.start = r.rx_ns
+            e.count = 0
+        if e.count >= self.max_pps:
+            self.limited += 1
+            return False
+        e.count += 1
+        return True
+
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef Status _received(self, int nmsg, uint64_t head0) except ERROR nogil:
-        # Answers the nmsg datagrams just stored at ring[head0...] (one record each: the
-        # socket has no UDP GRO), from their own buffers, to their own source addresses.
-        cdef int i, n = 0, done = 0, nsend
-        cdef mmsghdr *out
+    cdef int _answer(self, int nmsg, uint64_t head0) noexcept nogil:
+        # Turns the datagrams just stored at ring[head0...] (one record per message) that
+        # get an answer into their replies, in place and in their own length, and points
+        # smsgs/siovs at them; returns how many.
+        cdef int i, n = 0
         cdef rec_t *r
         cdef uint8_t *p
-        cdef uint32_t newlen
         cdef int64_t t3 = _now()
         for i in range(nmsg):
             r = &self.ring[(head0 + i) & (self.capacity - 1)]
+            if not (r.kind == K_STAMP or r.kind == K_NATIVE and not (r.flags & FLAG_REFLECTED)):
+                continue
+            if not self._allow(r):
+                continue
             p = <uint8_t *>self.iovs[i].iov_base
-            if r.kind == K_NATIVE and not (r.flags & FLAG_REFLECTED):
-                newlen = _reflect_native(p, self.msgs[i].msg_len, r.flags,
-                                         self._next_rseq(r.flow), r.rx_ns, t3,
-                                         &self.hkey if self.keyed else NULL)
-            elif r.kind == K_STAMP:
-                newlen = self.msgs[i].msg_len
+            if r.kind == K_NATIVE:
+                _reflect_native(p, r.length, self._next_rseq(r.flow), r.rx_ns, t3,
+                                &self.hkey if self.keyed else NULL)
+            else:
                 _reflect_stamp(p, <uint32_t>self._next_rseq(r.flow), r.rx_ns, t3,
                                self.error_estimate, r.ttl)
-            else:
-                continue
             self.siovs[n].iov_base = p
-            self.siovs[n].iov_len = newlen
+            self.siovs[n].iov_len = r.length
             memset(&self.smsgs[n].msg_hdr, 0, sizeof(msghdr))
             self.smsgs[n].msg_hdr.msg_name = &self.names[i]
             self.smsgs[n].msg_hdr.msg_namelen = self.msgs[i].msg_hdr.msg_namelen
             self.smsgs[n].msg_hdr.msg_iov = &self.siovs[n]
             self.smsgs[n].msg_hdr.msg_iovlen = 1
             n += 1
+        return n
+
+    cdef list _replies(self, int nmsg, uint64_t head0):
+        cdef int k, n = self._answer(nmsg, head0)
+        return [(<char *>self.siovs[k].iov_base)[:self.siovs[k].iov_len] for k in range(n)]
+
+    cdef Status _received(self, int nmsg, uint64_t head0) except ERROR nogil:
+        # answers the batch just stored, from its own buffers, to its own source addresses
+        cdef int i, n = self._answer(nmsg, head0), done = 0, nsend
+        cdef mmsghdr *out
         out = self.smsgs
         nsend = n
         if self.reflect_gso and n > 1:

@@ -84,7 +84,7 @@ cdef class Sender:
     cdef uint8_t *ctrl
     cdef sockaddr_storage dest
     cdef socklen_t dest_len
-    cdef pf_hmac_key hkey
+    cdef hmac_key hkey
     cdef bint keyed
     cdef object _lat
     cdef int64_t[::1] lat
@@ -116,7 +116,7 @@ cdef class Sender:
         self.segments = segments
         self.keyed = bool(key) and wire == WIRE_NATIVE
         if self.keyed:
-            pf_hmac_init(&self.hkey, <const uint8_t *><char *>key, len(key))
+            _hmac_init(&self.hkey, <const uint8_t *><char *>key, len(key))
         _sockaddr_from(dest, &self.dest, &self.dest_len)
         self.bufs = <uint8_t *>calloc(batch * segments, self.size)
         self.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))

@@ -65,11 +65,12 @@ cpdef enum:
     R_LEGACY = 5
     R_NO_TAG = 6
     R_BAD_TAG = 7
+    R_SHORT_PROBE = 8
 
 cdef enum:
     MAGIC0 = 0x50       # 'P'
     MAGIC1 = 0x46       # 'F'
-    N_REASONS = 8
+    N_REASONS = 9
 
 cdef extern from *:
     """
@@ -80,7 +81,8 @@ cdef extern from *:
 MAGIC = bytes((MAGIC0, MAGIC1))
 NTP_OFFSET = _NTP_OFFSET
 KINDS = ("malformed", "native", "legacy", "stamp", "stamp_reflected")
-REASONS = ("ok", "short", "magic", "version", "truncated", "legacy", "no_tag", "bad_tag")
+REASONS = ("ok", "short", "magic", "version", "truncated", "legacy", "no_tag", "bad_tag",
+           "short_probe")
 
 
 # A parsed datagram as the receive ring stores it; RECORD is its numpy view.
@@ -158,11 +160,18 @@ cdef inline void _ns_to_ntp(uint8_t *p, int64_t ns) noexcept nogil:
     _stbe32(p + 4, <uint32_t>((rem << 32) // 1000000000))
 
 
-cdef inline void _sign(const pf_hmac_key *key, uint8_t *p, size_t n) noexcept nogil:
+cdef inline void _sign(const hmac_key *key, uint8_t *p, size_t n) noexcept nogil:
     # the last TAG bytes of p[:n] become the truncated HMAC-SHA-256 of the bytes before them
     cdef uint8_t mac[32]
-    pf_hmac(key, p, n - TAG, mac)
+    _hmac(key, p, n - TAG, mac)
     memcpy(p + n - TAG, mac, TAG)
+
+
+cdef inline bint _tag_ok(const hmac_key *key, const uint8_t *p, size_t n) noexcept nogil:
+    # whether the last TAG bytes of p[:n] are the tag of the bytes before them
+    cdef uint8_t mac[32]
+    _hmac(key, p, n - TAG, mac)
+    return CRYPTO_memcmp(mac, p + n - TAG, TAG) == 0
 
 
 # ---------------------------------------------------------------- encoders
@@ -196,25 +205,17 @@ cdef inline void _encode_stamp(uint8_t *p, uint64_t seq, int64_t tx_ns, uint16_t
     _stbe16(p + 14, <uint16_t>session)
 
 
-cdef inline uint32_t _reflect_native(uint8_t *p, uint32_t length, uint8_t flags, uint64_t r_seq,
-                                     int64_t t2_ns, int64_t t3_ns,
-                                     const pf_hmac_key *key) noexcept nogil:
-    # Turns the valid native test packet p[:length] into its reflection in place (the buffer
-    # has room for REFLECTED_HEADER + TAG) and returns its length: grown to the reflected
-    # header (zero-filled) if shorter, REFLECTED set, reflector sequence, T2, T3, and a new
-    # tag when key is not NULL.
-    cdef uint32_t newlen = length
-    cdef uint32_t least = REFLECTED_HEADER + (TAG if flags & FLAG_AUTH else 0)
-    if newlen < least:
-        newlen = least
-        memset(p + length, 0, newlen - length)
+cdef inline void _reflect_native(uint8_t *p, uint32_t length, uint64_t r_seq, int64_t t2_ns,
+                                 int64_t t3_ns, const hmac_key *key) noexcept nogil:
+    # Turns the native test packet p[:length] into its reflection in place, in its own length
+    # (at least REFLECTED_HEADER, + TAG when key is not NULL: _parse's `least`): REFLECTED
+    # set, reflector sequence, T2, T3, and a new tag when key is not NULL.
     p[3] |= FLAG_REFLECTED
     _st64(p + 32, r_seq)
     _st64(p + 40, <uint64_t>t2_ns)
     _st64(p + 48, <uint64_t>t3_ns)
     if key != NULL:
-        _sign(key, p, newlen)
-    return newlen
+        _sign(key, p, length)
 
 
 cdef inline void _reflect_stamp(uint8_t *p, uint32_t r_seq, int64_t t2_ns, int64_t t3_ns,
@@ -240,11 +241,12 @@ cdef inline void _reflect_stamp(uint8_t *p, uint32_t r_seq, int64_t t2_ns, int64
 # ---------------------------------------------------------------- decoder
 
 cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
-                        const pf_hmac_key *key) noexcept nogil:
+                        const hmac_key *key, uint32_t least) noexcept nogil:
     # Fills the wire fields of r (kind, reason, flags, session, seq, tx_ns, r_seq, t2_ns,
     # t3_ns; ttl for STAMP replies) from the datagram p[:n]. mode: WIRE_NATIVE (native and
     # legacy), WIRE_STAMP or WIRE_STAMP_REFLECTED. key: require a valid tag (NULL: none).
-    cdef uint8_t mac[32]
+    # least: a native test packet (not REFLECTED) shorter than this is R_SHORT_PROBE (a
+    # reflector answers in the request's own size; checked before the tag, which costs more).
     r.kind = K_MALFORMED
     r.reason = 0
     r.flags = 0
@@ -300,12 +302,14 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
             ((r.flags & FLAG_REFLECTED) and n < REFLECTED_HEADER):
         r.reason = R_TRUNCATED
         return
+    if n < least and not (r.flags & FLAG_REFLECTED):
+        r.reason = R_SHORT_PROBE
+        return
     if key != NULL:
         if not (r.flags & FLAG_AUTH):
             r.reason = R_NO_TAG
             return
-        pf_hmac(key, p, n - TAG, mac)
-        if memcmp(mac, p + n - TAG, TAG) != 0:
+        if not _tag_ok(key, p, n):
             r.reason = R_BAD_TAG
             return
     r.kind = K_NATIVE

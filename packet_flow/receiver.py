@@ -53,7 +53,8 @@ class ReceiverLoop:
                "untracked": self.table.untracked, "evicted": self.table.evicted}
         out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
         if isinstance(self.rx, _io.Reflector):
-            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors)
+            out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors,
+                       reflect_limited=self.rx.limited)
         return out
 
     def _receiver_record(self, now_ns, since_ns):

@@ -18,6 +18,11 @@ received TTL copied, SSID kept). Rules:
   (one trip through the stack for up to 64 replies; the receiver still sees one datagram per
   reply); the core falls back to one datagram per message if the kernel refuses GSO (EIO).
 - Replies leave from the socket the test packet arrived on, to the packet's source address.
+- Never an amplifier: a reply is exactly as long as its request (native requests shorter
+  than a reply, 56 bytes or 72 with --key, are malformed `short_probe` and get none; the
+  --rtt sender makes its probes that long), and each source address gets at most
+  --reflect-max-pps replies per second (`reflect_limited` counts the refused). With --key
+  only probes whose tag verifies are answered (--reflect-authenticated insists on a key).
 """
 
 from packet_flow import _io, rtt, sockets
@@ -33,6 +38,7 @@ class ReflectorLoop(ReceiverLoop):
         super().__init__(cfg, emit, on_packets, mode=mode, sock=sock, reflect=True)
         self.rx.error_estimate = rtt.clock_error_estimate()
         self.rx.reflect_gso = sockets.gso_supported(self.sock)
+        self.rx.max_pps = cfg.reflect_max_pps
 
     @property
     def reflected(self):

@@ -113,8 +113,10 @@ def encode_stamp_reflection(r_seq, t3_ns, t2_ns, sender, ttl, error=0x0001, ssid
     return body + bytes(max(len(sender), STAMP_SIZE) - len(body))
 
 
-def decode(data, key=None, stamp=None):
+def decode(data, key=None, stamp=None, reflector=False):
     """Parse a datagram. stamp=None: native or legacy; "sender"/"reflected": STAMP.
+    reflector=True: as a reflector parses, a native test packet too short to be answered in
+    its own size (REFLECTED_HEADER, + TAG with a key) is `short_probe`.
     Raises WireError(reason) with the same reason names as the Cython receiver."""
     n = len(data)
     if stamp is not None:
@@ -142,6 +144,8 @@ def decode(data, key=None, stamp=None):
     if (n < HEADER or (flags & FLAG_AUTH and n < HEADER + TAG)
             or (flags & FLAG_REFLECTED and n < REFLECTED_HEADER)):
         raise WireError("truncated")
+    if reflector and not flags & FLAG_REFLECTED and n < REFLECTED_HEADER + (TAG if key else 0):
+        raise WireError("short_probe")
     if key:
         if not flags & FLAG_AUTH:
             raise WireError("no_tag")

@@ -1,4 +1,4 @@
-"""Hostile traffic at a receiver: spoofed sessions must not buy memory.
+"""Hostile traffic at a receiver or a reflector.
 
 1. Pure: FlowTable's memory budget (untracked new flows, the oldest idle flow evicted first,
    windows frozen while the budget is spent), on synthetic ring records.
@@ -6,6 +6,10 @@
    64-bit sequence jumps both ways) while a real sender runs beside the flood: the receiver's
    peak RSS (VmHWM) stays under 256 MiB, every datagram is accounted (flows or `untracked`),
    and the real flow's numbers stay exact.
+3. A reflector on loopback gets every request size of every wire (native, legacy, STAMP; with
+   and without a key): it answers exactly what the reference codec says it may, each reply
+   exactly as long as its request (largest reply/request = 1), and counts the short native
+   probes it refuses; its per-source rate limit refuses, and counts, exactly what exceeds it.
 """
 
 import logging
@@ -13,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -22,11 +27,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_fuzz import _udp_queue  # noqa: E402
 from test_probe import finish, free_port, pf, records, summaries, wait_bound  # noqa: E402
 
-from packet_flow import _io, defaults, wire  # noqa: E402
+from packet_flow import _io, config, defaults, wire  # noqa: E402
+from packet_flow.errors import ConfigError, WireError  # noqa: E402
 from packet_flow.flows import FlowTable  # noqa: E402
+from packet_flow.reflector import ReflectorLoop  # noqa: E402
 
 S = 1_000_000_000
 FLOOD_SESSIONS = 20_000
+REAL = 8000                 # packets of the real flow beside the flood (4 s)
 
 
 # ---------------------------------------------------------------- 1. pure: the budget
@@ -137,11 +145,12 @@ def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, 
     try:
         wait_bound(port)
         real = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 0.5,
-                  "--count", 3000, "--output", "jsonl:/dev/null")
-        time.sleep(0.3)                                  # the real flow exists first
+                  "--count", REAL, "--output", "jsonl:/dev/null")
+        time.sleep(1.0)                                  # the real flow exists first
         per = 2 if pattern == "jump" else 3
         sent = _flood(pattern, port, rx.pid)
         assert sent == FLOOD_SESSIONS * per
+        assert real.poll() is None, "the flood outlasted the real flow: nothing ran beside it"
         finish(real)
         end = time.monotonic() + 20
         while _udp_queue(rx.pid, port)[0] and time.monotonic() < end:
@@ -161,12 +170,12 @@ def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, 
     recs = records(out)
     (totals,) = [r for r in recs if r["type"] == "receiver"]
     flows = summaries(recs)
-    mine = [f for f in flows if f["received"] == 3000]
+    mine = [f for f in flows if f["received"] == REAL]
     assert len(mine) == 1
     f = mine[0]
     assert (f["lost"], f["late"], f["duplicates"], f["closed"]) == (0, 0, 0, True)
     flood = [f for f in flows if f is not mine[0]]
-    assert totals["kernel_drops"] == 0 and totals["datagrams"] == sent + 3000
+    assert totals["kernel_drops"] == 0 and totals["datagrams"] == sent + REAL
     # every spoofed session is either a flow or untracked, all its datagrams with it
     assert len(flood) + totals["untracked"] // per == FLOOD_SESSIONS
     assert totals["untracked"] % per == 0 and totals["evicted"] == 0
@@ -180,3 +189,141 @@ def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, 
     print(f"{pattern} flood: {sent} datagrams, {len(flood)} flows kept, "
           f"{totals['untracked']} untracked, receiver VmHWM {peak // 1024} MiB")
     assert 0 < peak <= 256 * 1024
+
+
+# ---------------------------------------------------------------- 3. the reflector
+
+
+KEY = b"reflector-key"
+BIG = (1400, 9000, 65507)
+
+
+def _requests(wire_name, key):
+    """Every request size 0..300 (and a few big ones) of the wire, valid where it can be,
+    plus legacy packets and already-reflected packets for the native reflector."""
+    out = []
+    for i, size in enumerate([*range(301), *BIG]):
+        if wire_name == "stamp":
+            pkt = wire.encode_stamp(i, time.time_ns(), 7, size=size)
+        else:
+            pkt = wire.encode_native(0xABCD, i, time.time_ns(), size=size, key=key)
+        out.append(pkt[:size])          # below the smallest valid packet: its first bytes
+    if wire_name == "native":
+        out += [wire.encode_legacy(5, 6), wire.encode_native(1, 2, 3, size=100, key=key,
+                                                             reflect=(1, 2, 3))]
+    return out
+
+
+def _run_reflector(args, body):
+    recs = []
+    cfg = config.load(["--log-level", "warning", "--output", "jsonl:/dev/null", "-m",
+                       "reflector", "--local-addr", "127.0.0.1:0", "--interval", "60",
+                       *map(str, args)])
+    refl = ReflectorLoop(cfg, recs.append)
+    thread = threading.Thread(target=refl.run, args=(_io.now_ns() + 30 * S,))
+    thread.start()
+    try:
+        body(("127.0.0.1", refl.sock.getsockname()[1]))
+    finally:
+        time.sleep(0.2)
+        refl.stop()
+        thread.join()
+        refl.close()
+    (totals,) = [r for r in recs if r["type"] == "receiver"]
+    return refl, totals
+
+
+def _collect(sock, timeout=1.0):
+    out = []
+    sock.settimeout(timeout)
+    while True:
+        try:
+            out.append(sock.recv(70000))
+        except TimeoutError:
+            return out
+
+
+@pytest.mark.parametrize("wire_name,key", [("native", None), ("native", KEY), ("stamp", None)],
+                         ids=["native", "native-key", "stamp"])
+def test_reflector_never_answers_with_more_bytes_than_it_received(wire_name, key):
+    requests = _requests(wire_name, key)
+    stamp = "sender" if wire_name == "stamp" else None
+    answerable, short_probes = [], 0
+    for data in requests:
+        try:
+            p = wire.decode(data, key=key, stamp=stamp, reflector=True)
+        except WireError as e:
+            short_probes += str(e) == "short_probe"
+            continue
+        if p.wire == "stamp" or p.wire == "native" and not p.flags & wire.FLAG_REFLECTED:
+            answerable.append(data)
+    got = []
+
+    def body(addr):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            for data in requests:
+                c.sendto(data, addr)
+                time.sleep(0.0002)
+            got.extend(_collect(c))
+
+    args = ["--wire", wire_name] + (["--key", KEY.decode()] if key else [])
+    refl, totals = _run_reflector(args, body)
+    assert len(got) == len(answerable) == refl.reflected == totals["reflected"]
+    assert [len(r) for r in got] == [len(d) for d in answerable]      # in order, same size
+    ratio = max(len(r) / len(d) for r, d in zip(got, answerable, strict=True))
+    assert ratio == 1.0 and sum(map(len, got)) <= sum(map(len, requests))
+    least = wire.STAMP_SIZE if stamp else wire.REFLECTED_HEADER + (wire.TAG if key else 0)
+    assert min(map(len, answerable)) == least
+    assert totals["malformed"]["short_probe"] == short_probes
+    assert short_probes == (0 if stamp else least - wire.HEADER - (wire.TAG if key else 0))
+    assert totals["datagrams"] == len(requests) and totals["reflect_limited"] == 0
+    print(f"{wire_name}{'+key' if key else ''}: {len(requests)} requests "
+          f"({sum(map(len, requests))} B), {len(got)} replies ({sum(map(len, got))} B), "
+          f"largest reply/request {ratio}")
+
+
+def test_reflector_rate_limit_per_source_address_counted_exactly():
+    got = {"a": 0, "b": 0}
+
+    def body(addr):
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.2", 0))                      # another source address
+        try:
+            for i in range(500):                      # one burst, well inside one second
+                a.sendto(wire.encode_native(1, i, time.time_ns(), size=56), addr)
+            for i in range(50):
+                b.sendto(wire.encode_native(2, i, time.time_ns(), size=56), addr)
+            got["a"] += len(_collect(a, 0.5))
+            got["b"] += len(_collect(b, 0.2))
+            time.sleep(0.6)                           # a's window is over
+            for i in range(500, 510):
+                a.sendto(wire.encode_native(1, i, time.time_ns(), size=56), addr)
+            got["a"] += len(_collect(a, 0.5))
+        finally:
+            a.close()
+            b.close()
+
+    refl, totals = _run_reflector(["--reflect-max-pps", 100], body)
+    assert got == {"a": 110, "b": 50}
+    assert refl.reflected == totals["reflected"] == 160
+    assert refl.rx.limited == totals["reflect_limited"] == 400
+    assert totals["datagrams"] == 560
+
+
+def test_reflect_authenticated_needs_a_key_and_the_native_wire():
+    for args in ([], ["--wire", "stamp", "--key", "k"]):
+        with pytest.raises(ConfigError, match="reflect-authenticated"):
+            config.load(["-m", "reflector", "--reflect-authenticated", *args])
+    cfg = config.load(["-m", "reflector", "--reflect-authenticated", "--key", "k"])
+    assert cfg.reflect_authenticated and cfg.key == b"k"
+    assert config.load(["-m", "reflector"]).reflect_max_pps == defaults.REFLECT_MAX_PPS
+
+
+def test_reflector_buffers_must_hold_a_reflected_packet():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with pytest.raises(ValueError, match="bufsize"):
+            _io.Reflector(s.fileno(), bufsize=_io.REFLECTED_HEADER + _io.TAG - 1)
+        _io.Reflector(s.fileno(), bufsize=_io.REFLECTED_HEADER + _io.TAG, capacity=16)

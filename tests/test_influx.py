@@ -406,3 +406,24 @@ def test_unusable_spool_dir_is_a_sink_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(SinkError, match="--spool-dir"):
         InfluxSink(make_cfg("http://127.0.0.1:9", str(blocker / "spool")))
+
+
+def test_influx_api_and_spool_cap_options_from_cli_env_and_toml(tmp_path, monkeypatch):
+    from packet_flow import config
+    from packet_flow.errors import ConfigError
+
+    base = ["--token", "t"]
+    cfg = config.load(base)
+    assert (cfg.influx_api, cfg.spool_max_bytes) == ("auto", 1 << 30)
+    toml = tmp_path / "pf.toml"
+    toml.write_text('influx_api = "v1"\nspool_max_bytes = 5000\n')
+    cfg = config.load([*base, "--config-file", str(toml)])
+    assert (cfg.influx_api, cfg.spool_max_bytes) == ("v1", 5000)
+    monkeypatch.setenv("PACKET_FLOW_INFLUX_API", "v2")
+    cfg = config.load([*base, "--config-file", str(toml)])
+    assert (cfg.influx_api, cfg.spool_max_bytes) == ("v2", 5000)
+    cfg = config.load([*base, "--influx-api", "auto", "--spool-max-bytes", "0"])
+    assert (cfg.influx_api, cfg.spool_max_bytes) == ("auto", 0)
+    with pytest.raises(ConfigError, match="option --influx-api: value 'v3'.*must be one of auto, "
+                                        "v1, v2"):
+        config.load([*base, "--influx-api", "v3"])

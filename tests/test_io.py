@@ -85,7 +85,7 @@ def test_malformed_counted_by_reason_never_raises(link):
     recs = lk.collect(len(junk) + 1)
     assert len(recs) == len(junk) + 1
     assert lk.rx.malformed == {"short": 2, "magic": 2, "version": 1, "truncated": 1,
-                               "legacy": 1, "no_tag": 0, "bad_tag": 0}
+                               "legacy": 1, "no_tag": 0, "bad_tag": 0, "short_probe": 0}
     assert int(recs[-1]["kind"]) == 1 and int(recs[-1]["seq"]) == 9
     assert lk.rx.datagrams == len(junk) + 1
 

@@ -100,6 +100,7 @@ cdef extern from "<netinet/in.h>" nogil:
         uint16_t sin6_port
         in6_addr sin6_addr
     uint16_t ntohs(uint16_t)
+    uint32_t ntohl(uint32_t)
 
 
 cdef extern from "<netinet/udp.h>" nogil:

@@ -139,10 +139,13 @@ class InfluxSink:
             self._warned.add(key)
             log.warning(msg, *args)
 
-    def _put(self, item, points: int) -> None:
+    def _put(self, item, points: int | None) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            if points is None:  # a record: one point, plus one per loss-burst length
+                hist = item[1].get("loss_burst_hist")
+                points = 1 + (sum(1 for v in hist.values() if v) if isinstance(hist, dict) else 0)
             self._count("dropped", points)
             self._warn_once("queue", "InfluxDB sink hand-off queue full (%d items); dropping "
                             "points (the writer cannot keep up)", self._queue.maxsize)
@@ -151,7 +154,7 @@ class InfluxSink:
         """Queue one contract record (interval, sender, summary, receiver) for writing."""
         if self._closing.is_set():
             return
-        self._put(("rec", dict(rec)), 1)  # a copy: the caller may reuse its dict
+        self._put(("rec", dict(rec)), None)  # a copy: the caller may reuse its dict
 
     def _cap(self, key, rx_ns: np.ndarray) -> np.ndarray:
         """Mask of points kept under `compat_max_pps` per flow per second of rx time."""
@@ -534,6 +537,8 @@ class InfluxSink:
                 time.sleep(0.5)
 
     def _loop(self) -> None:
+        if self._link is None and not self._closing.is_set():
+            self._connect()  # the API choice is logged at start, not at the first flush
         next_flush = time.monotonic() + self.flush_s
         while not self._abandoned:
             now = time.monotonic()
