@@ -43,20 +43,23 @@ def lines(n: int, flow: int, t0: int) -> bytes:
                              t0 + np.arange(n, dtype=np.int64) * 1000)
 
 
-def bench_write(url: str, n: int) -> float:
-    """Pre-formatted chunks, synchronous writes: points/s."""
-    from influxdb_client import InfluxDBClient, WritePrecision
-    from influxdb_client.client.write_api import SYNCHRONOUS
+def bench_write(url: str, n: int, api: str) -> float:
+    """Pre-formatted chunks, synchronous writes through the sink's 1.x or 2.x link: points/s."""
+    from packet_flow.sinks.influxlink import V1Link, V2Link
 
     step = defaults.SINK_CHUNK_POINTS
     t0 = time.time_ns() - 3_600_000_000_000
     chunks = [lines(min(step, n - i), 1, t0 + i * 1000) for i in range(0, n, step)]
-    with InfluxDBClient(url=url, token="x", org="-") as client:
-        api = client.write_api(write_options=SYNCHRONOUS)
-        start = time.perf_counter()
-        for c in chunks:
-            api.write("packet_flow", "-", c, write_precision=WritePrecision.NS)
-        return n / (time.perf_counter() - start)
+    timeout = defaults.SINK_HTTP_TIMEOUT_S
+    link = (V1Link(url, "packet_flow", "", None, None, "x", False, timeout) if api == "v1"
+            else V2Link(url, "packet_flow", "-", "x", False, timeout))
+    start = time.perf_counter()
+    for c in chunks:
+        answer = link.write(c)
+        assert answer.status == 204, answer
+    rate = n / (time.perf_counter() - start)
+    link.close()
+    return rate
 
 
 def wait_written(sink: InfluxSink, n: int, limit: float) -> None:
@@ -65,11 +68,11 @@ def wait_written(sink: InfluxSink, n: int, limit: float) -> None:
         time.sleep(0.01)
 
 
-def bench_packets(url: str, spool: str, n: int) -> float:
+def bench_packets(url: str, spool: str, n: int, api: str = "auto") -> float:
     """InfluxSink.packets() in batches of 1024, cap off: points/s until all are written."""
     cfg = types.SimpleNamespace(influx_url=url, database="packet_flow", token="x",
                                 compat_points=True, compat_max_pps=0, flush_interval=0.05,
-                                spool_dir=spool, hostname="bench")
+                                spool_dir=spool, hostname="bench", influx_api=api)
     sink = InfluxSink(cfg)
     t0 = time.time_ns() - 7_200_000_000_000
     rx = t0 + np.arange(n, dtype=np.int64) * 1000
@@ -160,8 +163,10 @@ def main() -> None:
             url = vm.url
         try:
             rows = [
-                ("write, pre-formatted", args.points, bench_write(url, args.points)),
-                ("sink.packets()", args.points, bench_packets(url, tmp, args.points)),
+                ("write 2.x, pre-formatted", args.points, bench_write(url, args.points, "v2")),
+                ("write 1.x, pre-formatted", args.points, bench_write(url, args.points, "v1")),
+                ("sink.packets() 2.x", args.points, bench_packets(url, tmp, args.points, "v2")),
+                ("sink.packets() 1.x", args.points, bench_packets(url, tmp, args.points, "v1")),
                 ("sink.record()", args.records, bench_records(url, tmp, args.records)),
             ]
             probe = probe_with_sink(vm, tmp, args.probe_rate, args.probe_seconds) if vm else None

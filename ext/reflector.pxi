@@ -193,13 +193,12 @@ cdef class Reflector(Receiver):
         return DONE
 
     cdef int _coalesce(self, int n) noexcept nogil:
-        # UDP GSO (UDP_SEGMENT): consecutive replies to one address with one length leave as
-        # one message of several iovecs that the kernel cuts back into datagrams of that
-        # length, so the stack runs once per group instead of once per reply.
+        # Consecutive replies to one address with one length leave as one UDP GSO message of
+        # several iovecs that the kernel cuts back into datagrams of that length, so the
+        # stack runs once per group instead of once per reply.
         cdef int j = 0, k, m = 0
         cdef size_t seg
         cdef msghdr *h
-        cdef cmsghdr *c
         while j < n:
             seg = self.siovs[j].iov_len
             h = &self.smsgs[j].msg_hdr
@@ -213,13 +212,8 @@ cdef class Reflector(Receiver):
             self.gmsgs[m].msg_hdr = h[0]
             self.gmsgs[m].msg_hdr.msg_iovlen = k
             if k > 1:
-                self.gmsgs[m].msg_hdr.msg_control = self.sctrl + m * CMSG_SPACE(sizeof(uint16_t))
-                self.gmsgs[m].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-                c = CMSG_FIRSTHDR(&self.gmsgs[m].msg_hdr)
-                c.cmsg_level = SOL_UDP
-                c.cmsg_type = UDP_SEGMENT
-                c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-                (<uint16_t *>CMSG_DATA(c))[0] = <uint16_t>seg
+                _set_segment(&self.gmsgs[m].msg_hdr,
+                             self.sctrl + m * CMSG_SPACE(sizeof(uint16_t)), <uint16_t>seg)
             m += 1
             j += k
         return m

@@ -28,6 +28,19 @@ cdef void _sockaddr_from(object dest, sockaddr_storage *ss, socklen_t *slen) exc
         slen[0] = sizeof(sockaddr_in6)
 
 
+cdef inline void _set_segment(msghdr *h, uint8_t *ctrl, uint16_t seg) noexcept nogil:
+    # UDP GSO (UDP_SEGMENT cmsg): the kernel cuts the message's payload into datagrams of
+    # seg bytes. ctrl: this message's own CMSG_SPACE(sizeof(uint16_t)) bytes.
+    cdef cmsghdr *c
+    h.msg_control = ctrl
+    h.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+    c = CMSG_FIRSTHDR(h)
+    c.cmsg_level = SOL_UDP
+    c.cmsg_type = UDP_SEGMENT
+    c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+    (<uint16_t *>CMSG_DATA(c))[0] = seg
+
+
 cdef Status _send_all(int fd, mmsghdr *msgs, int n, int *done, size_t seg,
                       uint64_t *refused) except ERROR nogil:
     """sendmmsg until msgs[done:n] are all out (done advances). AGAIN: wait in poll(POLLOUT).
@@ -150,8 +163,8 @@ cdef class Sender:
         self.comp_ns = 0
         self.k = 0
         self.seq = seq
-        self.lat_every = max(1, self.lat_every)
-        self.catchup_max = max(self.catchup_max, self.batch * self.segments)
+        self.lat_every = max(<uint64_t>1, self.lat_every)
+        self.catchup_max = max(self.catchup_max, <uint64_t>(self.batch * self.segments))
 
     def skip_sequence(self, uint64_t n=1):
         """Leave n sequence numbers unused (deliberate loss, SIGUSR1)."""
@@ -177,7 +190,6 @@ cdef class Sender:
         """Point up to `batch` messages at the built packets first..n-1, `segments` packets
         per message; returns (messages, the packet after the last one covered)."""
         cdef int m = 0, k
-        cdef cmsghdr *c
         while first < n and m < self.batch:
             k = min(self.segments, n - first)
             self.iovs[m].iov_base = self.bufs + <size_t>first * self.size
@@ -188,14 +200,8 @@ cdef class Sender:
             self.msgs[m].msg_hdr.msg_iov = &self.iovs[m]
             self.msgs[m].msg_hdr.msg_iovlen = 1
             if k > 1:
-                # UDP_SEGMENT: the kernel cuts this buffer into datagrams of `size` bytes.
-                self.msgs[m].msg_hdr.msg_control = self.ctrl + m * CMSG_SPACE(sizeof(uint16_t))
-                self.msgs[m].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-                c = CMSG_FIRSTHDR(&self.msgs[m].msg_hdr)
-                c.cmsg_level = SOL_UDP
-                c.cmsg_type = UDP_SEGMENT
-                c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-                (<uint16_t *>CMSG_DATA(c))[0] = <uint16_t>self.size
+                _set_segment(&self.msgs[m].msg_hdr, self.ctrl + m * CMSG_SPACE(sizeof(uint16_t)),
+                             <uint16_t>self.size)
             first += k
             m += 1
         return m, first

@@ -164,6 +164,35 @@ class _Acc:
         }
 
 
+_TOTALS = ("received", "lost", "late", "duplicates", "negative_owd", "local_drops", "unsure",
+           "coalesced", "owd_n", "owd_sum", "owd_min", "owd_max", "ipdv_n", "ipdv_sum",
+           "jitter_n")
+_FROZEN_STATS = ("owd_p50_us", "owd_p90_us", "owd_p99_us", "owd_p999_us", "jitter_us",
+                 "ipdv_p99_us")
+
+
+class Frozen:
+    """What a forgotten flow keeps: where its sequence stood and its totals, a few hundred
+    bytes instead of its ring and histograms. ``FlowStats.resume`` continues the flow from it;
+    ``summary()`` gives the summary of a flow that never came back (its percentiles as they
+    were when it was forgotten)."""
+
+    __slots__ = ("bits", "next", "horizon", "totals", "hist", "stats")
+
+    def __init__(self, bits, next_seq, horizon, totals, hist, stats):
+        self.bits, self.next, self.horizon = bits, next_seq, horizon
+        self.totals, self.hist, self.stats = totals, hist, stats
+
+    def summary(self) -> dict:
+        acc = _Acc(False)
+        for k, v in zip(_TOTALS, self.totals, strict=True):
+            setattr(acc, k, v)
+        acc.hist = dict(self.hist)
+        rec = acc.record(0.0)
+        rec.update(zip(_FROZEN_STATS, self.stats, strict=True))
+        return rec
+
+
 class FlowStats:
     """Loss, reordering, duplicates, delay and jitter of one flow, fed batch by batch.
 
@@ -205,6 +234,7 @@ class FlowStats:
         self._jitter = 0.0
         self._cur = _Acc(True)
         self._tot = _Acc(False)
+        self._prior = None  # the Frozen state this flow resumed from
 
     def _grow(self, need: int) -> None:
         """Widen the ring to the next power of two >= 4 * need (at most the maximum window),
@@ -243,6 +273,11 @@ class FlowStats:
         if a + n <= self._w:
             return (slice(a, a + n),)
         return slice(a, self._w), slice(0, a + n - self._w)
+
+    @property
+    def horizon(self) -> int:
+        """The reorder horizon: how far below the highest a missing sequence may still come."""
+        return self._horizon
 
     @property
     def highest(self) -> int:
@@ -335,10 +370,84 @@ class FlowStats:
         out[known] = self._ring[self._slot(x[known])] != EMPTY
         return out
 
-    def close(self) -> None:
-        """The final packet was seen: settle every gap up to the highest sequence."""
+    def close(self, end: int | None = None) -> None:
+        """The sender said goodbye: settle every gap up to the highest sequence. ``end``: the
+        sender's next, unsent sequence (the Rust original's FINAL carries it); the sequences
+        from the highest up to it were sent and never arrived, so they are one more lost run."""
         if self._f < self._h:
             self._settle(self._h, np.zeros(0, np.int64))
+        if end is None or self._low is None:
+            return
+        e = int(self._unwrap(np.array([end], np.uint64))[0]) - 1
+        if e <= self._h:
+            return
+        h0, w = self._h, self._w
+        for sl in (slice(None),) if e - h0 >= w else self._span(h0 + 1, e):
+            self._ring[sl] = EMPTY
+        self._lost(e - h0, np.array([e - h0]))
+        self._run_s = np.append(self._run_s, h0 + 1)
+        self._run_e = np.append(self._run_e, e)
+        self._h = self._f = e
+
+    def position(self, seq: np.ndarray) -> np.ndarray:
+        """Unwrapped sequences relative to the highest so far (0 = the highest, < 0 below)."""
+        if self._low is None:
+            return np.zeros(len(seq), np.int64)
+        return self._unwrap(np.asarray(seq, np.uint64)) - self._h
+
+    def restart_at(self, seq: np.ndarray, tx_ns: np.ndarray, tx_max: int) -> int:
+        """For senders without a session id (legacy, STAMP): the index in this batch of the
+        first packet of a new run of the sender, -1 if none. A new run is a packet sent later
+        than every packet before it (``tx_max``: the flow's latest send time so far) whose
+        sequence lies further below the highest so far than the reorder horizon, and is 0 (a
+        restart from the beginning) or more than RESTART_BACK below. A reordered packet was
+        sent before the packets that overtook it, and a duplicate carries its original's send
+        time, so neither looks like a new run."""
+        if not len(seq):
+            return -1
+        if self._low is None:  # the flow's first batch: it starts where update() will
+            self._low = int(seq[0]) & self._mask
+        u = self._unwrap(np.asarray(seq, np.uint64))
+        if u[0] > self._h and (u.size == 1 or bool((u[1:] > u[:-1]).all())):
+            return -1  # all new, in order: the common case
+        tx = np.asarray(tx_ns, np.int64)
+        prior_tx = np.empty_like(tx)
+        prior_tx[0] = tx_max
+        np.maximum(np.maximum.accumulate(tx)[:-1], tx_max, out=prior_tx[1:])
+        prior_h = np.empty_like(u)
+        prior_h[0] = self._h
+        np.maximum(np.maximum.accumulate(u)[:-1], self._h, out=prior_h[1:])
+        back = prior_h - u
+        start = (np.asarray(seq, np.uint64) & np.uint64(self._mask)) == 0
+        hit = (tx > prior_tx) & (back > self._horizon) & (start | (back > defaults.RESTART_BACK))
+        i = np.flatnonzero(hit)
+        return int(i[0]) if i.size else -1
+
+    def freeze(self) -> "Frozen":
+        """The compact state a forgotten flow keeps (see Frozen); this FlowStats can go.
+        Settles every gap up to the highest sequence first (as close())."""
+        self.close()
+        t = self._tot
+        rec = t.record(self._jitter)
+        return Frozen(self._bits, (self.highest + 1) & self._mask, self._horizon,
+                      tuple(getattr(t, k) for k in _TOTALS), tuple(sorted(t.hist.items())),
+                      tuple(rec[k] for k in _FROZEN_STATS))
+
+    @classmethod
+    def resume(cls, frozen: "Frozen", window: int = defaults.SEQ_WINDOW,
+               initial_window: int = defaults.SEQ_WINDOW_INITIAL) -> "FlowStats":
+        """A flow forgotten as `frozen` continues: the sequences from its next one up to the
+        first packet back are lost (one burst, settled in the batch that brings it back);
+        totals go on from the frozen ones. Summary percentiles and jitter then cover the
+        packets since the return (the frozen values while none came)."""
+        st = cls(frozen.bits, window, initial_window, start=frozen.next)
+        st._horizon = min(frozen.horizon, st._w - 1)
+        st._known = 0  # no history below the resume point: packets there are too old
+        for k, v in zip(_TOTALS, frozen.totals, strict=True):
+            setattr(st._tot, k, v)
+        st._tot.hist = dict(frozen.hist)
+        st._prior = frozen
+        return st
 
     def take_interval(self) -> dict:
         """Record fields for the interval since the previous call; starts a new interval."""
@@ -348,7 +457,11 @@ class FlowStats:
 
     def summary(self) -> dict:
         """Record fields for the whole life of the flow so far (does not reset anything)."""
-        return self._tot.record(self._jitter)
+        rec = self._tot.record(self._jitter)
+        if self._prior is not None:  # resumed: the frozen values where nothing came since
+            rec.update((k, v) for k, v in zip(_FROZEN_STATS, self._prior.stats, strict=True)
+                       if rec[k] is None)
+        return rec
 
     # -- internals ---------------------------------------------------------------------------
 

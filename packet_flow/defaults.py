@@ -55,6 +55,11 @@ SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it need
 MAX_FLOWS = 10_000          # flows tracked at once (bounds the work of every interval tick)
 MAX_FLOW_MEMORY_MIB = 256   # memory budget of all flows together (--max-flow-memory)
 FLOW_BYTES = 4096           # a flow's Python objects, beyond its numpy buffers (measured)
+FORGOTTEN_BYTES = 2048      # a forgotten flow's compact record (measured: 1.6 KB)
+FORGOTTEN_MAX = 100_000     # compact records of forgotten flows kept (oldest go first) ...
+FORGOTTEN_KEEP_S = 86_400.0  # ... and for how long: a sender back within a day resumes
+CLOSED_GRACE_S = 1.0        # a closed flow takes stragglers at least this long after FINAL
+RESTART_BACK = 1000         # legacy/STAMP: a jump back this far with a newer send time is a restart
 
 # Reflector
 REFLECT_MAX_PPS = 2_000_000  # replies/s to one source address: above one sender's top rate

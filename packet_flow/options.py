@@ -310,7 +310,7 @@ OPTS = (
         "flows together; past it idle flows are evicted, else new flows are untracked",
         _int(1)),
     Opt("reflect-max-pps", "int", defaults.REFLECT_MAX_PPS, "reflector: replies per second "
-        "to one source address, 0 = no limit", _int(0)),
+        "to one source address, 0 = no limit", _int(0, 4_000_000_000)),
     Opt("reflect-authenticated", "bool", False, "reflector: answer only probes whose HMAC "
         "tag verifies (needs --key and --wire native)", _bool, negatable=True),
     Opt("config-file", "str", None, "TOML config file to read (or to write with "

@@ -71,7 +71,8 @@ class ReceiverLoop:
             log.warning("receive ring overflowed: %d records lost before analysis",
                         rec["overwritten"])
         if rec["kernel_drops"]:
-            log.warning("the socket dropped %d datagrams (receive buffer full: raise --rcvbuf)",
+            log.warning("the socket dropped %d datagrams or GRO buffers (receive buffer full: "
+                        "raise --rcvbuf); the flows count them as local_drops, not lost",
                         rec["kernel_drops"])
         return rec
 

@@ -8,6 +8,9 @@ Rules:
 - Totals come from the `summary` records. A flow without one (the run was killed) is summed from
   its intervals and marked `*`; its p50/p99 are then approximate, marked `~`: p50 is the
   received-weighted median of the interval p50s, p99 the largest interval p99 (an upper bound).
+- A native flow is its session from one host: its records join even when its source port
+  changed (NAT rebinding), and the flow shows its latest source. A receiver `summary` ends its flow: later
+  records with the same source and session (a legacy sender that restarted) are a new flow.
 - Input errors raise ReportError naming the file and line: an unreadable, empty or non-UTF-8 file,
   a line that is not a JSON object with a string `type`, a record without a valid RFC 3339 `time`,
   no interval/sender/summary record. One exception: an unterminated LAST line that does not parse
@@ -159,7 +162,9 @@ def _is_sender(rec: dict) -> bool:
 
 def group_flows(records: list[dict]) -> list[Flow]:
     """Group records into flows, receiver flows first in order of appearance (module rules)."""
-    flows: dict[tuple, Flow] = {}
+    flows: list[Flow] = []
+    current: dict[tuple, Flow] = {}     # receiver flows still open in the file, by key
+    last: dict[tuple, Flow] = {}        # the latest flow of each key (for sender records)
     by_session: dict[str, Flow] = {}
     sender_recs = []
     for rec in records:
@@ -168,28 +173,46 @@ def group_flows(records: list[dict]) -> list[Flow]:
         if _is_sender(rec):
             sender_recs.append(rec)
             continue
-        flow = _flow_for(flows, rec)
+        key = _key(rec)
+        flow = current.get(key)
+        if flow is None:
+            flow = current[key] = last[key] = _new_flow(flows, rec)
+        elif rec.get("source") is not None:
+            flow.source = str(rec["source"])    # a native flow moved (NAT): its newest source
         if rec.get("session") not in _UNSET_SESSIONS:
             by_session.setdefault(rec["session"], flow)
         if rec["type"] == "summary":
             flow.summary = rec
+            del current[key]                    # the flow ended: a restart is a new flow
         else:
             flow.intervals.append(rec)
     for rec in sender_recs:
-        flow = by_session.get(rec.get("session")) or _flow_for(flows, rec)
+        key = _key(rec)
+        flow = by_session.get(rec.get("session")) or last.get(key)
+        if flow is None:
+            flow = last[key] = _new_flow(flows, rec)
         if rec["type"] == "summary":
             flow.sender_summary = rec
         else:
             flow.senders.append(rec)
-    return list(flows.values())
+    return flows
 
 
-def _flow_for(flows: dict, rec: dict) -> Flow:
-    key = (str(rec.get("source", "?")), str(rec.get("destination", "?")),
-           str(rec.get("session", "")))
-    if key not in flows:
-        flows[key] = Flow(*key)
-    return flows[key]
+def _key(rec: dict) -> tuple:
+    """A native flow is its session from one host (its port may change); others are keyed
+    by source, destination and session."""
+    session = str(rec.get("session", ""))
+    dest, source = str(rec.get("destination", "?")), str(rec.get("source", "?"))
+    if rec.get("wire", "native") == "native" and rec.get("session") not in _UNSET_SESSIONS:
+        return (source.rpartition(":")[0], dest, session)
+    return (source, dest, session)
+
+
+def _new_flow(flows: list[Flow], rec: dict) -> Flow:
+    flow = Flow(str(rec.get("source", "?")), str(rec.get("destination", "?")),
+                str(rec.get("session", "")))
+    flows.append(flow)
+    return flow
 
 
 def _run_span(flows: list[Flow]) -> tuple[float, float]:
@@ -310,6 +333,8 @@ def _flow_lines(i: int, flow: Flow, width: int = 80) -> list[str]:
         state.append("closed")
     if rx and rx.get("stalled"):
         state.append("stalled")
+    if rx and rx.get("outcome") in ("unknown", "restarted"):
+        state.append(rx["outcome"])
     if rx and rx["estimated"]:
         state.append("*")
     tail = f"  session {flow.session}" + (f" [{' '.join(state)}]" if state else "")

@@ -104,13 +104,15 @@ class RttStats:
         packet it receives a new sequence number, so a reply to a sender sequence never
         answered before can only carry a reflector sequence already seen when the reflector
         has started counting again."""
+        ub = self.backward.unwrap(r_seq)
+        if ub[0] > self.backward.highest and (ub.size == 1 or bool((ub[1:] > ub[:-1]).all())):
+            return -1                   # every reflector sequence new, in order: the common case
         u = self.total.unwrap(seq)
         before = np.empty_like(u)
         before[0] = self.total.highest
         np.maximum.accumulate(np.maximum(u[:-1], self.total.highest), out=before[1:])
         new = u > before
         cur = u >= self._since      # replies of the reflector's current run
-        ub = self.backward.unwrap(r_seq)
         reused = self.backward.received(ub)
         idx = np.flatnonzero(cur)
         order = idx[np.argsort(ub[idx], kind="stable")]

@@ -92,6 +92,7 @@ class SenderLoop:
         self.source = None
         self.stopping = False
         self.skip_pending = 0
+        self.goodbye = 0
         self.hist = LogHistogram()       # the run's lateness, for the summary percentiles
         self.late_min = self.late_max = 0
         self.lat_parts = []
@@ -151,6 +152,11 @@ class SenderLoop:
         self.rtt.close()
 
     @property
+    def sent(self):
+        """Probe packets sent (a legacy goodbye is not one)."""
+        return self.tx.sent - self.goodbye
+
+    @property
     def session_hex(self):
         return f"{self.session:016x}" if self.cfg.wire != "legacy" else "legacy"
 
@@ -194,7 +200,7 @@ class SenderLoop:
         self._collect()
         lat = np.concatenate(self.lat_parts) if self.lat_parts else np.zeros(0, np.int64)
         self.lat_parts = []
-        sent, missed, skipped = self.tx.sent, self.tx.missed_slots, self.tx.skipped_slots
+        sent, missed, skipped = self.sent, self.tx.missed_slots, self.tx.skipped_slots
         errors = self.tx.send_errors
         rec = self._record("sender", now_ns, since_ns)
         rec.update(sent=sent - self._last[0], missed_slots=missed - self._last[1],
@@ -210,7 +216,7 @@ class SenderLoop:
 
     def _summary(self, now_ns, start_ns):
         rec = self._record("summary", now_ns, start_ns)
-        rec.update(sent=self.tx.sent, missed_slots=self.tx.missed_slots,
+        rec.update(sent=self.sent, missed_slots=self.tx.missed_slots,
                    skipped_slots=self.tx.skipped_slots, send_errors=self.tx.send_errors)
         if self.hist.n:
             p50, p99 = self.hist.quantiles([50, 99], self.late_min, self.late_max)
@@ -241,12 +247,15 @@ class SenderLoop:
         # A slice ends half a slot after the record tick, so the tick's Python work runs
         # right after a slot is sent, never on top of the next one.
         half = min(self.interval_ns, interval_ns) // 2
+        # --count N: the N-th packet is the final one, sent on its own slot below; a legacy
+        # FINAL (the Rust original's goodbye) is no probe: it follows N probes and carries
+        # the next, unsent sequence
+        probes = cfg.count - (cfg.wire != "legacy") if cfg.count else 0
         while not self.stopping:
             until = next_tick + half if not deadline_ns else min(next_tick + half, deadline_ns)
             if self.rx is not None:
                 until = min(until, _io.now_ns() + defaults.RTT_SLICE_NS)
-            # with --count N the N-th packet is the final one, sent on its own slot below
-            limit = cfg.count - 1 - self.tx.sent if cfg.count else 0
+            limit = probes - self.tx.sent if cfg.count else 0
             if limit or not cfg.count:
                 self.tx.run(until, limit, precise)
                 self._collect()
@@ -265,11 +274,12 @@ class SenderLoop:
                 self._interval(now, last_tick)
                 last_tick = now
                 next_tick += interval_ns * max(1, (now - next_tick) // interval_ns + 1)
-            if (cfg.count and self.tx.sent >= cfg.count - 1) or (deadline_ns and now >= deadline_ns):
+            if (cfg.count and self.tx.sent >= probes) or (deadline_ns and now >= deadline_ns):
                 break
-        if cfg.count and self.tx.sent == cfg.count - 1 and not self.stopping:
+        if cfg.count and self.tx.sent == probes and not self.stopping:
             _io.sleep_until(start + self.tx.k * self.interval_ns, defaults.SPIN_NS)
         self.tx.send(1, final=True)
+        self.goodbye = int(cfg.wire == "legacy")
         if self.rtt is not None:
             self._last_replies()
         now = _io.now_ns()

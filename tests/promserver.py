@@ -19,12 +19,13 @@ BINARY = shutil.which("prometheus")
 
 
 class PromServer:
-    """One prometheus process scraping http://TARGET/metrics every second; start() returns
-    after its first scrape (`up` exists, 0 while the target is not there yet)."""
+    """One prometheus process scraping http://TARGET/metrics every second (`target`: one
+    host:port or a list); start() returns after its first scrape (`up` exists, 0 while the
+    target is not there yet)."""
 
-    def __init__(self, data_dir: str, target: str):
+    def __init__(self, data_dir: str, target):
         self.data_dir = data_dir
-        self.target = target
+        self.targets = [target] if isinstance(target, str) else list(target)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
@@ -38,7 +39,7 @@ class PromServer:
             f.write("global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
                     "scrape_configs:\n"
                     "  - job_name: packet-flow\n"
-                    f"    static_configs: [{{targets: ['{self.target}']}}]\n")
+                    f"    static_configs: [{{targets: {self.targets!r}}}]\n")
         self.log = open(os.path.join(self.data_dir, "prometheus.log"), "ab")
         self.proc = subprocess.Popen(
             [BINARY, f"--config.file={config}", f"--storage.tsdb.path={self.data_dir}/tsdb",

@@ -237,11 +237,13 @@ def test_replayed_packet_is_a_duplicate(keyed_receiver):
                 for old in (10, seq - 1, seq):
                     sock.sendto(sent[old], ("127.0.0.1", rx.port))
             time.sleep(0.0002)
-        # a replay from another address is another flow: it cannot touch this one
+        # a replay from another port of the host: the session's flow (a NAT may rebind the
+        # sender's port) counts a duplicate, and an old packet cannot move the flow's source
         other.sendto(sent[250], ("127.0.0.1", rx.port))
         time.sleep(0.2)
         sock.sendto(wire.encode_native(session, n, time.time_ns(), flags=wire.FLAG_FINAL,
                                        key=KEY), ("127.0.0.1", rx.port))
+        source = f"127.0.0.1:{sock.getsockname()[1]}"
     finally:
         sock.close()
         other.close()
@@ -249,7 +251,8 @@ def test_replayed_packet_is_a_duplicate(keyed_receiver):
     genuine = [f for f in flows if f["received"] > 1]
     assert len(genuine) == 1
     f = genuine[0]
-    assert (f["received"], f["lost"], f["late"], f["duplicates"]) == (n + 1, 0, 0, 9)
+    assert (f["received"], f["lost"], f["late"], f["duplicates"]) == (n + 1, 0, 0, 10)
+    assert f["source"] == source
     assert totals["malformed"] == _reasons()
 
 

@@ -58,7 +58,8 @@ def test_budget_untracks_new_flows_then_evicts_the_oldest_idle(caplog):
     table = FlowTable("127.0.0.1:9", out.append, stall_s=5, forget_s=60, window=1 << 17)
     for fid in (1, 2, 3):
         table.ingest(_recs(fid, [0]), 0)
-    table.budget = table.memory + 1000                  # three flows fit, not a fourth
+    # three flows fit, not a fourth; room for one forgotten record
+    table.budget = table.memory + defaults.FORGOTTEN_BYTES + 1000
     table.ingest(_recs(4, [0, 1]), 1 * S)               # nobody idle: untracked
     assert (table.untracked, table.evicted, len(table.flows)) == (2, 0, 3)
     table.ingest(_recs(1, [1]), 2 * S)                  # flow 1 active again
@@ -66,8 +67,8 @@ def test_budget_untracks_new_flows_then_evicts_the_oldest_idle(caplog):
     assert (table.untracked, table.evicted) == (2, 1)
     assert sorted(table.flows) == [1, 3, 5]
     assert table.memory <= table.budget
-    (gone,) = [r for r in out if r["type"] == "summary"]
-    assert gone["session"] == f"{2:016x}" and gone["received"] == 1
+    # evicted = forgotten early: a compact record it would resume from; summary at the end
+    assert list(table.forgotten) == [2] and not [r for r in out if r["type"] == "summary"]
     with caplog.at_level(logging.WARNING, logger="packet_flow.flows"):
         table.tick(7 * S)
     assert "1 idle flows evicted, 2 packets of new flows untracked" in caplog.text
@@ -75,6 +76,26 @@ def test_budget_untracks_new_flows_then_evicts_the_oldest_idle(caplog):
     with caplog.at_level(logging.WARNING, logger="packet_flow.flows"):
         table.tick(8 * S)
     assert "evicted" not in caplog.text                # one warning per episode
+    table.finish(9 * S)
+    (gone,) = [r for r in out if r["type"] == "summary" and r["session"] == f"{2:016x}"]
+    assert gone["received"] == 1 and gone["outcome"] == "unknown"
+
+
+def test_forgotten_records_count_and_go_oldest_first():
+    out = []
+    table = FlowTable("127.0.0.1:9", out.append, stall_s=5, forget_s=60, window=1 << 17)
+    for fid in (1, 2, 3):
+        table.ingest(_recs(fid, [0]), fid * S)
+    table.tick(100 * S)                                 # all three forgotten
+    assert list(table.forgotten) == [1, 2, 3] and not table.flows
+    assert table.memory == 3 * defaults.FORGOTTEN_BYTES
+    new_flow = defaults.FLOW_BYTES + 8 * defaults.SEQ_WINDOW_INITIAL
+    table.budget = table.memory + new_flow - 1          # a new flow needs one record's room
+    table.ingest(_recs(4, [0]), 101 * S)
+    assert list(table.forgotten) == [2, 3] and list(table.flows) == [4]
+    (gone,) = [r for r in out if r["type"] == "summary"]
+    assert gone["session"] == f"{1:016x}" and gone["outcome"] == "unknown"
+    assert table.memory <= table.budget and table.untracked == 0
 
 
 def test_budget_spent_freezes_window_growth():

@@ -1,7 +1,8 @@
 """The receiving host's own drops (issue 12.4) on real loopback sockets: a socket buffer that
 overflows is not loss on the path. On loopback nothing is lost on the way, so every missing
 datagram is either a sequence the sender left out (SIGUSR1 / skip_sequence: the stand-in for
-path loss, `lost`) or one the receiving socket dropped (`local_drops`)."""
+path loss, `lost`) or one the receiving socket dropped (`local_drops`). The split rules
+themselves are first checked on synthetic arrays."""
 
 import os
 import signal
@@ -9,13 +10,49 @@ import socket
 import sys
 import time
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_probe import finish, free_port, pf, records, wait_bound  # noqa: E402
 
 from packet_flow import _io, config, sockets
+from packet_flow.analysis import FlowStats
 from packet_flow.receiver import ReceiverLoop
+
+
+def _flow(seq, drops, **kw):
+    """A closed FlowStats summary for one batch: seq in arrival order, the socket's drops
+    between each packet and the previous one."""
+    seq = np.asarray(seq, np.uint64)
+    tx = np.arange(seq.size, dtype=np.int64) * 1000
+    f = FlowStats()
+    f.update(seq, tx, tx + 500, host_drops=np.asarray(drops), **kw)
+    f.close()
+    return f.summary()
+
+
+@pytest.mark.parametrize("buffers,shared,drops,lost,local,exact", [
+    (False, False, 6, 4, 6, True),      # 6 datagrams dropped here, 4 lost on the way
+    (False, False, 10, 0, 10, True),
+    (False, True, 6, 4, 6, False),      # another flow shares the socket: its drops?
+    (True, False, 2, 0, 10, False),     # 2 GRO buffers for 10 missing: path loss may hide
+    (True, False, 10, 0, 10, True),     # each buffer held at least one of the 10
+])
+def test_gap_split_rules(buffers, shared, drops, lost, local, exact):
+    d = np.zeros(20, np.int64)
+    d[10] = drops                       # between sequence 9 and 20
+    s = _flow(np.r_[0:10, 20:30], d, buffers=buffers, shared=shared)
+    assert (s["received"], s["lost"], s["local_drops"], s["local_drops_exact"]) == \
+        (20, lost, local, exact)
+    assert s["loss_bursts"] == 1 and s["loss_burst_hist"] == {"10": 1}
+
+
+def test_late_packet_in_a_local_gap_takes_back_a_local_drop():
+    d = np.zeros(21, np.int64)
+    d[10] = 6                           # 10..15 labelled local, 16..19 path
+    s = _flow(np.r_[0:10, 20:30, 12], d)
+    assert (s["received"], s["late"], s["lost"], s["local_drops"]) == (21, 1, 4, 5)
 
 
 def _cfg(*args):
@@ -58,6 +95,7 @@ def test_socket_overflow_is_local_drops_not_loss(gro):
         _drain(loop)
         tx.send(1, final=True)
         _drain(loop)
+        loop.table.finish(_io.now_ns())     # the closed flow's summary (after its grace time)
         kernel_drops = sockets.drops(sock, -1)
     finally:
         loop.close()

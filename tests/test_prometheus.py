@@ -1,9 +1,13 @@
 """The Prometheus output: the sink's rules with synthetic records, /metrics over HTTP, and the
 probe scraped by a real Prometheus server (Debian's `prometheus`, started by the test)."""
 
+import json
 import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -26,6 +30,22 @@ from packet_flow.options import parse_addr  # noqa: E402
 from packet_flow.sinks import prometheus  # noqa: E402
 
 DEST = "10.0.0.2:8000"
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def readme_promql():
+    """The ```promql blocks of README.md."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return re.findall(r"```promql\n(.*?)```", f.read(), re.S)
+
+
+def dashboard_exprs():
+    """The Prometheus dashboard's queries with its variables filled in."""
+    path = os.path.join(ROOT, "deploy/grafana/dashboards/packet-flow-prometheus.json")
+    with open(path, encoding="utf-8") as f:
+        dash = json.load(f)
+    return [t["expr"].replace("$__rate_interval", "1m").replace("$source", ".*")
+            .replace("$destination", ".*") for p in dash["panels"] for t in p["targets"]]
 
 
 def get(url):
@@ -85,12 +105,13 @@ def test_bucket_counts_edges():
 def test_counters_sum_sessions_and_stay_monotonic(sink):
     sink.packets("a:1", DEST, None, np.array([1500, 3000, 7000], np.int64))
     sink.record(interval("a:1", session="01", received=3, lost=2, loss_bursts=1))
-    sink.record(interval("a:1", session="02", received=5, lost=-1))   # a loss taken back
+    # a second session of the same source; a late packet takes back a loss
+    sink.record(interval("a:1", session="02", received=5, lost=-1, local_drops=4))
     got = scrape(sink)
     key = flow_labels("a:1")
     assert got[("packet_flow_received_packets_total", key)] == 8
     assert got[("packet_flow_lost_packets_total", key)] == 2          # held, not decreased
-    assert got[("packet_flow_local_dropped_packets_total", key)] == 0
+    assert got[("packet_flow_local_dropped_packets_total", key)] == 4
     assert got[("packet_flow_one_way_delay_seconds_count", key)] == 3
     assert got[("packet_flow_one_way_delay_seconds_sum", key)] == pytest.approx(11.5e-6)
     le = dict(key + (("le", "5e-06"),))
@@ -189,6 +210,20 @@ def test_scraped_by_prometheus(tmp_path):
         assert at_last("packet_flow_loss_bursts_total") == rx["loss_bursts"] == 3
         assert at_last("packet_flow_sent_packets_total") == tx["sent"]
         assert at_last("packet_flow_skipped_slots_total") == tx["skipped_slots"]
+
+        ratio, p99, now = readme_promql()          # the README's ready-made queries
+        assert 0 < at_last(ratio) < 0.01
+        assert 0 < at_last(p99) < 0.1
+        (path,) = prom.query(now, at=last)
+        assert (path["metric"]["source"], path["metric"]["destination"]) == (
+            rx["source"], rx["destination"])
+        for expr in dashboard_exprs():
+            prom.query(expr, at=last)              # every dashboard query evaluates
+    promtool = shutil.which("promtool")
+    for what in ("rules", "config"):
+        subprocess.run([promtool, "check", what, os.path.join(
+            ROOT, "deploy/prometheus", f"{what if what == 'rules' else 'prometheus'}.yml")],
+            check=True, capture_output=True)
 
 
 def test_rtt_histogram_and_directions(tmp_path):

@@ -155,4 +155,10 @@ def summary_table(records):
                      f"{_t(rec['owd_p999_us'])}  max {_t(rec['owd_max_us'])}")
         if rec.get("negative_owd"):
             lines.append(f"  {rec['negative_owd']} negative delays: clocks not synchronised")
+        if rec.get("local_drops"):
+            exact = "" if rec.get("local_drops_exact") else "; may hold path loss"
+            lines.append(f"  local drops {rec['local_drops']} (socket buffer full, not in lost"
+                         f"{exact})")
+        if rec.get("coalesced"):
+            lines.append(f"  {rec['coalesced']} packets shared a GRO timestamp: not in the delays")
     return "\n".join(lines)

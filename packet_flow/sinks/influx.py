@@ -68,7 +68,9 @@ class InfluxSink:
     """
 
     def __init__(self, cfg):
-        opt = lambda name, default=None: getattr(cfg, name, None) or default  # noqa: E731
+        def opt(name, default=None):
+            return getattr(cfg, name, None) or default
+
         self.url = opt("influx_url", defaults.INFLUX_URL)
         self.database = opt("database", defaults.DATABASE)
         self.rp = opt("retention_policy", defaults.RETENTION_POLICY)

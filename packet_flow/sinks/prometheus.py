@@ -17,16 +17,23 @@ Rules:
   PROMETHEUS_MAX_SERIES label sets per table exist at once, and new flows beyond that are
   counted under source="overflow", so spoofed traffic cannot grow the exposition.
 - Rendering 1000 flows costs prometheus_client ~0.2 s of CPU, so no scrape waits for it:
-  the exposition is rendered on the output thread after each tick's records while a scraper
-  came within PROMETHEUS_ACTIVE_S, and a scrape serves the latest rendering (only the first
-  scrape after a quiet spell renders on the spot). At exit, close() renders the final counts
+  the exposition is rendered (in a process of its own, from a plain-data snapshot the output
+  thread takes) after each tick's records while a scraper
+  came within PROMETHEUS_ACTIVE_S (or the run started that recently), and a scrape serves the
+  latest rendering (only a scrape after a quiet spell, or before the first tick, renders on
+  the spot). The GIL switch interval is lowered to
+  GIL_SWITCH_S so that a scrape (and the receiver) get the GIL quickly during a rendering. At exit, close() renders the final counts
   and waits, within its timeout, for the next expected scrape to collect them.
 """
 
 import logging
+import multiprocessing
 import socketserver
+import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
@@ -194,8 +201,7 @@ class PrometheusSink:
         self.rendered = 0       # renderings so far; `served` is the last one a scrape got
         self.served = -1
         self.scrapes = []       # monotonic times of the last scrapes
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
+        self.seen = time.monotonic()    # the last scrape, or the start: a scraper is expected
         addr = cfg.prometheus_listen
         try:
             self.server = make_server(addr.host.strip("[]"), addr.port, self._app,
@@ -206,8 +212,15 @@ class PrometheusSink:
             raise ConfigError(f"option --prometheus-listen: value '{addr}' from {where}: "
                               f"cannot listen: "
                               f"{exc.strerror or exc}") from None
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="prometheus",
-                                       daemon=True)
+        # prometheus_client renders 1000 flows in ~0.2 s of CPU: a process of its own does it,
+        # so neither the probe's threads nor a scrape wait for the GIL meanwhile
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self.pool.submit(render_page, [])       # start it now, not at the first rendering
+        # The probe's threads hold the GIL in slices of the switch interval; at the default
+        # 5 ms every syscall of a scrape (accept, read, write) could wait one slice.
+        sys.setswitchinterval(min(sys.getswitchinterval(), defaults.GIL_SWITCH_S))
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       name="prometheus", daemon=True)
         self.thread.start()
         log.info("prometheus: serving http://%s/metrics", addr)
 
@@ -274,66 +287,62 @@ class PrometheusSink:
             self._render()
 
     def _scraped_recently(self, now):
-        return bool(self.scrapes) and now - self.scrapes[-1] < defaults.PROMETHEUS_ACTIVE_S
+        return now - self.seen < defaults.PROMETHEUS_ACTIVE_S
 
     # --- exposition ----------------------------------------------------------------------------
 
-    def collect(self):
-        """prometheus_client's Collector interface: every family, from the tables."""
+    def snapshot(self):
+        """Every family as plain data (see render_page), forgetting idle label sets first."""
         p = "packet_flow_"
-        self.rx.forget(time.monotonic(), self.forget_s)
-        self.tx.forget(time.monotonic(), self.forget_s)
+        now = time.monotonic()
+        self.rx.forget(now, self.forget_s)
+        self.tx.forget(now, self.forget_s)
         rx, tx = list(self.rx.series.items()), list(self.tx.series.items())
+        fams = []
         for table, fields in ((rx, RX_COUNTERS), (tx, TX_COUNTERS)):
             for field, name, text in fields:
-                fam = CounterMetricFamily(p + name, text, labels=LABELS)
-                for key, s in table:
-                    fam.add_metric(key, s.shown[field])
-                yield fam
+                fams.append(("counter", p + name, text, LABELS,
+                             [(key, s.shown[field]) for key, s in table]))
+        rtt = [(k, s) for k, s in tx if s.shown["reflected"] or s.shown["unattributed_lost"]]
         for name, text, by in RTT_COUNTERS:
-            fam = CounterMetricFamily(p + name, text, labels=(*LABELS, "direction"))
-            for key, s in tx:
-                if s.shown["reflected"] or s.shown["unattributed_lost"]:
-                    for direction, field in by.items():
-                        fam.add_metric((*key, direction), s.shown[field])
-            yield fam
-        fam = GaugeMetricFamily(p + "stalled", "1 while the flow is stalled (silent longer "
-                                "than --stall-timeout), else 0.", labels=LABELS)
-        for key, s in rx:
-            fam.add_metric(key, int(s.stalled))
-        yield fam
+            fams.append(("counter", p + name, text, (*LABELS, "direction"),
+                         [((*key, d), s.shown[f]) for key, s in rtt for d, f in by.items()]))
+        fams.append(("gauge", p + "stalled", "1 while the flow is stalled (silent longer than "
+                     "--stall-timeout), else 0.", LABELS,
+                     [(key, int(s.stalled)) for key, s in rx]))
         for name, text, table in (
-                ("one_way_delay_seconds", "One-way delay of the test packets (receive "
-                 "minus send time; the clocks must be synchronised).", rx),
+                ("one_way_delay_seconds", "One-way delay of the test packets (receive minus "
+                 "send time; the clocks must be synchronised).", rx),
                 ("rtt_seconds", "Round-trip time, reflector dwell time taken out (--rtt).",
                  [(k, s) for k, s in tx if s.hist.any()])):
-            fam = HistogramMetricFamily(p + name, text, labels=LABELS)
-            if table:
-                cum = np.cumsum(np.stack([s.hist for _, s in table]), axis=1).tolist()
-                for (key, s), c in zip(table, cum, strict=True):
-                    fam.add_metric(key, list(zip(_LE, c, strict=True)), s.hist_sum_ns / 1e9)
-            yield fam
+            cum = np.cumsum(np.stack([s.hist for _, s in table]), axis=1).tolist() \
+                if table else []
+            fams.append(("histogram", p + name, text, LABELS,
+                         [(key, c, s.hist_sum_ns / 1e9)
+                          for (key, s), c in zip(table, cum, strict=True)]))
+        wide = list(self.wide.items())
         for field, name, text in WIDE_COUNTERS:
-            fam = CounterMetricFamily(p + name, text, labels=("destination",))
-            for dest, wide in self.wide.items():
-                fam.add_metric((dest,), wide.get(field, 0))
-            yield fam
-        fam = CounterMetricFamily(p + "receiver_malformed_packets", "Malformed datagrams "
-                                  "received, by reason.", labels=("destination", "reason"))
-        for dest, wide in self.wide.items():
-            for f, n in wide.items():
-                if f.startswith("malformed:"):
-                    fam.add_metric((dest, f[len("malformed:"):]), n)
-        yield fam
-        fam = GaugeMetricFamily(p + "flows", "Flows open at the receiver.",
-                                labels=("destination",))
-        for dest, wide in self.wide.items():
-            fam.add_metric((dest,), wide.get("flows", 0))
-        yield fam
+            fams.append(("counter", p + name, text, ("destination",),
+                         [((d,), w.get(field, 0)) for d, w in wide]))
+        fams.append(("counter", p + "receiver_malformed_packets", "Malformed datagrams "
+                     "received, by reason.", ("destination", "reason"),
+                     [((d, f[len("malformed:"):]), n) for d, w in wide for f, n in w.items()
+                      if f.startswith("malformed:")]))
+        fams.append(("gauge", p + "flows", "Flows open at the receiver.", ("destination",),
+                     [((d,), w.get("flows", 0)) for d, w in wide]))
+        return fams
 
     def _render(self):
         with self.state_lock:
-            page = generate_latest(self.registry)
+            fams = self.snapshot()
+            try:
+                page = self.pool.submit(render_page, fams).result() if self.pool else None
+            except (BrokenProcessPool, OSError) as exc:
+                log.warning("prometheus: the rendering process failed (%s); rendering in "
+                            "the probe from now on", exc)
+                self.pool = None
+            if self.pool is None:
+                page = render_page(fams)
             self.rendered += 1
             self.page = (self.rendered, page)
 
@@ -346,6 +355,7 @@ class PrometheusSink:
         if self.page is None or not self._scraped_recently(now):
             self._render()
         self.scrapes = (self.scrapes + [now])[-3:]
+        self.seen = now
         number, page = self.page
         self.served = max(self.served, number)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4),
@@ -366,4 +376,35 @@ class PrometheusSink:
                 time.sleep(0.02)
         self.server.shutdown()
         self.server.server_close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
         return {}
+
+
+class _Families:
+    """A prometheus_client collector of families given as plain data."""
+
+    def __init__(self, fams):
+        self.fams = fams
+
+    def collect(self):
+        kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+                 "histogram": HistogramMetricFamily}
+        for kind, name, text, labels, samples in self.fams:
+            fam = kinds[kind](name, text, labels=labels)
+            for sample in samples:
+                if kind == "histogram":
+                    key, cum, total = sample
+                    fam.add_metric(key, list(zip(_LE, cum, strict=True)), total)
+                else:
+                    fam.add_metric(*sample)
+            yield fam
+
+
+def render_page(fams):
+    """The text exposition (0.0.4) of families given as (kind, name, help, label names,
+    samples): counter and gauge samples are (label values, value), histogram samples (label
+    values, cumulative bucket counts, sum). Runs in the rendering process."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(fams))
+    return generate_latest(registry)

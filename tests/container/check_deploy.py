@@ -75,7 +75,7 @@ def check_compose(example: dict[str, str]) -> dict:
     text = (ROOT / "docker-compose.yml").read_text()
     compose = yaml.safe_load(text)
     services = compose.get("services", {})
-    check(set(services) >= {"receiver", "sender", "influxdb", "grafana"},
+    check(set(services) >= {"receiver", "sender", "influxdb", "prometheus", "grafana"},
           f"compose services: {sorted(services)}")
     check(services["influxdb"]["image"].startswith("influxdb:2"), "influxdb image is influxdb:2")
     top_secrets = compose.get("secrets", {})
@@ -117,23 +117,27 @@ def check_grafana(grafana: dict) -> str:
         mounts[dst.split(":")[0]] = src
     prov = mounts.get("/etc/grafana/provisioning")
     check(prov == "./deploy/grafana/provisioning", "grafana mounts deploy/grafana/provisioning")
-    datasources = list((ROOT / "deploy/grafana/provisioning/datasources").glob("*.yml"))
+    files = sorted((ROOT / "deploy/grafana/provisioning/datasources").glob("*.yml"))
     providers = list((ROOT / "deploy/grafana/provisioning/dashboards").glob("*.yml"))
-    check(len(datasources) == 1 and len(providers) == 1, "one datasource and one provider file")
-    ds = yaml.safe_load(datasources[0].read_text())["datasources"][0]
-    check(ds["type"] == "influxdb" and ds["jsonData"]["version"] == "Flux",
-          "datasource is InfluxDB with Flux")
+    check(len(providers) == 1, "one dashboard provider file")
+    by_type = {d["type"]: d for f in files for d in yaml.safe_load(f.read_text())["datasources"]}
+    check(set(by_type) == {"influxdb", "prometheus"}, f"datasources: {sorted(by_type)}")
+    ds = by_type["influxdb"]
+    check(ds["jsonData"]["version"] == "Flux", "datasource is InfluxDB with Flux")
+    check(by_type["prometheus"]["url"] == "http://prometheus:9090",
+          "the Prometheus datasource is the compose prometheus service")
     env = grafana["environment"]
-    body = re.sub(r"#.*", "", datasources[0].read_text())
-    for var in re.findall(r"\$\{?([A-Z0-9_]+)", body):
-        check(var in env or var + "__FILE" in env, f"grafana environment provides ${var}")
+    for f in files:
+        body = re.sub(r"#.*", "", f.read_text())
+        for var in re.findall(r"\$\{?([A-Z0-9_]+)", body):
+            check(var in env or var + "__FILE" in env, f"grafana environment provides ${var}")
     path = yaml.safe_load(providers[0].read_text())["providers"][0]["options"]["path"]
     check(path in mounts, f"dashboard provider path {path} is a grafana mount")
     dash_dir = ROOT / mounts.get(path, "missing")
     check((dash_dir / "packet-flow.json").exists(), f"{dash_dir}/packet-flow.json exists")
     home = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "")
     check(home == f"{path}/packet-flow.json", "home dashboard is the packet-flow dashboard")
-    return ds["uid"]
+    return ds["uid"], by_type["prometheus"]["uid"]
 
 
 def check_dashboard(uid: str) -> None:
@@ -163,12 +167,38 @@ def check_dashboard(uid: str) -> None:
     check(len(bands) == 1, "one-way delay panel has a p50-p99 band")
 
 
+def check_prometheus(uid: str) -> None:
+    """The Prometheus dashboard, scrape job and rules use the metric families of the README's
+    Prometheus table and the probes' listen ports."""
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/packet-flow-prometheus.json").read_text())
+    known = contract_fields()
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in dash["templating"]["list"]]
+    for p in dash["panels"]:
+        check(p["datasource"]["uid"] == uid and all(t["datasource"]["uid"] == uid
+                                                    for t in p["targets"]),
+              f"prometheus panel {p['title']!r} uses datasource {uid}")
+    rules = (ROOT / "deploy/prometheus/rules.yml").read_text()
+    for text in exprs + [rules]:
+        check(balanced(text), f"brackets balance in {text[:60]!r}")
+        for name in re.findall(r"\b(packet_flow_[a-z_]+)", text):
+            family = re.sub(r"_(bucket|count|sum)$", "", name)
+            check(family in known, f"metric {family} is in the README's Prometheus table")
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    compose = (ROOT / "docker-compose.yml").read_text()
+    for target in targets:
+        port = target.rpartition(":")[2]
+        check(f"0.0.0.0:{port}}}" in compose, f"scrape target {target}: a probe listens there")
+
+
 def main() -> int:
     """Run every check; print a summary; 0 when all passed."""
     example = env_example()
     grafana = check_compose(example)
-    uid = check_grafana(grafana)
+    uid, prom_uid = check_grafana(grafana)
     check_dashboard(uid)
+    check_prometheus(prom_uid)
     for f in failures:
         print("FAIL", f)
     print(f"check_deploy: {passed} passed, {len(failures)} failed")
