@@ -75,7 +75,7 @@ def in_process(flows: int) -> dict:
     renders, snaps = [], []
     for _ in range(5):
         t = time.perf_counter()
-        sink._render()
+        sink._render(wait=True)
         renders.append(time.perf_counter() - t)
         t = time.perf_counter()
         with sink.state_lock:
@@ -92,7 +92,7 @@ def in_process(flows: int) -> dict:
 
     serves = serve_times()
     busy = threading.Event()
-    thread = threading.Thread(target=lambda: [sink._render() for _ in iter(busy.is_set, True)])
+    thread = threading.Thread(target=lambda: [sink._render(wait=True) for _ in iter(busy.is_set, True)])
     thread.start()                          # scrapes while the output thread renders
     during = serve_times()
     busy.set()
@@ -130,7 +130,7 @@ def flows_scraped(prom, mport: int, n: int, pps: float, seconds: float, tmp: str
                     gets.append(float(got.stdout))
 
         getter = threading.Thread(target=curl)
-        start = _io.now_ns() + 50_000_000
+        start = _io.mono_ns() + 50_000_000
         cpu0 = proc_stat(rx.pid)[1]
         t0 = time.time()
         getter.start()

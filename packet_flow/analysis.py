@@ -55,6 +55,9 @@ Rules (the metric names are those of README.md (JSON-lines records) and REFERENC
   keeps the ring at its size.
 """
 
+import math
+import struct
+
 import numpy as np
 
 from packet_flow import defaults
@@ -94,6 +97,14 @@ def _exact_sum(a: np.ndarray, lo: int, hi: int) -> int:
         c = a[i : i + (1 << 20)]
         total += (int((c >> 20).sum()) << 20) + int((c & 0xFFFFF).sum())
     return total
+
+
+def local_part(gap: np.ndarray, drops: np.ndarray, buffers: bool) -> np.ndarray:
+    """How many sequences of each gap the receiving host dropped itself, given the socket's
+    drops across the gap (module rules): one drop, one datagram -> min(gap, drops), the rest
+    was lost on the path; drops of GRO buffers (``buffers``), which hold one datagram or
+    several -> the whole gap."""
+    return np.where(drops > 0, gap if buffers else np.minimum(gap, drops), 0)
 
 
 class _Acc:
@@ -169,19 +180,32 @@ _TOTALS = ("received", "lost", "late", "duplicates", "negative_owd", "local_drop
            "jitter_n")
 _FROZEN_STATS = ("owd_p50_us", "owd_p90_us", "owd_p99_us", "owd_p999_us", "jitter_us",
                  "ipdv_p99_us")
+_FROZEN = struct.Struct(f"<{len(_TOTALS)}q{len(_FROZEN_STATS)}d")
+_NONE_INT = -(1 << 63)
 
 
 class Frozen:
-    """What a forgotten flow keeps: where its sequence stood and its totals, a few hundred
-    bytes instead of its ring and histograms. ``FlowStats.resume`` continues the flow from it;
-    ``summary()`` gives the summary of a flow that never came back (its percentiles as they
-    were when it was forgotten)."""
+    """What a forgotten flow keeps: where its sequence stood and its totals, packed into a
+    few hundred bytes instead of its ring and histograms. ``FlowStats.resume`` continues the
+    flow from it; ``summary()`` gives the summary of a flow that never came back (its
+    percentiles as they were when it was forgotten)."""
 
-    __slots__ = ("bits", "next", "horizon", "totals", "hist", "stats")
+    __slots__ = ("bits", "next", "horizon", "packed", "hist")
 
     def __init__(self, bits, next_seq, horizon, totals, hist, stats):
-        self.bits, self.next, self.horizon = bits, next_seq, horizon
-        self.totals, self.hist, self.stats = totals, hist, stats
+        self.bits, self.next, self.horizon, self.hist = bits, next_seq, horizon, hist
+        self.packed = _FROZEN.pack(*(_NONE_INT if v is None else v for v in totals),
+                                   *(math.nan if v is None else v for v in stats))
+
+    @property
+    def totals(self) -> tuple:
+        v = _FROZEN.unpack(self.packed)[: len(_TOTALS)]
+        return tuple(None if x == _NONE_INT else x for x in v)
+
+    @property
+    def stats(self) -> tuple:
+        v = _FROZEN.unpack(self.packed)[len(_TOTALS) :]
+        return tuple(None if math.isnan(x) else x for x in v)
 
     def summary(self) -> dict:
         acc = _Acc(False)
@@ -430,8 +454,8 @@ class FlowStats:
         t = self._tot
         rec = t.record(self._jitter)
         return Frozen(self._bits, (self.highest + 1) & self._mask, self._horizon,
-                      tuple(getattr(t, k) for k in _TOTALS), tuple(sorted(t.hist.items())),
-                      tuple(rec[k] for k in _FROZEN_STATS))
+                      [getattr(t, k) for k in _TOTALS], tuple(sorted(t.hist.items())),
+                      [rec[k] for k in _FROZEN_STATS])
 
     @classmethod
     def resume(cls, frozen: "Frozen", window: int = defaults.SEQ_WINDOW,
@@ -598,10 +622,8 @@ class FlowStats:
         if not hit.size:
             return
         d = drops[hit]
-        if buffers:  # a dropped buffer holds one datagram or several: the whole gap
-            n, unsure = gap, int(gap[gap > d].sum())
-        else:  # one drop, one datagram: the rest of the gap was lost on the path
-            n, unsure = np.minimum(gap, d), 0
+        n = local_part(gap, d, buffers)
+        unsure = int(gap[gap > d].sum()) if buffers else 0
         if shared:
             unsure = int(gap.sum())
         start = pm[hit] + 1

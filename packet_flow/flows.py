@@ -49,7 +49,7 @@ import numpy as np
 
 from packet_flow import _io, defaults
 from packet_flow.addresses import address
-from packet_flow.analysis import FlowStats
+from packet_flow.analysis import FlowStats, local_part
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,11 @@ class FlowTable:
     `packet_loss` semantics: a gap counted when the packet after it arrives)."""
 
     def __init__(self, destination, emit, stall_s, forget_s, window, on_packets=None,
-                 on_gaps=None, budget=defaults.MAX_FLOW_MEMORY_MIB << 20):
+                 on_gaps=None, budget=defaults.MAX_FLOW_MEMORY_MIB << 20, wall=None):
         self.destination = destination
+        # every `now_ns` the table is given is a CLOCK_MONOTONIC time (durations, stalls);
+        # wall(now_ns) is the wall-clock time records carry (default: the same number)
+        self.wall = wall or (lambda ns: ns)
         self.emit = emit
         self.stall_ns = int(stall_s * 1e9)
         self.forget_ns = int(forget_s * 1e9)
@@ -109,7 +112,7 @@ class FlowTable:
         self._pressure = [0, 0]     # untracked packets, evicted flows since the last warning
 
     def _base(self, kind, flow, now_ns, since_ns):
-        return {"type": kind, "role": "receiver", "time": now_ns,
+        return {"type": kind, "role": "receiver", "time": self.wall(now_ns),
                 "source": flow.source, "destination": self.destination,
                 "session": flow.session, "wire": flow.wire,
                 "interval_s": round((now_ns - since_ns) / 1e9, 6)}
@@ -243,13 +246,13 @@ class FlowTable:
             self._rebind(flow, part)
         else:
             flow.tx_max = max(flow.tx_max, int(part["tx_ns"].max()))
+        host = self._host_drops(flow, part["drops"])
         if self.on_gaps is not None:
-            self._gaps(flow, part)
+            self._gaps(flow, part, host)
         flow.stats.growable = self.memory < self.budget
         timed = part["coalesced"] == 0
         flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"], timed=timed,
-                          host_drops=self._host_drops(flow, part["drops"]),
-                          buffers=self.gro, shared=len(self.flows) > 1)
+                          host_drops=host, buffers=self.gro, shared=len(self.flows) > 1)
         self._account(flow)
         flow.last_ns = now_ns
         flow.fresh = True
@@ -269,7 +272,8 @@ class FlowTable:
             return
         old, flow.peer = flow.source, peer
         flow.source = address(peer[0], peer[1], int(part["family"][-1]))
-        log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
+        if flow.source != old:
+            log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
 
     @staticmethod
     def _host_drops(flow, drops):
@@ -319,12 +323,15 @@ class FlowTable:
         count = len(self.flows) + len(self.closing)
         return self.memory + extra <= self.budget and not (new and count >= defaults.MAX_FLOWS)
 
-    def _gaps(self, flow, part):
+    def _gaps(self, flow, part, host):
+        """Compat `packet_loss` points: the part of each gap lost on the path (what this
+        host's socket dropped is local, not loss)."""
         seq = flow.stats.unwrap(part["seq"])     # a 32-bit STAMP sequence wraps
         before = np.maximum.accumulate(np.concatenate(([flow.stats.highest], seq[:-1])))
         if flow.stats.highest < 0:
             before[0] = seq[0] - 1
-        gap = seq - before - 1
+        gap = np.maximum(seq - before - 1, 0)
+        gap -= local_part(gap, host, self.gro)
         opened = gap > 0
         if opened.any():
             self.on_gaps(flow.source, self.destination, part["rx_ns"][opened], gap[opened])
@@ -362,6 +369,7 @@ class FlowTable:
         del self.flows[key]
         self._release(flow)
         flow.stats = flow.stats.freeze()
+        flow.peer = None            # the returning packet sets it (and the source if it moved)
         self.forgotten[key] = flow
         self.memory += defaults.FORGOTTEN_BYTES
         if len(self.forgotten) > defaults.FORGOTTEN_MAX:

@@ -28,6 +28,10 @@ reflector's own per-flow sequence (stateful reflector, RFC 8762 §4.2). Rules:
   counts and a new one starts at reflector sequence 0; replies to sender sequences below the
   one that revealed the new run still belong to the old one. Nothing turns into duplicates,
   and no counter goes negative.
+- Replies the sender's own socket dropped (its buffer was full; every reply carries the
+  socket's drop count, SO_RXQ_OVFL) are missing from both streams at the same place: both
+  count them as ``local_drops`` (FlowStats rules, one drop = one datagram on this socket), so
+  they are neither forward nor backward loss; the record's ``local_drops`` is the total's.
 - Packets sent after the last reply received cannot be attributed to a direction: the summary
   counts them in ``lost`` and in ``unattributed_lost`` only, so
   ``lost = forward_lost + backward_lost + unattributed_lost``. A native sender's final packet is
@@ -65,13 +69,24 @@ class RttStats:
         self._untaken = []      # ... whose last interval is not yet in a record
         self.resets = self._resets_taken = 0
         self._since = 0         # the first sender sequence of the reflector's current run
+        self._drops = None      # the reply socket's drop count at the last reply
 
-    def update(self, seq, r_seq, t1_ns, t2_ns, t3_ns, t4_ns) -> None:
+    def update(self, seq, r_seq, t1_ns, t2_ns, t3_ns, t4_ns, drops=None) -> None:
         """Account one batch of replies in arrival order: sender sequence, reflector sequence
-        and the four timestamps (int64 ns) of each."""
+        and the four timestamps (int64 ns) of each; `drops`: the reply socket's drop count
+        when each reply was queued (SO_RXQ_OVFL), so replies this host dropped are
+        `local_drops`, not loss in either direction."""
         seq = np.asarray(seq, np.uint64)
         if not seq.size:
             return
+        host = None
+        if drops is not None:
+            d = np.asarray(drops, np.int64)
+            prev = np.empty_like(d)
+            prev[0] = d[0] if self._drops is None else self._drops
+            prev[1:] = d[:-1]
+            self._drops = int(d[-1])
+            host = (d - prev) & 0xFFFFFFFF
         r_seq = np.asarray(r_seq, np.uint64)
         t4 = np.asarray(t4_ns, np.int64)
         # FlowStats' delay is rx - tx: with tx = T1 + (T3 - T2) it is the RTT.
@@ -85,18 +100,21 @@ class RttStats:
         while True:
             k = self._reset_at(seq, r_seq)
             end = k if k >= 0 else seq.size
-            self.total.update(seq[:end], tx[:end], t4[:end])
+            h = None if host is None else host[:end]
+            self.total.update(seq[:end], tx[:end], t4[:end], host_drops=h)
             back = np.ones(end, bool)
             if self._retired:
                 # a reply of the previous run overtaken by the new run's first ones
                 back = self.total.unwrap(seq[:end]) >= self._since
                 self._retired[-1].update(r_seq[:end][~back], tx[:end][~back], t4[:end][~back])
-            self.backward.update(r_seq[:end][back], tx[:end][back], t4[:end][back])
+            self.backward.update(r_seq[:end][back], tx[:end][back], t4[:end][back],
+                                 host_drops=None if h is None else h[back])
             if k < 0:
                 return
             self._since = int(self.total.unwrap(seq[k:k + 1])[0])
             self._reset()
             seq, r_seq, tx, t4 = seq[k:], r_seq[k:], tx[k:], t4[k:]
+            host = None if host is None else host[k:]
 
     def _reset_at(self, seq, r_seq) -> int:
         """Index of the first reply showing that the reflector numbers this flow anew (it
@@ -185,6 +203,7 @@ def combine(total: dict, backward: dict) -> dict:
     rec["forward_duplicates"] = total["duplicates"] - backward["duplicates"]
     rec["backward_duplicates"] = backward["duplicates"]
     rec["loss_percent"] = total["loss_percent"]
+    rec["local_drops"] = total["local_drops"]
     return rec
 
 

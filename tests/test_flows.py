@@ -6,6 +6,7 @@ import numpy as np
 
 from packet_flow import _io
 from packet_flow.flows import FlowTable
+from packet_flow.sinks.lineproto import format_record
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -139,6 +140,8 @@ def test_forgotten_flow_resumes_and_the_gap_is_one_burst():
         tb.t.tick(T0 + S + k * 250 * MS)
     stalled = [r for r in tb.intervals() if r["stalled"]]
     assert stalled and stalled[-1]["silent_s"] >= 1.0
+    line = format_record(stalled[-1], "h").decode()       # what InfluxDB gets
+    assert "stalled=true" in line and f"silent_s={stalled[-1]['silent_s']!r}" in line
     assert not tb.t.flows and len(tb.t.forgotten) == 1 and not tb.summaries()
     tb.t.ingest(recs(range(400, 500)), T0 + 4 * S)
     tb.t.tick(T0 + 4 * S + 100 * MS)
@@ -174,3 +177,15 @@ def test_nat_rebinding_keeps_the_session_and_shows_the_new_source():
     assert s["source"] == "127.0.0.2:40001"
     assert (s["received"], s["lost"], s["loss_bursts"], s["duplicates"]) == (151, 50, 1, 0)
     assert s["late"] == 1
+
+
+def test_stamp_sender_restarting_with_the_same_ssid_is_a_new_flow():
+    tb = Table()
+    near_wrap = 2**32 - 100                           # its 32-bit sequence wraps first
+    tb.t.ingest(recs([(near_wrap + i) % 2**32 for i in range(300)], kind=3,
+                     tx=T0 + np.arange(300) * MS), T0 + S)
+    tb.t.ingest(recs(range(200), kind=3, tx0=T0 + 400 * MS), T0 + 2 * S)
+    tb.t.finish(T0 + 3 * S)
+    first, second = tb.summaries()
+    assert (first["received"], first["lost"], first["outcome"]) == (300, 0, "restarted")
+    assert (second["received"], second["lost"], second["duplicates"]) == (200, 0, 0)

@@ -61,17 +61,17 @@ def _cfg(*args):
 
 def _drain(loop):
     """Read everything the socket holds now and account it."""
-    while loop.rx.pump(_io.now_ns()):
+    while loop.rx.pump(_io.mono_ns()):
         pass
-    loop.table.ingest(loop.rx.drain(), _io.now_ns())
+    loop.table.ingest(loop.rx.drain(), _io.mono_ns())
 
 
 @pytest.mark.parametrize("gro", [False, True], ids=["datagrams", "gro"])
 def test_socket_overflow_is_local_drops_not_loss(gro):
-    recs = []
+    recs, points = [], []
     sock, _ = sockets.receive_socket(("127.0.0.1", 0), socket.AF_INET, 65536, gro=gro)
     loop = ReceiverLoop(_cfg("-m", "receiver", "--local-addr", "127.0.0.1:0"), recs.append,
-                        sock=sock)
+                        sock=sock, on_gaps=lambda src, dst, rx, lost: points.extend(lost.tolist()))
     ssock = sockets.send_socket(socket.AF_INET)
     # UDP GSO: 64 datagrams per send; a socket without GRO gets them one by one
     tx = _io.Sender(ssock.fileno(), sockets.dest_tuple(sock.getsockname(), socket.AF_INET),
@@ -95,7 +95,7 @@ def test_socket_overflow_is_local_drops_not_loss(gro):
         _drain(loop)
         tx.send(1, final=True)
         _drain(loop)
-        loop.table.finish(_io.now_ns())     # the closed flow's summary (after its grace time)
+        loop.table.finish(_io.mono_ns())     # the closed flow's summary (after its grace time)
         kernel_drops = sockets.drops(sock, -1)
     finally:
         loop.close()
@@ -117,6 +117,7 @@ def test_socket_overflow_is_local_drops_not_loss(gro):
         assert s["local_drops"] == tx.sent - s["received"] + 1
         assert 0 < kernel_drops < s["local_drops"]      # the kernel counts buffers
     assert s["lost"] + s["local_drops"] == missing
+    assert sum(points) == s["lost"]             # compat `packet_loss` points: the path's only
 
 
 @pytest.mark.slow

@@ -87,8 +87,11 @@ def sink():
 
 
 def scrape(sink):
-    """A tick's end (the receiver's own record), then GET /metrics."""
+    """A tick's end (the receiver's own record), its rendering, then GET /metrics."""
     sink.record({"type": "receiver", "destination": DEST, "flows": 1})
+    end = time.monotonic() + 5
+    while sink.busy and time.monotonic() < end:
+        time.sleep(0.01)
     status, text = get(sink.url + "/metrics")
     assert status == 200
     return samples(text)
@@ -123,6 +126,20 @@ def test_counters_sum_sessions_and_stay_monotonic(sink):
     time.sleep(0.6)                     # past forget-timeout with no counter moving
     sink.record(interval("a:1", stalled=True))
     assert not any(k[1] == key for k in scrape(sink))
+
+
+def test_rendering_process_killed(sink):
+    """The page keeps coming (rendered in the probe) when the rendering process dies."""
+    sink.record(interval("a:1", received=2))
+    assert scrape(sink)[("packet_flow_received_packets_total", flow_labels("a:1"))] == 2
+    for pid in list(sink.pool._processes):      # the sink's own child
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    sink.record(interval("a:1", received=3))
+    assert scrape(sink)[("packet_flow_received_packets_total", flow_labels("a:1"))] == 5
+    sink.record(interval("a:1", received=1))
+    assert scrape(sink)[("packet_flow_received_packets_total", flow_labels("a:1"))] == 6
+    assert sink.pool is None
 
 
 def test_label_sets_are_capped(sink, monkeypatch):

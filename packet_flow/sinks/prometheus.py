@@ -11,19 +11,20 @@ Rules:
   1 µs to 10 s). They are filled per receive batch (np.searchsorted + np.bincount over the
   batch's delay array, no Python loop per packet) on the receiving thread, and folded into
   the label set when the flow's next interval record arrives, so `_count` follows the
-  `received` counter interval by interval. `_count` counts every arriving test packet's
-  delay, duplicates included.
+  `received` counter interval by interval. `_count` counts every packet the table hands to
+  on_packets (those with a receive timestamp of their own), duplicates included.
 - A label set drops out --forget-timeout after its counters last moved; at most
   PROMETHEUS_MAX_SERIES label sets per table exist at once, and new flows beyond that are
   counted under source="overflow", so spoofed traffic cannot grow the exposition.
-- Rendering 1000 flows costs prometheus_client ~0.2 s of CPU, so no scrape waits for it:
-  the exposition is rendered (in a process of its own, from a plain-data snapshot the output
-  thread takes) after each tick's records while a scraper
-  came within PROMETHEUS_ACTIVE_S (or the run started that recently), and a scrape serves the
-  latest rendering (only a scrape after a quiet spell, or before the first tick, renders on
-  the spot). The GIL switch interval is lowered to
-  GIL_SWITCH_S so that a scrape (and the receiver) get the GIL quickly during a rendering. At exit, close() renders the final counts
-  and waits, within its timeout, for the next expected scrape to collect them.
+- Rendering 1000 flows costs prometheus_client ~0.2 s of CPU, so neither a scrape nor the
+  probe waits for it: after each tick's records (while a scraper came within
+  PROMETHEUS_ACTIVE_S, or the run started that recently) the output thread takes a
+  plain-data snapshot and a process of its own renders it, one rendering at a time; a
+  scrape serves the latest page. Only a scrape after a quiet spell, or before the first
+  tick, waits for a rendering. If the rendering process dies, the probe renders itself.
+  The GIL switch interval is lowered to GIL_SWITCH_S, so a scrape's syscalls do not wait
+  5 ms each for the probe's threads. At exit, close() renders the final counts and waits,
+  within its timeout, for the next expected scrape to collect them.
 """
 
 import logging
@@ -33,7 +34,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
@@ -198,7 +198,8 @@ class PrometheusSink:
         self.pending_owd = {}   # (source, destination) -> [counts, sum_ns]
         self.pending_rtt = {}
         self.page = None        # the latest rendering
-        self.rendered = 0       # renderings so far; `served` is the last one a scrape got
+        self.rendered = 0       # renderings started; `served` is the last one a scrape got
+        self.busy = False       # a rendering is running
         self.served = -1
         self.scrapes = []       # monotonic times of the last scrapes
         self.seen = time.monotonic()    # the last scrape, or the start: a scraper is expected
@@ -332,19 +333,51 @@ class PrometheusSink:
                      [((d,), w.get("flows", 0)) for d, w in wide]))
         return fams
 
-    def _render(self):
+    def _render(self, wait=False):
+        """Take a snapshot; prometheus_client renders it in the rendering process. Only with
+        `wait` does the caller wait for the page; otherwise a rendering still running makes
+        this one be skipped (the next tick renders again), so a slow rendering never holds
+        up the output thread. Returns the rendering's number."""
         with self.state_lock:
+            if self.busy and not wait:
+                return self.rendered
             fams = self.snapshot()
-            try:
-                page = self.pool.submit(render_page, fams).result() if self.pool else None
-            except (BrokenProcessPool, OSError) as exc:
-                log.warning("prometheus: the rendering process failed (%s); rendering in "
-                            "the probe from now on", exc)
-                self.pool = None
-            if self.pool is None:
-                page = render_page(fams)
             self.rendered += 1
-            self.page = (self.rendered, page)
+            number = self.rendered
+            self.busy = True
+        try:
+            pool = self.pool
+            future = pool.submit(render_page, fams) if pool is not None else None
+        except RuntimeError as exc:     # BrokenProcessPool: the process was killed
+            self._broken(exc)
+            future = None
+        if future is None:
+            self._store(number, render_page(fams))
+        elif wait:
+            self._done(number, fams, future)
+        else:
+            future.add_done_callback(lambda f: self._done(number, fams, f))
+        return number
+
+    def _done(self, number, fams, future):
+        try:
+            page = future.result()
+        except Exception as exc:        # BrokenProcessPool: the process was killed
+            self._broken(exc)
+            page = render_page(fams)
+        self._store(number, page)
+
+    def _broken(self, exc):
+        if self.pool is not None:
+            log.warning("prometheus: the rendering process failed (%s); rendering in the "
+                        "probe from now on", exc)
+            self.pool = None
+
+    def _store(self, number, page):
+        with self.state_lock:
+            if self.page is None or number > self.page[0]:
+                self.page = (number, page)
+            self.busy = False
 
     def _app(self, environ, start_response):
         if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") not in (
@@ -353,7 +386,7 @@ class PrometheusSink:
             return [b"not found: the metrics are at /metrics\n"]
         now = time.monotonic()
         if self.page is None or not self._scraped_recently(now):
-            self._render()
+            self._render(wait=True)
         self.scrapes = (self.scrapes + [now])[-3:]
         self.seen = now
         number, page = self.page
@@ -367,8 +400,7 @@ class PrometheusSink:
     def close(self, timeout=defaults.SHUTDOWN_FLUSH_S):
         """Render the final counts; when a scraper comes regularly and its next scrape is
         due within `timeout`, wait for it to collect them. Then stop serving."""
-        self._render()
-        final, start = self.rendered, time.monotonic()
+        final, start = self._render(wait=True), time.monotonic()
         if len(self.scrapes) >= 2:
             gap = self.scrapes[-1] - self.scrapes[-2]
             end = min(start + timeout, self.scrapes[-1] + 1.5 * gap)
@@ -376,8 +408,9 @@ class PrometheusSink:
                 time.sleep(0.02)
         self.server.shutdown()
         self.server.server_close()
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        pool = self.pool
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         return {}
 
 
