@@ -21,7 +21,9 @@ Rules:
   PROMETHEUS_ACTIVE_S, or the run started that recently) the output thread takes a
   plain-data snapshot and a process of its own renders it, one rendering at a time; a
   scrape serves the latest page. Only a scrape after a quiet spell, or before the first
-  tick, waits for a rendering. If the rendering process dies, the probe renders itself.
+  tick, waits for a rendering. If the rendering process dies, the probe renders itself
+  (with one warning); so does a program that runs this output from an unguarded main module
+  (spawn re-imports it: guard it with `if __name__ == "__main__":`).
   The GIL switch interval is lowered to GIL_SWITCH_S, so a scrape's syscalls do not wait
   5 ms each for the probe's threads. At exit, close() renders the final counts and waits,
   within its timeout, for the next expected scrape to collect them.
