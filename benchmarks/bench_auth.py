@@ -56,7 +56,7 @@ def recv_ns(size, key, n):
         got, bad = 0, 0
         t = time.perf_counter_ns()
         while got < n:
-            if not rx.pump(_io.now_ns() + 200_000_000, 1 << 16):
+            if not rx.pump(_io.mono_ns() + 200_000_000, 1 << 16):
                 break
             recs = rx.drain()
             got += len(recs)

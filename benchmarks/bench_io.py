@@ -49,7 +49,7 @@ def receiver(port_q, done, result_q, analyse):
     got, owd, c0, t_first, t_last = 0, [], None, None, None
     idle_until = None
     while True:
-        now = _io.now_ns()
+        now = _io.mono_ns()
         rx.pump(now + 20_000_000, defaults.RING_CAPACITY // 4)
         recs = rx.drain()
         if len(recs):
@@ -58,7 +58,7 @@ def receiver(port_q, done, result_q, analyse):
                 c0, t_first = cpu_s(), t_last
             got += len(recs)
             if table is not None:
-                table.ingest(recs, _io.now_ns())
+                table.ingest(recs, _io.mono_ns())
             owd.append((recs["rx_ns"] - recs["tx_ns"])[::97])
             idle_until = None
         elif done.is_set():

@@ -130,7 +130,7 @@ def flows_scraped(prom, mport: int, n: int, pps: float, seconds: float, tmp: str
                     gets.append(float(got.stdout))
 
         getter = threading.Thread(target=curl)
-        start = _io.now_ns() + 50_000_000
+        start = _io.mono_ns() + 50_000_000
         cpu0 = proc_stat(rx.pid)[1]
         t0 = time.time()
         getter.start()

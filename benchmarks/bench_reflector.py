@@ -63,7 +63,7 @@ def blast(wire, mode, seconds, batch, segments, max_packets, window):
         while time.monotonic() < end and tx.sent < max_packets:
             if mode == "open" or tx.sent - replies + tx.per_call <= window:
                 tx.send(tx.per_call)
-            now = _io.now_ns()
+            now = _io.mono_ns()
             # a pump whose deadline has passed does one recvmmsg: repeat while batches come full
             while True:
                 got = rx.pump(now)
@@ -72,9 +72,9 @@ def blast(wire, mode, seconds, batch, segments, max_packets, window):
                     break
             rx.drain()
         elapsed = time.monotonic() - t0
-        drain_end = _io.now_ns() + 300_000_000
-        while _io.now_ns() < drain_end and replies < tx.sent:
-            replies += rx.pump(min(drain_end, _io.now_ns() + 20_000_000))
+        drain_end = _io.mono_ns() + 300_000_000
+        while _io.mono_ns() < drain_end and replies < tx.sent:
+            replies += rx.pump(min(drain_end, _io.mono_ns() + 20_000_000))
             rx.drain()
         cpu = cpu_s(refl.pid) - cpu0
         sent = tx.sent

@@ -20,8 +20,8 @@
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport (EACCES, EAGAIN, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH, EINTR, EIO,
-                         EMSGSIZE, ENETDOWN, ENETUNREACH, ENOBUFS, EPERM, errno)
+from libc.errno cimport (EACCES, EAGAIN, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH, EINTR, EINVAL,
+                         EIO, EMSGSIZE, ENETDOWN, ENETUNREACH, ENOBUFS, EPERM, errno)
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset

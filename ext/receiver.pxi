@@ -128,7 +128,7 @@ cdef class Receiver:
             while c != NULL:
                 if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
                     ts = <timespec *>CMSG_DATA(c)
-                    rx = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+                    rx = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec + _wall_step
                 elif c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
                     dropped = (<uint32_t *>CMSG_DATA(c))[0]
                     self.kernel_drops = dropped
@@ -204,7 +204,7 @@ cdef class Receiver:
             if n > 0:
                 st = DONE
                 head0 = self.head
-                got[0] += self._store(n, _now())
+                got[0] += self._store(n, _wall())
                 self._received(n, head0)
             elif n == 0:
                 st = AGAIN
@@ -213,7 +213,7 @@ cdef class Receiver:
                     st = _errno_path(err)
                 if st == INTERRUPTED:
                     return st       # let the caller look at its flags
-            now = _now()
+            now = _mono()
             if (max_records and got[0] >= max_records) or now >= until_ns:
                 return DONE
             if st == AGAIN:
@@ -232,7 +232,7 @@ cdef class Receiver:
                 _sleep_abs(min(now + self.coalesce_ns, until_ns))
 
     def pump(self, int64_t until_ns, uint64_t max_records=0):
-        """Receive until CLOCK_REALTIME `until_ns`, or `max_records` new records, or a
+        """Receive until CLOCK_MONOTONIC `until_ns`, or `max_records` new records, or a
         signal. Waits in poll() when the socket is empty; runs without the GIL throughout.
         Returns records added."""
         cdef uint64_t got = 0
@@ -289,7 +289,7 @@ cdef class Receiver:
         h.msg_controllen = cn
         self.msgs[0].msg_len = <unsigned int>n
         try:
-            self._store(1, _now())
+            self._store(1, _wall())
             return self._replies(1, head0)
         finally:
             self.iovs[0].iov_base = base

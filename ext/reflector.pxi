@@ -139,7 +139,7 @@ cdef class Reflector(Receiver):
         cdef int i, n = 0
         cdef rec_t *r
         cdef uint8_t *p
-        cdef int64_t t3 = _now()
+        cdef int64_t t3 = _wall()
         for i in range(nmsg):
             r = &self.ring[(head0 + i) & (self.capacity - 1)]
             if not (r.kind == K_STAMP or r.kind == K_NATIVE and not (r.flags & FLAG_REFLECTED)):
@@ -169,14 +169,15 @@ cdef class Reflector(Receiver):
 
     cdef Status _received(self, int nmsg, uint64_t head0) except ERROR nogil:
         # answers the batch just stored, from its own buffers, to its own source addresses
-        cdef int i, n = self._answer(nmsg, head0), done = 0, nsend
+        cdef int i, n = self._answer(nmsg, head0), done = 0, nsend, gso_errno = 0
         cdef mmsghdr *out
         out = self.smsgs
         nsend = n
         if self.reflect_gso and n > 1:
             out = self.gmsgs
             nsend = self._coalesce(n)
-        while _send_all(self.fd, out, nsend, &done, 0, &self.reflect_errors) == NO_GSO:
+        while _send_all(self.fd, out, nsend, &done, 0, &self.reflect_errors,
+                        &gso_errno) == NO_GSO:
             if out != self.gmsgs:
                 with gil:
                     _errno_path(EIO)

@@ -42,11 +42,14 @@ cdef inline void _set_segment(msghdr *h, uint8_t *ctrl, uint16_t seg) noexcept n
 
 
 cdef Status _send_all(int fd, mmsghdr *msgs, int n, int *done, size_t seg,
-                      uint64_t *refused) except ERROR nogil:
+                      uint64_t *refused, int *gso_errno) except ERROR nogil:
     """sendmmsg until msgs[done:n] are all out (done advances). AGAIN: wait in poll(POLLOUT).
     A message the kernel REFUSED is skipped and its datagrams added to refused (its iovecs,
-    or its bytes / seg for one GSO buffer). Returns DONE, or NO_GSO (EIO: the device refused
-    UDP GSO) for the caller to resend msgs[done:] without GSO."""
+    or its bytes / seg for one GSO buffer). Returns DONE, or NO_GSO for the caller to resend
+    msgs[done:] without GSO (gso_errno[0] says why): EIO, the device refused UDP GSO; or
+    EMSGSIZE / EINVAL (older kernels) for a GSO message, too big (a segment over the path
+    MTU, over 64 KiB in all, more segments than UDP_MAX_SEGMENTS) while its datagrams one
+    by one may well fit."""
     cdef int rc, err
     cdef Status st
     cdef pollfd pfd
@@ -57,7 +60,10 @@ cdef Status _send_all(int fd, mmsghdr *msgs, int n, int *done, size_t seg,
             done[0] += rc
             continue
         err = errno
-        if err == EIO:
+        h = &msgs[done[0]].msg_hdr
+        if err == EIO or ((err == EMSGSIZE or err == EINVAL) and (
+                h.msg_iovlen > 1 or (seg and h.msg_iov[0].iov_len > seg))):
+            gso_errno[0] = err
             return NO_GSO
         with gil:
             st = _errno_path(err)
@@ -66,7 +72,6 @@ cdef Status _send_all(int fd, mmsghdr *msgs, int n, int *done, size_t seg,
             pfd.events = POLLOUT
             poll(&pfd, 1, 10)
         elif st == REFUSED:
-            h = &msgs[done[0]].msg_hdr
             if h.msg_iovlen > 1 or seg == 0:
                 refused[0] += h.msg_iovlen
             else:
@@ -78,14 +83,17 @@ cdef Status _send_all(int fd, mmsghdr *msgs, int n, int *done, size_t seg,
 cdef class Sender:
     """Builds packets in preallocated buffers and sends them with one sendmmsg per batch,
     optionally as UDP GSO super-datagrams (`segments` packets per message). Each packet
-    carries its own CLOCK_REALTIME stamp taken while the batch is built.
+    carries its own wall-clock stamp taken while the batch is built. When the kernel
+    refuses a GSO message (NO_GSO), the same packets go again one datagram per message, and
+    so does everything after (`segments` becomes 1, `gso_errno` says why).
 
-    The schedule: slot k is due at start_ns + k * interval_ns (an absolute grid, no drift).
+    The schedule: slot k is due at CLOCK_MONOTONIC start_ns + k * interval_ns (an absolute
+    grid, no drift; a step of the wall clock does not move it).
     run() follows it; lateness of each packet's stamp behind its slot goes into `lateness`
     until take_lateness() empties it."""
 
     cdef int fd
-    cdef readonly int wire, size, batch, segments
+    cdef readonly int wire, size, batch, segments, gso_errno
     cdef readonly uint64_t session, seq, sent, k, missed_slots, skipped_slots, send_errors
     cdef readonly int64_t start_ns, interval_ns, spin_ns, comp_ns
     # lateness is recorded for every lat_every-th slot (a systematic sample at high rates);
@@ -140,7 +148,7 @@ cdef class Sender:
         self._lat = np.zeros(lateness_capacity, np.int64)
         self.lat = self._lat
         self.interval_ns = 1000000
-        self.start_ns = _now()
+        self.start_ns = _mono()
 
     def __dealloc__(self):
         free(self.bufs)
@@ -212,12 +220,12 @@ cdef class Sender:
         """Build packets for the next n sequence numbers (slots, when scheduled) and send
         them all with sendmmsg. Runs without the GIL; takes it only on a failed syscall."""
         cdef int i, m, nmsg, done, first, end
-        cdef int64_t t, slot
+        cdef int64_t t, slot, wall = _wall() - _mono()
         cdef uint8_t *p
         for i in range(n):
             p = self.bufs + <size_t>i * self.size
-            t = _now()
-            self._build(p, self.seq + i, t, flags)
+            t = _mono()
+            self._build(p, self.seq + i, t + wall, flags)
             if scheduled:
                 slot = self.start_ns + <int64_t>(self.k + i) * self.interval_ns
                 if (self.k + i) % self.lat_every == 0 and self.lat_n < self.lat.shape[0]:
@@ -229,12 +237,13 @@ cdef class Sender:
         while first < n:
             nmsg, end = self._messages(first, n)
             done = 0
-            if _send_all(self.fd, self.msgs, nmsg, &done, self.size,
-                         &self.send_errors) == NO_GSO:
+            if _send_all(self.fd, self.msgs, nmsg, &done, self.size, &self.send_errors,
+                         &self.gso_errno) == NO_GSO:
                 if self.segments == 1:
                     with gil:
                         _errno_path(EIO)
-                # UDP GSO refused by the route's device (no checksum offload, IPsec): send
+                # UDP GSO refused by the route's device (no checksum offload, IPsec) or the
+                # message too big for the path: send the refused message's packets again,
                 # the rest, and everything after, one datagram per message
                 self.segments = 1
                 for m in range(done):
@@ -268,7 +277,7 @@ cdef class Sender:
             deadline = self.start_ns + <int64_t>self.k * self.interval_ns
             if deadline >= until_ns:
                 return DONE
-            now = _now()
+            now = _mono()
             if now < deadline:
                 rc = 0
                 if spin > 0:
@@ -278,7 +287,7 @@ cdef class Sender:
                             # precise: spin just longer than the timer's recent wake-up
                             # lateness (a decaying maximum, bounded so that one preemption
                             # cannot pin it high)
-                            now = _now() - (deadline - spin) + SPIN_MARGIN
+                            now = _mono() - (deadline - spin) + SPIN_MARGIN
                             spin = max(spin - spin // 256, min(now, SPIN_MAX), SPIN_MIN)
                             self.spin_ns = spin
                 else:
@@ -288,16 +297,16 @@ cdef class Sender:
                     if target > now:
                         rc = _sleep_abs(target)
                         if rc == 0:
-                            self.comp_ns += (_now() - target - self.comp_ns) // 16
+                            self.comp_ns += (_mono() - target - self.comp_ns) // 16
                             self.comp_ns = max(0, min(self.comp_ns, COMP_MAX,
                                                       self.interval_ns // 2))
                 if rc != 0:
                     with gil:
                         _errno_path(rc)
                     return INTERRUPTED      # let the caller look at its flags
-                while spin > 0 and _now() < deadline:
+                while spin > 0 and _mono() < deadline:
                     pass
-                now = _now()
+                now = _mono()
             due = 1
             if now >= deadline:
                 due = <uint64_t>((now - self.start_ns) // self.interval_ns) - self.k + 1

@@ -18,7 +18,7 @@ cdef enum Status:
     INTERRUPTED = 1     # a signal: its handlers have run
     AGAIN = 2           # would block: nothing done now
     REFUSED = 3         # this one datagram was refused
-    NO_GSO = 4          # sendmmsg: EIO, the device refused UDP GSO; resend without it
+    NO_GSO = 4          # sendmmsg: UDP GSO refused (EIO) or too big; resend without it
 
 
 cdef Status _errno_path(int err) except ERROR:

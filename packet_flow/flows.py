@@ -88,8 +88,11 @@ class FlowTable:
     `packet_loss` semantics: a gap counted when the packet after it arrives)."""
 
     def __init__(self, destination, emit, stall_s, forget_s, window, on_packets=None,
-                 on_gaps=None, budget=defaults.MAX_FLOW_MEMORY_MIB << 20):
+                 on_gaps=None, budget=defaults.MAX_FLOW_MEMORY_MIB << 20, wall=None):
         self.destination = destination
+        # every `now_ns` the table is given is a CLOCK_MONOTONIC time (durations, stalls);
+        # wall(now_ns) is the wall-clock time records carry (default: the same number)
+        self.wall = wall or (lambda ns: ns)
         self.emit = emit
         self.stall_ns = int(stall_s * 1e9)
         self.forget_ns = int(forget_s * 1e9)
@@ -109,7 +112,7 @@ class FlowTable:
         self._pressure = [0, 0]     # untracked packets, evicted flows since the last warning
 
     def _base(self, kind, flow, now_ns, since_ns):
-        return {"type": kind, "role": "receiver", "time": now_ns,
+        return {"type": kind, "role": "receiver", "time": self.wall(now_ns),
                 "source": flow.source, "destination": self.destination,
                 "session": flow.session, "wire": flow.wire,
                 "interval_s": round((now_ns - since_ns) / 1e9, 6)}

@@ -36,7 +36,7 @@ class ReceiverLoop:
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps,
-                               budget=cfg.max_flow_memory << 20)
+                               budget=cfg.max_flow_memory << 20, wall=_io.wall_of)
         self.table.gro = sockets.gro_enabled(sock)
         self.stopping = False
         self._last = {}
@@ -61,7 +61,7 @@ class ReceiverLoop:
         now = self.counters()
         delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
         self._last = now
-        rec = {"type": "receiver", "role": "receiver", "time": now_ns,
+        rec = {"type": "receiver", "role": "receiver", "time": _io.wall_of(now_ns),
                "source": None, "destination": self.local, "session": None,
                "interval_s": round((now_ns - since_ns) / 1e9, 6), "flows": len(self.table.flows)}
         rec["malformed"] = {k[len("malformed_"):]: delta.pop(k) for k in list(delta)
@@ -82,19 +82,20 @@ class ReceiverLoop:
             self.table.ingest(recs, now_ns)
 
     def run(self, deadline_ns=0, start_ns=None):
-        """Receive until stop() or CLOCK_REALTIME deadline_ns (0 = none)."""
+        """Receive until stop() or the CLOCK_MONOTONIC deadline_ns (0 = none); interval
+        ticks are on CLOCK_MONOTONIC too, record times on the wall clock."""
         interval_ns = int(self.cfg.interval * 1e9)
-        start = start_ns or _io.now_ns()
+        start = start_ns or _io.mono_ns()
         next_tick = start + interval_ns
         last_tick = start
         max_records = defaults.RING_CAPACITY // 4
         while not self.stopping:
-            now = _io.now_ns()
+            now = _io.mono_ns()
             until = min(next_tick, now + defaults.RECEIVE_SLICE_NS)
             if deadline_ns:
                 until = min(until, deadline_ns)
             self.rx.pump(until, max_records)
-            now = _io.now_ns()
+            now = _io.mono_ns()
             self._drain(now)
             if now >= next_tick:
                 self.table.tick(now)
@@ -103,7 +104,7 @@ class ReceiverLoop:
                 next_tick += interval_ns * max(1, (now - next_tick) // interval_ns + 1)
             if deadline_ns and now >= deadline_ns:
                 break
-        now = _io.now_ns()
+        now = _io.mono_ns()
         self.rx.pump(now)
         self._drain(now)
         self.table.finish(now)

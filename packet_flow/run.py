@@ -209,7 +209,7 @@ def run(cfg, ready=None):
         gc.freeze()
         if ready is not None:
             ready({"sender": sender, "receiver": receiver})
-        deadline = _io.now_ns() + int(cfg.duration * 1e9) if cfg.duration else 0
+        deadline = _io.mono_ns() + int(cfg.duration * 1e9) if cfg.duration else 0
         if sender is None:
             receiver.run(deadline)
         else:

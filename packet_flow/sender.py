@@ -30,6 +30,30 @@ from packet_flow.histogram import LogHistogram
 log = logging.getLogger(__name__)
 
 WIRE = {"native": _io.WIRE_NATIVE, "legacy": _io.WIRE_LEGACY, "stamp": _io.WIRE_STAMP}
+UDP_IP_HEADERS = {socket.AF_INET: 8 + 20, socket.AF_INET6: 8 + 40}
+IP_MAX = 65535              # an IP datagram's largest length field (IPv6: payload only)
+
+
+def packet_bytes(wire, size, keyed):
+    """The UDP payload of every packet: --size, at least the wire format's header (the
+    Cython Sender applies the same floor)."""
+    if wire == "legacy":
+        return _io.LEGACY_SIZE
+    if wire == "stamp":
+        return max(size, _io.STAMP_SIZE)
+    return max(size, _io.HEADER + (_io.TAG if keyed else 0))
+
+
+def gso_segments(size, mtu, family, most=defaults.GSO_SEGMENTS):
+    """Packets per UDP GSO message: at most `most` (the kernel's UDP_MAX_SEGMENTS is 64 on
+    older kernels), at most 64 KiB of payload per message, and 1 (no GSO) when one packet
+    with its UDP/IP headers exceeds the path MTU `mtu` (None = unknown): the kernel refuses
+    a GSO segment over the MTU, where it fragments a single datagram."""
+    headers = UDP_IP_HEADERS[family]
+    if mtu and size + headers > mtu:
+        return 1
+    payload = IP_MAX - (headers if family == socket.AF_INET else 8)
+    return max(1, min(most, payload // size))
 
 
 def _late_stats(lat_ns):
@@ -47,7 +71,7 @@ def realtime_priority():
     Used only where the spin is a small share of the interval, so it cannot starve others."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(defaults.REALTIME_PRIORITY))
-        log.info("sender timer: SCHED_FIFO priority %d", defaults.REALTIME_PRIORITY)
+        log.debug("sender timer: SCHED_FIFO priority %d", defaults.REALTIME_PRIORITY)
         return True
     except (OSError, AttributeError) as exc:
         log.info("sender timer without real-time priority (%s); a busy machine will "
@@ -66,10 +90,6 @@ class SenderLoop:
         self.sock = sock or sockets.send_socket(cfg.remote.family, cfg.dscp, cfg.ttl)
         self.session = secrets.randbits(64)
         self.interval_ns = max(1, round(cfg.rate_ms * 1e6))
-        segments = 1
-        if self.interval_ns < defaults.GSO_BELOW_NS and cfg.wire != "legacy" \
-                and sockets.gso_supported(self.sock):
-            segments = defaults.GSO_SEGMENTS
         size = cfg.size if size is None else size
         self.rx = self.rtt = None
         if cfg.rtt:
@@ -79,6 +99,18 @@ class SenderLoop:
             if cfg.wire == "native":
                 size = max(size, _io.REFLECTED_HEADER + (_io.TAG if cfg.key else 0))
             self._rtt_socket()
+        size = packet_bytes(cfg.wire, size, bool(cfg.key))
+        self.mtu = sockets.path_mtu(cfg.remote)
+        family = cfg.remote.family
+        if self.mtu and size + UDP_IP_HEADERS[family] > self.mtu:
+            log.warning("--size %d: packets of %d bytes with their UDP/IP headers exceed the "
+                        "path MTU %d to %s (%d bytes fit): the kernel fragments every packet",
+                        cfg.size, size + UDP_IP_HEADERS[family], self.mtu, cfg.remote,
+                        self.mtu - UDP_IP_HEADERS[family])
+        segments = 1
+        if self.interval_ns < defaults.GSO_BELOW_NS and cfg.wire != "legacy" \
+                and sockets.gso_supported(self.sock):
+            segments = gso_segments(size, self.mtu, family)
         self.tx = _io.Sender(self.sock.fileno(),
                              sockets.dest_tuple(cfg.remote.sockaddr, cfg.remote.family),
                              wire=WIRE[cfg.wire], session=self.session, size=size,
@@ -97,6 +129,7 @@ class SenderLoop:
         self.late_min = self.late_max = 0
         self.lat_parts = []
         self._last = (0, 0, 0, 0)
+        self.gso_warned = False
 
     def _rtt_socket(self):
         """Turn on kernel receive timestamps (T4) on the send socket; attach a Receiver."""
@@ -114,7 +147,7 @@ class SenderLoop:
     def _pump_replies(self, wait_until_ns=0):
         """Read the queued replies (waiting for more until wait_until_ns when that is in the
         future) and account them. One numpy pass per drained batch."""
-        now = _io.now_ns()
+        now = _io.mono_ns()
         if wait_until_ns > now:
             self.rx.pump(wait_until_ns, defaults.RTT_RING // 2)
         # a pump whose deadline has passed does one recvmmsg: repeat while batches come full
@@ -142,12 +175,12 @@ class SenderLoop:
 
     def _last_replies(self):
         """After the final packet: wait for the replies still on their way, then settle."""
-        end = _io.now_ns() + defaults.RTT_WAIT_NS
-        while _io.now_ns() < end:
+        end = _io.mono_ns() + defaults.RTT_WAIT_NS
+        while _io.mono_ns() < end:
             # the highest answered sequence is unwrapped from 0, so it compares to tx.seq
             if self.final_answered or self.rtt.highest >= self.tx.seq - 1:
                 break
-            self._pump_replies(min(end, _io.now_ns() + defaults.RTT_SLICE_NS))
+            self._pump_replies(min(end, _io.mono_ns() + defaults.RTT_SLICE_NS))
         self._pump_replies()
         self.rtt.close()
 
@@ -170,7 +203,7 @@ class SenderLoop:
     def _record(self, kind, now_ns, since_ns):
         if self.source is None:
             self.source = sockets.local_name(self.sock, self.cfg.remote)
-        rec = {"type": kind, "role": "sender", "time": now_ns, "source": self.source,
+        rec = {"type": kind, "role": "sender", "time": _io.wall_of(now_ns), "source": self.source,
                "destination": str(self.cfg.remote), "session": self.session_hex,
                "wire": self.cfg.wire, "interval_s": round((now_ns - since_ns) / 1e9, 6)}
         return rec
@@ -206,6 +239,11 @@ class SenderLoop:
         rec.update(sent=sent - self._last[0], missed_slots=missed - self._last[1],
                    skipped_slots=skipped - self._last[2], send_errors=errors - self._last[3],
                    **_late_stats(lat))
+        if self.tx.gso_errno and not self.gso_warned:
+            self.gso_warned = True
+            log.warning("the kernel refused a UDP GSO message (%s): sending one datagram per "
+                        "message from now on; the refused packets were sent again",
+                        os.strerror(self.tx.gso_errno))
         if errors and not self._last[3]:
             log.warning("the kernel refused to send some packets (a local firewall, no route, "
                         "or too big): counted in send_errors; the receiver sees them as lost")
@@ -239,7 +277,7 @@ class SenderLoop:
             realtime_priority()
         interval_ns = int(cfg.interval * 1e9)
         self._warm_up()
-        start = _io.now_ns() + 1_000_000
+        start = _io.mono_ns() + 1_000_000
         self.tx.start(start, self.interval_ns, defaults.SPIN_NS)
         precise = cfg.timer == "precise"
         next_tick = start + interval_ns
@@ -254,7 +292,7 @@ class SenderLoop:
         while not self.stopping:
             until = next_tick + half if not deadline_ns else min(next_tick + half, deadline_ns)
             if self.rx is not None:
-                until = min(until, _io.now_ns() + defaults.RTT_SLICE_NS)
+                until = min(until, _io.mono_ns() + defaults.RTT_SLICE_NS)
             limit = probes - self.tx.sent if cfg.count else 0
             if limit or not cfg.count:
                 self.tx.run(until, limit, precise)
@@ -266,10 +304,10 @@ class SenderLoop:
                 self.tx.skip_sequence(self.skip_pending)
                 log.info("skipped %d sequence number(s) on request", self.skip_pending)
                 self.skip_pending = 0
-            now = _io.now_ns()
+            now = _io.mono_ns()
             if now < next_tick <= until and not self.stopping:
                 _io.sleep_until(next_tick)          # no slot before next_tick + half
-                now = _io.now_ns()
+                now = _io.mono_ns()
             if now >= next_tick:
                 self._interval(now, last_tick)
                 last_tick = now
@@ -282,7 +320,7 @@ class SenderLoop:
         self.goodbye = int(cfg.wire == "legacy")
         if self.rtt is not None:
             self._last_replies()
-        now = _io.now_ns()
+        now = _io.mono_ns()
         self._interval(now, last_tick)
         self._summary(now, start)
 

@@ -85,6 +85,26 @@ def gso_supported(sock):
     return _try(sock, socket.IPPROTO_UDP, _io.UDP_SEGMENT_, 0, "UDP_SEGMENT")
 
 
+IP_MTU = 14
+IPV6_MTU = 24
+
+
+def path_mtu(remote):
+    """The route's MTU towards `remote` (an Addr): IP_MTU / IPV6_MTU of a socket connected
+    to it (connecting sends nothing). None when the kernel cannot say (no route)."""
+    probe = socket.socket(remote.family, socket.SOCK_DGRAM)
+    try:
+        probe.connect(remote.sockaddr)
+        if remote.family == socket.AF_INET6:
+            return probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+        return probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+    except OSError as exc:
+        log.debug("path MTU to %s unknown: %s", remote, exc)
+        return None
+    finally:
+        probe.close()
+
+
 def dest_tuple(sockaddr, family):
     """(family, packed address, port) as Sender wants it."""
     packed = socket.inet_pton(family, sockaddr[0])

@@ -37,9 +37,9 @@ class Link:
     def collect(self, expect, timeout_s=2.0):
         """Pump and drain until `expect` records arrived or the timeout passed."""
         parts, got = [], 0
-        end = _io.now_ns() + int(timeout_s * 1e9)
-        while got < expect and _io.now_ns() < end:
-            self.rx.pump(min(end, _io.now_ns() + 20_000_000), expect - got)
+        end = _io.mono_ns() + int(timeout_s * 1e9)
+        while got < expect and _io.mono_ns() < end:
+            self.rx.pump(min(end, _io.mono_ns() + 20_000_000), expect - got)
             part = self.rx.drain()
             got += len(part)
             parts.append(part)

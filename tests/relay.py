@@ -8,7 +8,7 @@ so the counts a receiver must report are known exactly in advance (see `plan`):
   after datagram i + reorder_by (so it arrives `reorder_by` places late);
 - duplicate: when i % dup_every == dup_at (and i is not reordered), datagram i is sent twice.
 Precision: the loop waits for each send deadline with packet_flow._io.sleep_until (absolute
-CLOCK_REALTIME deadline, nanosleep, then a spin of the last SPIN_NS without the GIL), never
+CLOCK_MONOTONIC deadline, nanosleep, then a spin of the last SPIN_NS without the GIL), never
 time.sleep; its own lateness behind every deadline is part of the statistics it writes.
 Run it as a process (`python3 tests/relay.py --help`), so no other thread holds the GIL when
 a deadline comes; on a busy machine give it `--rt-priority` (SCHED_FIFO, root only), because
@@ -121,19 +121,19 @@ class Relay:
         received = sent = 0
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        start = last_rx = _io.now_ns()
+        start = last_rx = _io.mono_ns()
         try:
             _io.set_timerslack(1)
         except OSError:
             pass
         while True:
-            now = _io.now_ns()
+            now = _io.mono_ns()
             if queue and queue[0][0] - now <= WAKE_NS:
                 deadline, data = queue.popleft()
                 late = _io.sleep_until(deadline, SPIN_NS)
                 self.sock.sendto(data, self.forward)
                 sent += 1
-                lateness.append(late if late is not None else _io.now_ns() - deadline)
+                lateness.append(late if late is not None else _io.mono_ns() - deadline)
                 continue
             if received and now - last_rx > self.idle_ns and not queue:
                 if not held:
@@ -151,10 +151,12 @@ class Relay:
                             MAX_DATAGRAM, socket.CMSG_SPACE(16))
                     except BlockingIOError:
                         break
-                    deadline = _rx_stamp(anc, _io.now_ns()) + self.delay_ns
+                    # the kernel stamp is wall-clock time; deadlines are monotonic
+                    wall = _io.wall_ns()
+                    deadline = _io.mono_ns() - (wall - _rx_stamp(anc, wall)) + self.delay_ns
                     i = received
                     received += 1
-                    last_rx = _io.now_ns()
+                    last_rx = _io.mono_ns()
                     if sched.reordered(i):
                         held[i + sched.reorder_by] = data
                         continue

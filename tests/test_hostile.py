@@ -241,7 +241,7 @@ def _run_reflector(args, body):
                        "reflector", "--local-addr", "127.0.0.1:0", "--interval", "60",
                        *map(str, args)])
     refl = ReflectorLoop(cfg, recs.append)
-    thread = threading.Thread(target=refl.run, args=(_io.now_ns() + 30 * S,))
+    thread = threading.Thread(target=refl.run, args=(_io.mono_ns() + 30 * S,))
     thread.start()
     try:
         body(("127.0.0.1", refl.sock.getsockname()[1]))

@@ -20,7 +20,7 @@ def _blast(lk, sender, n):
     parts, sent = [], 0
     while sent < n:
         sent += sender.send(min(sender.per_call, n - sent))
-        lk.rx.pump(_io.now_ns())
+        lk.rx.pump(_io.mono_ns())
         parts.append(lk.rx.drain())
     got = sum(len(p) for p in parts)
     parts.append(lk.collect(n - got))
@@ -69,10 +69,10 @@ def test_ipv4_source_address_recorded(link):
 
 def test_kernel_timestamp_used(link):
     lk = link()
-    before = _io.now_ns()
+    before = _io.wall_ns()
     lk.ssock.sendto(wire.encode_native(1, 0, before), lk.addr)
     rec = lk.collect(1)[0]
-    assert before <= rec["rx_ns"] <= _io.now_ns()
+    assert before <= rec["rx_ns"] <= _io.wall_ns()
 
 
 def test_malformed_counted_by_reason_never_raises(link):
@@ -106,9 +106,9 @@ def test_ring_overflow_is_counted(link):
     for _ in range(40):
         sender.send(64)
     got = 0
-    end = _io.now_ns() + 2_000_000_000
-    while lk.rx.datagrams < 2560 and _io.now_ns() < end:
-        lk.rx.pump(_io.now_ns() + 10_000_000)
+    end = _io.mono_ns() + 2_000_000_000
+    while lk.rx.datagrams < 2560 and _io.mono_ns() < end:
+        lk.rx.pump(_io.mono_ns() + 10_000_000)
     recs = lk.rx.drain()
     got += len(recs)
     assert lk.rx.datagrams == 2560
@@ -127,7 +127,7 @@ def test_closed_socket_raises_oserror(link):
         sender.send(1)
     assert info.value.errno == errno.EBADF
     with pytest.raises(OSError) as info:
-        rx.pump(_io.now_ns() + 1_000_000)
+        rx.pump(_io.mono_ns() + 1_000_000)
     assert info.value.errno == errno.EBADF
 
 
@@ -135,7 +135,7 @@ def test_bad_socket_type_raises_oserror():
     with open(os.devnull, "wb") as f:
         rx = _io.Receiver(f.fileno())
         with pytest.raises(OSError) as info:
-            rx.pump(_io.now_ns() + 1_000_000)
+            rx.pump(_io.mono_ns() + 1_000_000)
     assert info.value.errno == errno.ENOTSOCK
 
 
@@ -145,22 +145,22 @@ def test_idle_pump_waits_in_poll(link):
     lk = link()
     lk.rx.coalesce_ns = 500_000
     before = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
-    assert lk.rx.pump(_io.now_ns() + 200_000_000) == 0
+    assert lk.rx.pump(_io.mono_ns() + 200_000_000) == 0
     assert resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before <= 2
 
 
 def test_sleep_until_absolute_deadline():
     _io.set_timerslack(1)
-    deadline = _io.now_ns() + 5_000_000
+    deadline = _io.mono_ns() + 5_000_000
     late = _io.sleep_until(deadline, 50_000)
     assert late is not None and late >= 0
-    assert _io.now_ns() >= deadline
+    assert _io.mono_ns() >= deadline
 
 
 def test_schedule_grid_and_skips(link):
     lk = link()
     sender = lk.sender(batch=8)
-    start = _io.now_ns() - 10_000_000          # 10 ms behind on a 100 µs grid: 100 slots due
+    start = _io.mono_ns() - 10_000_000          # 10 ms behind on a 100 µs grid: 100 slots due
     sender.start(start, 100_000, 0)
     sent = sender.run(start + 10_500_000)
     # at most one batch is sent late; the rest of the backlog is skipped, not bunched

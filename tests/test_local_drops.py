@@ -61,9 +61,9 @@ def _cfg(*args):
 
 def _drain(loop):
     """Read everything the socket holds now and account it."""
-    while loop.rx.pump(_io.now_ns()):
+    while loop.rx.pump(_io.mono_ns()):
         pass
-    loop.table.ingest(loop.rx.drain(), _io.now_ns())
+    loop.table.ingest(loop.rx.drain(), _io.mono_ns())
 
 
 @pytest.mark.parametrize("gro", [False, True], ids=["datagrams", "gro"])
@@ -95,7 +95,7 @@ def test_socket_overflow_is_local_drops_not_loss(gro):
         _drain(loop)
         tx.send(1, final=True)
         _drain(loop)
-        loop.table.finish(_io.now_ns())     # the closed flow's summary (after its grace time)
+        loop.table.finish(_io.mono_ns())     # the closed flow's summary (after its grace time)
         kernel_drops = sockets.drops(sock, -1)
     finally:
         loop.close()

@@ -196,7 +196,7 @@ def test_loss_attributed_to_the_right_direction(wire, drop):
                               "--interval", "0.2"), refl_recs.append)
     port = refl.sock.getsockname()[1]
     relay = Relay(("127.0.0.1", port), drop, every)
-    thread = threading.Thread(target=refl.run, args=(_io.now_ns() + 15_000_000_000,))
+    thread = threading.Thread(target=refl.run, args=(_io.mono_ns() + 15_000_000_000,))
     thread.start()
     try:
         sender = SenderLoop(_cfg("-m", "sender", "--remote-addr", f"127.0.0.1:{relay.port}",
@@ -256,7 +256,7 @@ def test_keyed_reflection():
     refl = ReflectorLoop(_cfg("-m", "reflector", "--local-addr", "127.0.0.1:0", "--key", "s3"),
                          lambda r: 0)
     port = refl.sock.getsockname()[1]
-    thread = threading.Thread(target=refl.run, args=(_io.now_ns() + 10_000_000_000,))
+    thread = threading.Thread(target=refl.run, args=(_io.mono_ns() + 10_000_000_000,))
     thread.start()
     try:
         snd = SenderLoop(_cfg("-m", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rtt",
@@ -340,11 +340,11 @@ def test_burst_reflections_keep_datagram_boundaries(gso):
         for _ in range(4):                      # interleave sizes and flows inside batches
             small.send(100)
             big.send(25)
-        refl.rx.pump(_io.now_ns() + 300_000_000, 500)
+        refl.rx.pump(_io.mono_ns() + 300_000_000, 500)
         got = []
-        end = _io.now_ns() + 2_000_000_000
-        while sum(map(len, got)) < 500 and _io.now_ns() < end:
-            back.pump(min(end, _io.now_ns() + 20_000_000))
+        end = _io.mono_ns() + 2_000_000_000
+        while sum(map(len, got)) < 500 and _io.mono_ns() < end:
+            back.pump(min(end, _io.mono_ns() + 20_000_000))
             got.append(back.drain())
     finally:
         refl.close()

@@ -76,7 +76,7 @@ def test_reflector_restart_is_a_new_run_not_duplicates(wire_name):
     count, switch = 2000, 1000
     refl = [ReflectorLoop(_cfg("-m", "reflector", "--local-addr", "127.0.0.1:0", "--wire",
                                wire_name), lambda r: 0) for _ in range(2)]
-    deadline = _io.now_ns() + 20_000_000_000
+    deadline = _io.mono_ns() + 20_000_000_000
     threads = [threading.Thread(target=r.run, args=(deadline,)) for r in refl]
     for t in threads:
         t.start()
@@ -130,7 +130,7 @@ def test_old_run_replies_overtaken_by_the_new_run():
 def test_replies_dropped_by_the_senders_own_socket_are_local():
     """Replies the sender's 64 KiB socket cannot hold are neither forward nor backward loss."""
     refl = ReflectorLoop(_cfg("-m", "reflector", "--local-addr", "127.0.0.1:0"), lambda r: 0)
-    thread = threading.Thread(target=refl.run, args=(_io.now_ns() + 10_000_000_000,))
+    thread = threading.Thread(target=refl.run, args=(_io.mono_ns() + 10_000_000_000,))
     thread.start()
     sock, _ = sockets.receive_socket(("127.0.0.1", 0), socket.AF_INET, 65536, gro=False)
     tx = _io.Sender(sock.fileno(), sockets.dest_tuple(refl.sock.getsockname(), socket.AF_INET),
@@ -143,7 +143,7 @@ def test_replies_dropped_by_the_senders_own_socket_are_local():
         while refl.reflected < expect and time.monotonic() < end:
             time.sleep(0.01)
         time.sleep(0.05)
-        while back.pump(_io.now_ns()):
+        while back.pump(_io.mono_ns()):
             pass
         recs = back.drain()
         r.update(recs["seq"], recs["r_seq"], recs["tx_ns"], recs["t2_ns"], recs["t3_ns"],
@@ -177,13 +177,13 @@ def test_compat_gap_points_continue_after_stamp_wrap():
     loop = ReceiverLoop(_cfg("-m", "receiver", "--local-addr", "127.0.0.1:0"), recs.append,
                         mode=_io.WIRE_STAMP,
                         on_gaps=lambda src, dst, rx, lost: gaps.extend(lost.tolist()))
-    thread = threading.Thread(target=loop.run, args=(_io.now_ns() + 5_000_000_000,))
+    thread = threading.Thread(target=loop.run, args=(_io.mono_ns() + 5_000_000_000,))
     thread.start()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for group in groups:            # one receive batch each
                 for seq in group:
-                    s.sendto(wire.encode_stamp(seq, _io.now_ns(), ssid=7), loop.sock.getsockname())
+                    s.sendto(wire.encode_stamp(seq, _io.wall_ns(), ssid=7), loop.sock.getsockname())
                 time.sleep(0.1)
     finally:
         loop.stop()
@@ -208,7 +208,7 @@ def test_ntp_eras_reference_codec():
     assert wire.ntp_to_ns(bytes(8)) == _utc_ns("2036-02-07T06:28:16")
     assert wire.ntp_to_ns(bytes.fromhex("7fffffff00000000")) == _utc_ns("2104-02-26T09:42:23")
     assert wire.ntp_to_ns(bytes.fromhex("8000000000000000")) == _utc_ns("1968-01-20T03:14:08")
-    now = _io.now_ns() // 1000 * 1000
+    now = _io.wall_ns() // 1000 * 1000
     assert abs(wire.ntp_to_ns(wire.ns_to_ntp(now)) - now) <= 1
 
 
@@ -221,9 +221,9 @@ def _receive(mode, datagrams):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for d in datagrams:
                 s.sendto(d, rsock.getsockname())
-        end = _io.now_ns() + 2_000_000_000
-        while rx.datagrams < len(datagrams) and _io.now_ns() < end:
-            rx.pump(_io.now_ns() + 20_000_000, len(datagrams))
+        end = _io.mono_ns() + 2_000_000_000
+        while rx.datagrams < len(datagrams) and _io.mono_ns() < end:
+            rx.pump(_io.mono_ns() + 20_000_000, len(datagrams))
         return rx.drain()
     finally:
         rsock.close()
@@ -261,7 +261,7 @@ def test_twamp_light_reflector_with_38_byte_replies():
         while not stop.is_set() and time.monotonic() < end:
             if select.select([refl], [], [], 0.05)[0]:
                 data, peer = refl.recvfrom(2048)
-                t = _io.now_ns()
+                t = _io.wall_ns()
                 refl.sendto(wire.encode_stamp_reflection(n, t, t, data, ttl=64)[:38], peer)
                 n += 1
 

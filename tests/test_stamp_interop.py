@@ -42,7 +42,7 @@ def _recv_all(sock, n, timeout=3.0):
     sock.settimeout(0.1)
     while len(out) < n and time.monotonic() < end:
         try:
-            out.append(sock.recvfrom(65535) + (_io.now_ns(),))
+            out.append(sock.recvfrom(65535) + (_io.wall_ns(),))
         except TimeoutError:
             pass
     return out
@@ -55,9 +55,9 @@ def test_our_sender_decodes_in_scapy():
     try:
         snd = SenderLoop(_cfg("-m", "sender", "--wire", "stamp", "--remote-addr",
                               f"127.0.0.1:{port}", "--rate", "1", "--count", 20), lambda r: 0)
-        t0 = _io.now_ns()
+        t0 = _io.wall_ns()
         snd.run()
-        t1 = _io.now_ns()
+        t1 = _io.wall_ns()
         snd.close()
         got = _recv_all(plain, 20)
     finally:
@@ -89,7 +89,7 @@ def test_scapy_packets_get_correct_reflections(family):
     refl = ReflectorLoop(_cfg("-m", "reflector", "--wire", "stamp", "--local-addr", local),
                          lambda r: 0)
     port = refl.sock.getsockname()[1]
-    thread = threading.Thread(target=refl.run, args=(_io.now_ns() + 10_000_000_000,))
+    thread = threading.Thread(target=refl.run, args=(_io.mono_ns() + 10_000_000_000,))
     thread.start()
     sock = socket.socket(family, socket.SOCK_DGRAM)
     ttl = 37
@@ -100,7 +100,7 @@ def test_scapy_packets_get_correct_reflections(family):
     sent = []
     try:
         for i in range(8):
-            before = _io.now_ns()
+            before = _io.wall_ns()
             est = ErrorEstimate(S=1, Z=0, scale=12, multiplier=3)
             pkt = SenderPkt(seq=1000 + i, ts=ns_ntp(before - 5_000), err_estimate=est, ssid=0x4242)
             data = bytes(pkt)
@@ -155,9 +155,9 @@ class ScapyReflector:
                 data, addr = self.sock.recvfrom(65535)
             except TimeoutError:
                 continue
-            t2 = _io.now_ns()
+            t2 = _io.wall_ns()
             req = SenderPkt(data)
-            rep = ReflectorPkt(seq=self.count, ts=ns_ntp(_io.now_ns()), err_estimate=ErrorEstimate(),
+            rep = ReflectorPkt(seq=self.count, ts=ns_ntp(_io.wall_ns()), err_estimate=ErrorEstimate(),
                             ssid=req.ssid, ts_rx=ns_ntp(t2), seq_sender=req.seq,
                             ts_sender=req.ts, err_estimate_sender=req.err_estimate,
                             ttl_sender=64)

@@ -83,7 +83,7 @@ def test_cython_sender_matches_reference(link):
     legacy = _sent_bytes(link, wire=_io.WIRE_LEGACY)
     assert [wire.decode(d).seq for d in legacy] == [0, 1, 2]
     assert all(len(d) == 17 and d[16] == 0 for d in legacy)
-    now = _io.now_ns()
+    now = _io.wall_ns()
     for i, d in enumerate(_sent_bytes(link, wire=_io.WIRE_STAMP, session=0x1234)):
         pkt = wire.decode(d, stamp="sender")
         assert len(d) == 44 and pkt.seq == i and pkt.session == 0x1234
