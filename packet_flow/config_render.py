@@ -69,6 +69,8 @@ def summary_line(cfg) -> str:
                      f"({rate} packets/s)")
     outputs = [f"influx {BY_NAME['influx-url'].shown(cfg.influx_url)}" if out == "influx"
                else out for out in cfg.outputs]
+    if getattr(cfg, "prometheus_listen", None) is not None:
+        outputs.append(f"prometheus http://{cfg.prometheus_listen}/metrics")
     parts.append("outputs " + ", ".join(outputs))
     return "; ".join(parts)
 

@@ -45,6 +45,9 @@ def test_start_line_per_mode():
         (["-m", "sender", "-r", "3600000"],
          "mode sender; sending to 127.0.0.1:8000 every 3,600,000 ms (0.000278 packets/s); "
          "outputs console"),
+        (["-m", "both", "--prometheus-listen", "[::1]:9469", "--output", "jsonl:-"],
+         "mode both; listening on 0.0.0.0:8000; sending to 127.0.0.1:8000 every 1000 ms "
+         "(1 packets/s); outputs jsonl:-, prometheus http://[::1]:9469/metrics"),
         (["-m", "reflector", "--wire", "stamp"],
          "mode reflector; listening on 0.0.0.0:862; outputs console"),
     ]
