@@ -41,7 +41,8 @@ def main(argv=None):
         if cfg.action == "print":
             print(config_render.render_toml(cfg))
             return 0
-        config_render.log_config(cfg, log)
+        log.info("%s", config_render.summary_line(cfg))
+        config_render.log_config(cfg, log)          # every value, at debug level
         from packet_flow import run
         return run.run(cfg)
     except PacketFlowError as exc:

@@ -1,4 +1,4 @@
-"""The configuration as text: --print-config, --generate-config and the config log lines.
+"""The configuration as text: --print-config, --generate-config, the start-up log line.
 
 Rules: secrets show as "***", masked by field (Opt.shown); every line of --print-config names the layer its
 value came from; both documents load back as config files.
@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from .errors import ConfigError
-from .options import CONFIG_ENV, OPTS
+from .options import BY_NAME, CONFIG_ENV, OPTS
 
 
 def toml_value(value: Any) -> str:
@@ -49,9 +49,30 @@ def render_toml(cfg, commented_sources: bool = True) -> str:
 
 
 def log_config(cfg, logger) -> None:
-    """Log the effective configuration, one line per value, at info level (secrets masked)."""
+    """Log the effective configuration, one line per value, at debug level (secrets masked)."""
     for line in render_toml(cfg).splitlines():
-        logger.info("config: %s", line)
+        logger.debug("config: %s", line)
+
+
+def summary_line(cfg) -> str:
+    """The one line a run logs at start at info level: mode, addresses, rate and outputs."""
+    parts = [f"mode {cfg.mode}"]
+    if cfg.mode != "sender":
+        parts.append(f"listening on {cfg.local}")
+    if cfg.mode in ("sender", "both"):
+        pps = 1000 / cfg.rate_ms
+        rate = f"{pps:,.0f}" if pps >= 100 else f"{pps:.3g}"
+        source = f" from {cfg.local}" if cfg.mode == "sender" and \
+            cfg.sources.get("local-addr", "default") != "default" else ""
+        every = f"{cfg.rate_ms:,.0f}" if cfg.rate_ms >= 1e5 else f"{cfg.rate_ms:g}"
+        parts.append(f"sending{source} to {cfg.remote} every {every} ms "
+                     f"({rate} packets/s)")
+    outputs = [f"influx {BY_NAME['influx-url'].shown(cfg.influx_url)}" if out == "influx"
+               else out for out in cfg.outputs]
+    if getattr(cfg, "prometheus_listen", None) is not None:
+        outputs.append(f"prometheus http://{cfg.prometheus_listen}/metrics")
+    parts.append("outputs " + ", ".join(outputs))
+    return "; ".join(parts)
 
 
 def default_toml() -> str:

@@ -6,8 +6,8 @@ Rules:
   --print-config and --generate-config lines and the Config attribute all come from it.
 - A converter takes the text argparse collected (a list of texts for `kind="list"`) and returns
   the value, or raises Bad(reason); config.py adds the option, value and source to the reason.
-- `secret` values are never shown, and `show` masks part of a value (masking.py); `file_of` names the secret an option reads
-  from a file (`--token-file` holds the value of `--token`).
+- `secret` values are never shown, and `show` masks part of a value (masking.py); `file_of`
+  names the secret an option reads from a file (`--token-file` holds the value of `--token`).
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def realtime_priority():
     Used only where the spin is a small share of the interval, so it cannot starve others."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(defaults.REALTIME_PRIORITY))
-        log.info("sender timer: SCHED_FIFO priority %d", defaults.REALTIME_PRIORITY)
+        log.debug("sender timer: SCHED_FIFO priority %d", defaults.REALTIME_PRIORITY)
         return True
     except (OSError, AttributeError) as exc:
         log.info("sender timer without real-time priority (%s); a busy machine will "

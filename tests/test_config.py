@@ -475,10 +475,14 @@ def test_log_config_is_masked(tmp_path, caplog):
     cfg = secret_cfg(tmp_path)
     logger = logging.getLogger("packet_flow.test")
     with caplog.at_level(logging.INFO, logger="packet_flow.test"):
+        config_render.log_config(cfg, logger)      # at debug level: not shown at info
+    assert caplog.records == []
+    with caplog.at_level(logging.DEBUG, logger="packet_flow.test"):
         config_render.log_config(cfg, logger)
         logger.info("connecting with token=%s to %s", cfg.token, cfg.influx_url)
         logger.info("auth header Authorization: Token %s", cfg.token)
-    assert all(r.levelno == logging.INFO for r in caplog.records)
+    assert [r.levelno for r in caplog.records] == (
+        [logging.DEBUG] * len(config_render.render_toml(cfg).splitlines()) + [logging.INFO] * 2)
     logged = "\n".join(masking.mask(r.getMessage()) for r in caplog.records)
     assert_no_secret(logged)
     assert "config: token = \"***\"  # cli" in logged

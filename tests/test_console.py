@@ -76,3 +76,36 @@ def test_edges_format_integer_ns_times():
     sink.record(rec)
     assert json.loads(sink.stream.getvalue())["time"] == "2026-11-24T19:00:00.000000Z"
     assert rec["time"] == 1795546800_000000000  # the caller's record is not changed
+
+
+# value just below / just above each unit boundary, and rounding that crosses one
+TIMES_US = [
+    (None, "-"), (0.0, "0n"), (0.001, "1n"), (0.812, "812n"),
+    (0.9994, "999n"), (0.9996, "1µ"), (1.0, "1µ"), (1.0004, "1µ"), (5.2, "5.2µ"),
+    (9.994, "9.99µ"), (9.996, "10µ"), (99.94, "99.9µ"), (99.96, "100µ"),
+    (999.4, "999µ"), (999.7, "1m"), (1000.0, "1m"), (1001.0, "1m"), (2500.0, "2.5m"),
+    (21400.0, "21.4m"), (999_400.0, "999m"), (999_700.0, "1s"), (1e6, "1s"),
+    (3.2e6, "3.2s"), (999.4e6, "999s"), (999.7e6, "1000s"), (12_345e6, "12345s"),
+    (-0.5, "-500n"), (-999.7, "-1m"), (-1500.0, "-1.5m"),
+]
+COUNTS = [
+    (None, 6, "-"), (0, 6, "0"), (999_999, 6, "999999"), (1_000_000, 6, "1M"),
+    (1_234_567, 6, "1.23M"), (99_999, 5, "99999"), (100_000, 5, "100k"),
+    (999_499, 5, "999k"), (999_500, 5, "1M"), (999_499_999, 6, "999M"),
+    (999_600_000, 6, "1G"), (1_000_000_000, 6, "1G"), (999_499_999_999, 6, "999G"),
+    (999_600_000_000, 6, "1T"), (-99_999, 5, "-100k"), (-1234, 5, "-1234"),
+]
+PERCENT = [(None, "-"), (0.0, "0.00"), (9.994, "9.99"), (9.996, "10.0"), (99.96, "100.0")]
+
+
+def test_number_formats_at_every_unit_boundary():
+    """Issue 13.5: 999.7 µs was shown as "1e+03µ"."""
+    from packet_flow.sinks.console import _n, _pct, _t
+
+    assert [(us, _t(us)) for us, _ in TIMES_US] == TIMES_US
+    assert [(v, w, _n(v, w)) for v, w, _ in COUNTS] == COUNTS
+    assert [(v, _pct(v)) for v, _ in PERCENT] == PERCENT
+    for us, text in TIMES_US:
+        assert len(text) <= 6 and "e" not in text, (us, text)
+    for v, w, text in COUNTS:
+        assert len(text) <= w, (v, text)

@@ -177,3 +177,15 @@ def test_nat_rebinding_keeps_the_session_and_shows_the_new_source():
     assert s["source"] == "127.0.0.2:40001"
     assert (s["received"], s["lost"], s["loss_bursts"], s["duplicates"]) == (151, 50, 1, 0)
     assert s["late"] == 1
+
+
+def test_stamp_sender_restarting_with_the_same_ssid_is_a_new_flow():
+    tb = Table()
+    near_wrap = 2**32 - 100                           # its 32-bit sequence wraps first
+    tb.t.ingest(recs([(near_wrap + i) % 2**32 for i in range(300)], kind=3,
+                     tx=T0 + np.arange(300) * MS), T0 + S)
+    tb.t.ingest(recs(range(200), kind=3, tx0=T0 + 400 * MS), T0 + 2 * S)
+    tb.t.finish(T0 + 3 * S)
+    first, second = tb.summaries()
+    assert (first["received"], first["lost"], first["outcome"]) == (300, 0, "restarted")
+    assert (second["received"], second["lost"], second["duplicates"]) == (200, 0, 0)

@@ -7,18 +7,28 @@ import textwrap
 import threading
 import time
 
+_TIME_UNITS = ((1e-3, "n"), (1.0, "µ"), (1e3, "m"), (1e6, "s"))      # scales of µs
+_COUNT_UNITS = ((1, ""), (1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T"), (1e15, "P"))
+
+
+def _scaled(x, units):
+    """x in the largest unit it reaches, with 3 significant digits and no exponent: a value
+    that rounds up to 1000 of a unit is written in the next one (999.7µ -> 1m, not 1e+03µ);
+    the last unit takes any size (12345s)."""
+    i = max((k for k, (scale, _) in enumerate(units) if abs(x) >= scale), default=0)
+    while True:
+        scale, unit = units[i]
+        text = f"{x / scale:.3g}"
+        if abs(float(text)) < 1000:
+            return text + unit
+        if i == len(units) - 1:
+            return f"{x / scale:.0f}{unit}"
+        i += 1
+
 
 def _t(us):
     """A duration given in µs, in at most 6 characters: 812n, 5.2µ, 504µ, 2.5m, 21.4m, 3.2s."""
-    if us is None:
-        return "-"
-    for unit, scale in (("s", 1e6), ("m", 1e3), ("µ", 1.0)):
-        v = us / scale
-        if abs(v) >= 1 or unit == "µ":
-            break
-    if unit == "µ" and abs(v) < 1:
-        return f"{v * 1e3:.0f}n"
-    return f"{v:.3g}{unit}"
+    return "-" if us is None else _scaled(us, _TIME_UNITS)
 
 
 def _n(v, width=6):
@@ -27,13 +37,14 @@ def _n(v, width=6):
         return "-"
     if len(str(v)) <= width:
         return str(v)
-    scale, unit = next((s, u) for s, u in ((1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T"),
-                                           (1e15, "P")) if abs(v / s) < 999.5 or u == "P")
-    return f"{v / scale:.3g}{unit}"
+    return _scaled(v, _COUNT_UNITS)
 
 
 def _pct(v):
-    return "-" if v is None else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+    """A percentage in at most 5 characters: 0.00 .. 9.99, 10.0 .. 100.0."""
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if round(v, 2) < 10 else f"{v:.1f}"
 
 
 def _tail(text, width):

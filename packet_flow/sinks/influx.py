@@ -39,6 +39,7 @@ import numpy as np
 
 from packet_flow import defaults
 from packet_flow.errors import SinkError
+from packet_flow.masking import mask_url
 from packet_flow.sinks import influxlink
 from packet_flow.sinks.lineproto import MEASUREMENTS, escape, format_int_points, format_record
 from packet_flow.sinks.spool import Spool
@@ -235,7 +236,7 @@ class InfluxSink:
             log.warning("InfluxDB at %s: %d points not written at shutdown; kept in %s for the "
                         "next start", self.url, c["spool_points"], self.spool_dir)
         for reason, n in self.rejected_reasons.items():
-            log.warning("InfluxDB at %s refused %d points: %s", self.url, n, reason)
+            log.warning("InfluxDB at %s refused %d points: %s", mask_url(self.url), n, reason)
         log.info("InfluxDB sink: written %(written)d, retried %(retried)d, spooled %(spooled)d, "
                  "dropped %(dropped)d, rejected %(rejected)d, capped %(capped)d", c)
         if self._link is not None:
@@ -398,7 +399,7 @@ class InfluxSink:
             self._link = influxlink.V2Link(self.url, self.bucket, self.org, token,
                                            self.auth_basic, defaults.SINK_HTTP_TIMEOUT_S)
         self.api = api
-        log.info("InfluxDB at %s: %s; writing with the %s API (%s)", self.url, why,
+        log.info("InfluxDB at %s: %s; writing with the %s API (%s)", mask_url(self.url), why,
                  "1.x" if api == "v1" else "2.x", self._link.where)
         return True
 
@@ -522,7 +523,7 @@ class InfluxSink:
 
     def _recovered(self) -> None:
         if self._down_since is not None:
-            log.warning("InfluxDB at %s is back after %.1f s; replaying held points", self.url,
+            log.warning("InfluxDB at %s is back after %.1f s; replaying held points", mask_url(self.url),
                         time.monotonic() - self._down_since)
             self._down_since = None
             self._warned_at = {k: v for k, v in self._warned_at.items()

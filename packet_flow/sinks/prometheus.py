@@ -11,19 +11,22 @@ Rules:
   1 µs to 10 s). They are filled per receive batch (np.searchsorted + np.bincount over the
   batch's delay array, no Python loop per packet) on the receiving thread, and folded into
   the label set when the flow's next interval record arrives, so `_count` follows the
-  `received` counter interval by interval. `_count` counts every arriving test packet's
-  delay, duplicates included.
+  `received` counter interval by interval. `_count` counts every packet the table hands to
+  on_packets (those with a receive timestamp of their own), duplicates included.
 - A label set drops out --forget-timeout after its counters last moved; at most
   PROMETHEUS_MAX_SERIES label sets per table exist at once, and new flows beyond that are
   counted under source="overflow", so spoofed traffic cannot grow the exposition.
-- Rendering 1000 flows costs prometheus_client ~0.2 s of CPU, so no scrape waits for it:
-  the exposition is rendered (in a process of its own, from a plain-data snapshot the output
-  thread takes) after each tick's records while a scraper
-  came within PROMETHEUS_ACTIVE_S (or the run started that recently), and a scrape serves the
-  latest rendering (only a scrape after a quiet spell, or before the first tick, renders on
-  the spot). The GIL switch interval is lowered to
-  GIL_SWITCH_S so that a scrape (and the receiver) get the GIL quickly during a rendering. At exit, close() renders the final counts
-  and waits, within its timeout, for the next expected scrape to collect them.
+- Rendering 1000 flows costs prometheus_client ~0.2 s of CPU, so neither a scrape nor the
+  probe waits for it: after each tick's records (while a scraper came within
+  PROMETHEUS_ACTIVE_S, or the run started that recently) the output thread takes a
+  plain-data snapshot and a process of its own renders it, one rendering at a time; a
+  scrape serves the latest page. Only a scrape after a quiet spell, or before the first
+  tick, waits for a rendering. If the rendering process dies, the probe renders itself
+  (with one warning); so does a program that runs this output from an unguarded main module
+  (spawn re-imports it: guard it with `if __name__ == "__main__":`).
+  The GIL switch interval is lowered to GIL_SWITCH_S, so a scrape's syscalls do not wait
+  5 ms each for the probe's threads. At exit, close() renders the final counts and waits,
+  within its timeout, for the next expected scrape to collect them.
 """
 
 import logging
