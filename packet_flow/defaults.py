@@ -50,6 +50,7 @@ GSO_BELOW_NS = 20_000       # use UDP GSO when the interval is shorter than this
 RING_CAPACITY = 1 << 17     # records in the receive ring (96 bytes each: 12 MiB)
 RCVBUF_BYTES = 8 << 20
 RECEIVE_COALESCE_NS = 500_000  # after draining the socket, let datagrams queue this long
+RECEIVE_COALESCE_MAX_NS = 5_000_000  # ... or longer at low rates (half a batch), at most this
 SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection (at most)
 SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it needs
 MAX_FLOWS = 10_000          # flows tracked at once (bounds the work of every interval tick)

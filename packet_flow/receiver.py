@@ -34,6 +34,7 @@ class ReceiverLoop:
                        key=cfg.key, mode=mode)
         if not reflect:     # a reflector answers at once; a receiver may read in bunches
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
+            self.rx.coalesce_max_ns = defaults.RECEIVE_COALESCE_MAX_NS
         self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps,
                                budget=cfg.max_flow_memory << 20, wall=_io.wall_of)
