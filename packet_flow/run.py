@@ -3,8 +3,12 @@
 Threads: the sender (when there is one) runs in the main thread, because only the main
 thread's sleeps are cut short by signals; the receiver runs beside it in a second thread
 in `both` mode. The Cython loops release the GIL while they wait and send, so the two
-threads do not slow each other down. Signals: SIGINT/SIGTERM/SIGQUIT stop the run (final
-packet, flush, exit 0); SIGUSR1 makes the sender skip one sequence number.
+threads do not slow each other down. A receiver thread that fails stops the sender, and
+run() raises its error; when the sender raises, the receiver is stopped and joined before
+its socket is closed. Records reach the sinks through Fanout's bounded queue and output
+thread, whose shutdown is bounded by the flush timeout. Signals: SIGINT/SIGTERM/SIGQUIT
+stop the run (final packet, flush, exit 0); SIGUSR1 makes the sender skip one sequence
+number; the previous handlers are restored at the end.
 """
 
 import collections

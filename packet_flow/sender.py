@@ -1,11 +1,15 @@
 """The send side: schedule, catch-up, final packet, and sender records.
 
-Slots lie on an absolute grid (start + k * interval), so the schedule never drifts. The
-Cython Sender sleeps to each deadline (precise: sleep, then spin the last SPIN_NS;
-economy: sleep only) and sends due slots in one sendmmsg; intervals shorter than
-GSO_BELOW_NS are sent as UDP GSO super-datagrams. Lateness of every send stamp behind its
-slot is collected per interval; slots skipped after a stall are counted, never sent late
-in a burst larger than one batch.
+Slots lie on an absolute CLOCK_MONOTONIC grid (start + k * interval), so the schedule
+never drifts and a wall-clock step neither stops nor bursts it; packets carry wall-clock
+stamps and records wall-clock times (_io.wall_of). The Cython Sender sleeps to each
+deadline (precise: sleep, then spin the last SPIN_NS; economy: sleep only) and sends due
+slots in one sendmmsg; intervals shorter than GSO_BELOW_NS are sent as UDP GSO messages
+sized by gso_segments from the packet size and the route's MTU (a packet over the MTU: one
+warning at start, no GSO). A GSO message the kernel refuses anyway is sent again one
+datagram per message (the Sender's gso_errno; one warning). Lateness of every send stamp
+behind its slot is collected per interval; slots skipped after a stall are counted, never
+sent late in a burst larger than one batch.
 
 With --rtt the same socket receives the reflections: an _io.Receiver on the sender's fd is
 pumped between schedule slices (slices of at most RTT_SLICE_NS; it waits for replies in
