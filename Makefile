@@ -21,7 +21,8 @@ run: $(BIN)/python
 # Installs what the tests need (Debian packages, the package with its test extras), lints, tests.
 deps:
 	@missing=""; for p in $(APT_TEST_PACKAGES); do \
-	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" \
+	        || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    $(SUDO) apt-get update -qq && \

@@ -41,7 +41,7 @@ ROOT = os.path.join(HERE, "..")
 sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
 
 from promserver import PromServer  # noqa: E402
-from vmserver import free_port as free_tcp_port  # noqa: E402
+from servers import free_port as free_tcp_port  # noqa: E402
 
 from packet_flow import _io, sockets  # noqa: E402
 from packet_flow.options import parse_addr  # noqa: E402

@@ -30,11 +30,7 @@ RATE_MS = 0.05                          # 20k packets/s: no UDP GSO from the sen
 
 class GroNet(Net):
     def __init__(self):
-        super().__init__()
-        n = os.getpid() % 250 + 1
-        self.ns = f"pf-gro-{os.getpid()}"
-        self.root_if, self.ns_if = f"pfg{n}r", f"pfg{n}n"
-        self.root_ip, self.ns_ip = f"10.214.{n}.1", f"10.214.{n}.2"
+        super().__init__("gro", 214)
 
     def gro(self, state):
         # veth runs NAPI (and so GRO) for locally sent UDP when it may forward UDP GRO

@@ -4,8 +4,8 @@ and the route's MTU, and the fallbacks when the kernel or the device refuses a G
 datagram per message instead of counting them in send_errors.
 
 Loopback runs are `both` mode CLI processes. The path-MTU runs cross a veth pair with MTU
-1500 into a network namespace the test creates (root 10.214.N.1/30 <-> namespace
-10.214.N.2/30, N from the pid; deleted in a finaliser, pass or fail); the EIO runs turn off
+1500 into a network namespace the test creates (root 10.215.N.1/30 <-> namespace
+10.215.N.2/30, N from the pid; deleted in a finaliser, pass or fail); the EIO runs turn off
 tx checksum offload on that veth (`ethtool -K IF tx off`), on which older kernels refuse UDP
 GSO (EIO). The kernel's refusals of too-big GSO messages (EMSGSIZE) and of GSO without UDP
 checksums (EINVAL, SO_NO_CHECK) exercise the fallback on loopback."""
@@ -23,6 +23,9 @@ import time
 import pytest
 
 from packet_flow import _io, sender, sockets
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_truth_netns import Net, _bound, _sh  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SO_NO_CHECK = 11                # Linux: no UDP checksums on send; the kernel then refuses GSO
@@ -134,38 +137,6 @@ def test_loopback_large_packets_all_sent(tmp_path, size, rate):
     assert (rx["received"], rx["lost"]) == (count, 0)
 
 
-def _sh(*args, check=True):
-    return subprocess.run(list(map(str, args)), capture_output=True, text=True, check=check,
-                          timeout=30)
-
-
-class Veth:
-    """A namespace behind a veth pair with MTU 1500."""
-
-    def __init__(self):
-        n = os.getpid() % 250 + 1
-        self.ns = f"pf-gso-{os.getpid()}"
-        self.root_if, self.ns_if = f"pfg{n}r", f"pfg{n}n"
-        self.root_ip, self.ns_ip = f"10.214.{n}.1", f"10.214.{n}.2"
-
-    def up(self):
-        _sh("ip", "netns", "add", self.ns)
-        _sh("ip", "link", "add", self.root_if, "mtu", 1500, "type", "veth", "peer", "name",
-            self.ns_if, "mtu", 1500, "netns", self.ns)
-        _sh("ip", "addr", "add", f"{self.root_ip}/30", "dev", self.root_if)
-        _sh("ip", "link", "set", self.root_if, "up")
-        _sh("ip", "-n", self.ns, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
-        _sh("ip", "-n", self.ns, "link", "set", self.ns_if, "up")
-        _sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-
-    def down(self):
-        _sh("ip", "netns", "del", self.ns, check=False)
-        _sh("ip", "link", "del", self.root_if, check=False)
-
-    def exec(self):
-        return ["ip", "netns", "exec", self.ns]
-
-
 @pytest.fixture(scope="module")
 def veth():
     if os.geteuid() != 0:
@@ -173,22 +144,13 @@ def veth():
     for tool in ("ip", "ethtool"):
         if shutil.which(tool) is None:
             pytest.skip(f"`{tool}` is not installed (apt-get install iproute2 ethtool)")
-    net = Veth()
+    net = Net("gso", 215, mtu=1500)
     try:
         net.up()
         yield net
     finally:
         net.down()
         assert net.ns not in _sh("ip", "netns", "list").stdout
-
-
-def _bound(pid, port):
-    try:
-        with open(f"/proc/{pid}/net/udp", encoding="ascii") as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:
-        return False
-    return any(line.split()[1].endswith(f":{port:04X}") for line in lines)
 
 
 def _through(net, tmp_path, name, *sender_args):

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, os.path.dirname(__file__))
 
 from promserver import BINARY, PromServer  # noqa: E402
+from servers import free_port as free_tcp_port  # noqa: E402
 from test_probe import finish, free_port, pf, records, summaries, wait_bound  # noqa: E402
-from vmserver import free_port as free_tcp_port  # noqa: E402
 
 from packet_flow import config, defaults  # noqa: E402
 from packet_flow.options import parse_addr  # noqa: E402

@@ -69,19 +69,22 @@ def _why_not():
 
 
 class Net:
-    """The namespace, its veth pair and addresses."""
+    """A namespace, its veth pair (MTU `mtu` when given) and addresses 10.OCTET.N.1-2/30 (N
+    from the pid). Other netns tests reuse it with their own tag and octet."""
 
-    def __init__(self):
+    def __init__(self, tag="truth", octet=213, mtu=None):
         n = os.getpid() % 250 + 1
-        self.ns = f"pf-truth-{os.getpid()}"
-        self.root_if, self.ns_if = f"pft{n}r", f"pft{n}n"
-        self.root_ip, self.ns_ip = f"10.213.{n}.1", f"10.213.{n}.2"
+        self.ns = f"pf-{tag}-{os.getpid()}"
+        self.root_if, self.ns_if = f"pf{tag[:2]}{n}r", f"pf{tag[:2]}{n}n"
+        self.root_ip, self.ns_ip = f"10.{octet}.{n}.1", f"10.{octet}.{n}.2"
+        self.mtu = mtu
         self.family = "netdev"
 
     def up(self):
+        mtu = ("mtu", self.mtu) if self.mtu else ()
         _sh("ip", "netns", "add", self.ns)
-        _sh("ip", "link", "add", self.root_if, "type", "veth", "peer", "name", self.ns_if,
-            "netns", self.ns)
+        _sh("ip", "link", "add", self.root_if, *mtu, "type", "veth", "peer", "name",
+            self.ns_if, *mtu, "netns", self.ns)
         _sh("ip", "addr", "add", f"{self.root_ip}/30", "dev", self.root_if)
         _sh("ip", "link", "set", self.root_if, "up")
         _sh("ip", "-n", self.ns, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
@@ -244,6 +247,6 @@ def test_sender_survives_local_firewall_drop(net, tmp_path):
     # What the receiver misses is exactly what the sender was refused. sendmmsg(2) hides an
     # error behind the messages sent before it in the same call; the sender then retries the
     # refused message, which this every-Nth rule lets through, so a few drops the rule
-    # counted are made good by that retry.
+    # counted are made good by that retry (more of them when a stall makes batches larger).
     assert summary["lost"] == sent["send_errors"]
-    assert 0 <= drops - sent["send_errors"] <= 5 and drops >= 95
+    assert 0 < sent["send_errors"] <= drops and drops >= 95

@@ -1,0 +1,73 @@
+"""What the real test servers (VictoriaMetrics, InfluxDB 1.x, Prometheus) share.
+
+Rules (REFERENCE.md §4): a server gets free loopback ports, checked free before start; it is
+ready only when its readiness check answers *and* the process we started is still alive (an
+old server on the same port fools a bare readiness check). Only the process this object
+started is ever signalled, by its PID.
+"""
+
+import socket
+import subprocess
+import time
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class ServerProcess:
+    """A child server process: `_launch()` starts it and waits until `ready()`; `stop()`."""
+
+    name = "server"
+    proc: subprocess.Popen | None = None
+
+    def _launch(self, args: list[str], log_path: str, ports, ready, what: str,
+                timeout: float, poll: float = 0.05) -> None:
+        for port in ports:
+            if port_in_use(port):
+                raise RuntimeError(f"port {port} is already in use")
+        self.log = open(log_path, "ab")  # noqa: SIM115 (closed by stop())
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            try:
+                if ready() and self.proc.poll() is None:
+                    return
+            except OSError:
+                pass
+            time.sleep(poll)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not {what} within {timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM: the server flushes what it accepted), SIGKILL if it hangs."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
