@@ -13,14 +13,12 @@ pair with it) is deleted in the fixture's finaliser, pass or fail."""
 
 import os
 import shutil
-import signal
 import sys
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_truth_netns import Net, _bound, _finish, _pf, _records, _sh, _why_not  # noqa: E402
+from test_truth_netns import Net, _records, _sh, _why_not, run_pair  # noqa: E402
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -62,25 +60,10 @@ def test_coalesced_bursts_count_exactly_and_keep_only_own_timestamps(gro_net, tm
     net.gro(gro)
     port = 41000 + os.getpid() % 20000
     rout, tout = tmp_path / f"rx-{gro}.jsonl", tmp_path / f"tx-{gro}.jsonl"
-    rx = _pf(net.exec(), "--mode", "receiver", "--local-addr", f"{net.ns_ip}:{port}",
-             "--duration", 30, "--output", f"jsonl:{rout}")
-    tx = None
-    try:
-        end = time.monotonic() + 10
-        while not _bound(rx.pid, port):
-            assert rx.poll() is None and time.monotonic() < end, rx.stderr.read()
-            time.sleep(0.02)
-        tx = _pf([], "--mode", "sender", "--remote-addr", f"{net.ns_ip}:{port}",
-                 "--rate", RATE_MS, "--count", COUNT, "--output", f"jsonl:{tout}")
-        _finish(tx, 30)
-        time.sleep(0.3)
-        rx.send_signal(signal.SIGTERM)
-        _finish(rx, 20)
-    finally:
-        for proc in (tx, rx):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    run_pair(net.exec(), ["--local-addr", f"{net.ns_ip}:{port}", "--duration", 30,
+                          "--output", f"jsonl:{rout}"],
+             [], ["--remote-addr", f"{net.ns_ip}:{port}", "--rate", RATE_MS, "--count", COUNT,
+                  "--output", f"jsonl:{tout}"], port, settle=0.3)
     recs = _records(rout)
     (s,) = [r for r in recs if r["type"] == "summary"]
     sock = [r for r in recs if r["type"] == "receiver"]

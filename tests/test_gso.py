@@ -25,7 +25,7 @@ import pytest
 from packet_flow import _io, sender, sockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_truth_netns import Net, _bound, _sh  # noqa: E402
+from test_truth_netns import Net, _bound, _sh, run_pair  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SO_NO_CHECK = 11                # Linux: no UDP checksums on send; the kernel then refuses GSO
@@ -158,22 +158,10 @@ def _through(net, tmp_path, name, *sender_args):
     summary, receiver summary, sender stderr)."""
     port = 40000 + os.getpid() % 20000
     rx_out, tx_out = tmp_path / f"rx-{name}.jsonl", tmp_path / f"tx-{name}.jsonl"
-    rx = _pf("--mode", "receiver", "--local-addr", f"{net.ns_ip}:{port}", "--rcvbuf", 64 << 20,
-             "--duration", 60, "--output", f"jsonl:{rx_out}", prefix=net.exec())
-    try:
-        end = time.monotonic() + 10
-        while not _bound(rx.pid, port):
-            assert rx.poll() is None and time.monotonic() < end, rx.stderr.read()
-            time.sleep(0.02)
-        err = _finish(_pf("--mode", "sender", "--remote-addr", f"{net.ns_ip}:{port}",
-                          "--output", f"jsonl:{tx_out}", *sender_args))
-        time.sleep(0.3)
-        rx.send_signal(signal.SIGTERM)
-        _finish(rx, 20)
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
+    err = run_pair(net.exec(), ["--local-addr", f"{net.ns_ip}:{port}", "--rcvbuf", 64 << 20,
+                                "--duration", 60, "--output", f"jsonl:{rx_out}"],
+                   [], ["--remote-addr", f"{net.ns_ip}:{port}", "--output", f"jsonl:{tx_out}",
+                        *sender_args], port, settle=0.3)
     return _summaries(tx_out)[0]["sender"], _summaries(rx_out)[0]["receiver"], err
 
 

@@ -148,6 +148,31 @@ def _finish(proc, timeout):
     return out
 
 
+def run_pair(rx_pre, rx_args, tx_pre, tx_args, port, settle=0.5):
+    """A receiver (command prefix rx_pre, e.g. a namespace) bound to UDP `port`, then a sender
+    run to its end; the receiver gets SIGTERM `settle` s later. Both must exit 0; returns
+    the sender's stderr. Any process still alive at the end is killed, by its PID."""
+    rx = _pf(rx_pre, "--mode", "receiver", *rx_args)
+    tx = None
+    try:
+        end = time.monotonic() + 10
+        while not _bound(rx.pid, port):
+            assert rx.poll() is None and time.monotonic() < end, rx.stderr.read()
+            time.sleep(0.02)
+        tx = _pf(tx_pre, "--mode", "sender", *tx_args)
+        _out, err = tx.communicate(timeout=60)
+        assert tx.returncode == 0, err
+        time.sleep(settle)
+        rx.send_signal(signal.SIGTERM)
+        _finish(rx, 20)
+        return err
+    finally:
+        for proc in (tx, rx):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def _records(path):
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
@@ -182,25 +207,10 @@ def _through_rule(net, tmp_path, rule, receiver_in_ns, hook=None):
 """)
     net.family = family
     rx_out, tx_out = tmp_path / f"rx-{rule}-{hook}.jsonl", tmp_path / f"tx-{rule}-{hook}.jsonl"
-    rx = _pf(rx_pre, "--mode", "receiver", "--local-addr", f"{rx_ip}:{port}",
-             "--duration", 60, "--interval", 1, "--output", f"jsonl:{rx_out}")
-    tx = None
-    try:
-        end = time.monotonic() + 10
-        while not _bound(rx.pid, port):
-            assert rx.poll() is None and time.monotonic() < end, rx.stderr.read()
-            time.sleep(0.02)
-        tx = _pf(tx_pre, "--mode", "sender", "--remote-addr", f"{rx_ip}:{port}",
-                 "--rate", RATE_MS, "--count", COUNT, "--output", f"jsonl:{tx_out}")
-        _finish(tx, 60)
-        time.sleep(0.5)
-        rx.send_signal(signal.SIGTERM)
-        _finish(rx, 20)
-    finally:
-        for proc in (tx, rx):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    run_pair(rx_pre, ["--local-addr", f"{rx_ip}:{port}", "--duration", 60, "--interval", 1,
+                      "--output", f"jsonl:{rx_out}"],
+             tx_pre, ["--remote-addr", f"{rx_ip}:{port}", "--rate", RATE_MS, "--count", COUNT,
+                      "--output", f"jsonl:{tx_out}"], port)
     recs = _records(rx_out)
     (summary,) = [r for r in recs if r["type"] == "summary" and r["role"] == "receiver"]
     (sent,) = [r for r in _records(tx_out) if r["type"] == "summary"]
