@@ -38,7 +38,7 @@ from _proc import free_port, proc_stat, wait_bound
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
-sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
+sys.path[:0] = [os.path.join(ROOT, "tests", "support"), ROOT]
 
 from promserver import PromServer  # noqa: E402
 from servers import free_port as free_tcp_port  # noqa: E402

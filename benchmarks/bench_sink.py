@@ -7,7 +7,7 @@ Rows:
   formatting, chunking, writing), cap off; timed until the counter `written` reaches N.
 - `sink.record()`: interval records end to end (per-record formatting in Python).
 
-Starts its own victoria-metrics on a free loopback port (tests/vmserver.py) unless --url
+Starts its own victoria-metrics on a free loopback port (tests/support/vmserver.py) unless --url
 is given. Bounded: every row writes a fixed number of points.
 - the probe at 1.5M packets/s while its receiver writes to the server (with --compat-points):
   packets sent, received, lost, kernel drops, and the `received` total the server stored.
@@ -27,7 +27,7 @@ import types
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "tests"), os.path.join(HERE, "..")]
+sys.path[:0] = [os.path.join(HERE, "..", "tests", "support"), os.path.join(HERE, "..")]
 
 from vmserver import VMServer  # noqa: E402
 

@@ -22,9 +22,9 @@ either; replies are built but never sent. Rules:
   and fields as wire.decode gives them, one reply per answerable record, never longer than
   its request, and each reply decoding as the reflection of its request.
 
-Run (tests/test_fuzz_atheris.py does, on an ASan build):
+Run (tests/loopback/test_fuzz_atheris.py does, on an ASan build):
     LD_PRELOAD=$ATHERIS/asan_with_fuzzer.so python tests/fuzz/fuzz_io.py EXT.so [libFuzzer args]
-Replay without atheris: `replay(module, data)` (tests/test_fuzz_atheris.py, normal build).
+Replay without atheris: `replay(module, data)` (tests/loopback/test_fuzz_atheris.py, normal build).
 """
 
 import importlib.machinery

@@ -22,7 +22,7 @@ import pytest
 
 from packet_flow import _io
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(HERE)
 FUZZ = os.path.join(HERE, "fuzz")
 sys.path.insert(0, FUZZ)

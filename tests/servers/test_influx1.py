@@ -1,6 +1,6 @@
 """The InfluxDB output against a real InfluxDB 1.x (Debian's `influxdb` 1.6.7, auth on).
 
-One server for the module (tests/influxserver.py); each test uses its own database. The
+One server for the module (tests/support/influxserver.py); each test uses its own database. The
 probe runs as the CLI on loopback; what it stored is read back with InfluxQL and compared
 with its own JSON-lines summary. Also here: the spool's atomic writes, cap, unwritable folder
 and full disk (a small tmpfs this test mounts and unmounts).
@@ -12,21 +12,18 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import types
 from datetime import datetime
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
 from influxserver import BINARY, InfluxServer  # noqa: E402
-from test_probe import finish, free_port, pf, records, summaries  # noqa: E402
+from probe import finish, free_port, pf, records, summaries  # noqa: E402
 
 from packet_flow.sinks.influx import InfluxSink  # noqa: E402
 from packet_flow.sinks.spool import Spool  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DASHBOARD = os.path.join(ROOT, "deploy/grafana/influxdb1/packet-flow-influxql.json")
 MAX_BODY = 64 * 1024  # the server refuses larger writes with 413
 

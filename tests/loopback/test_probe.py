@@ -1,59 +1,15 @@
 """The probe end to end: the CLI in subprocesses on loopback, read back through its
 JSON-lines output."""
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
+from probe import finish, free_port, pf, records, summaries, wait_bound
 
 from packet_flow import wire
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pf(*args, env=None):
-    full = dict(os.environ, **(env or {}))
-    full = {k: v for k, v in full.items() if not k.startswith("PACKET_FLOW_")}
-    return subprocess.Popen([sys.executable, "-m", "packet_flow", "--log-level", "warning",
-                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=full)
-
-
-def records(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def summaries(recs, role="receiver"):
-    return [r for r in recs if r["type"] == "summary" and r["role"] == role]
-
-
-def finish(proc, timeout=20):
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err
-    return out, err
-
-
-def wait_bound(port, timeout=5.0):
-    """Wait until a receiver has bound UDP 127.0.0.1:port."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.02)
-    raise AssertionError("receiver did not bind")
 
 
 def test_both_mode(tmp_path):

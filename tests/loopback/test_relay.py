@@ -1,4 +1,4 @@
-"""Reordering, duplication and delay through the deterministic relay (tests/relay.py).
+"""Reordering, duplication and delay through the deterministic relay (tests/support/relay.py).
 
 The relay's schedule fixes which datagrams are late or doubled, so the receiver's counts
 must match exactly, with no false loss; its send loop is precise to microseconds, so the
@@ -16,8 +16,8 @@ import time
 import pytest
 from relay import Schedule, expected, plan
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELAY = os.path.join(ROOT, "tests", "relay.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RELAY = os.path.join(ROOT, "tests", "support", "relay.py")
 # The relay's deadlines must not wait behind CPU-bound neighbours (2 shared cores): SCHED_FIFO
 # when we may set it.
 RT_PRIORITY = 10 if os.geteuid() == 0 else 0

@@ -19,14 +19,14 @@ import sys
 import time
 
 import pytest
-from conftest import Link
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from link import Link
 
 from packet_flow import _io, sockets, wire
 from packet_flow.errors import WireError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEY = b"s3cret"
 
 

@@ -10,7 +10,7 @@ so the counts a receiver must report are known exactly in advance (see `plan`):
 Precision: the loop waits for each send deadline with packet_flow._io.sleep_until (absolute
 CLOCK_MONOTONIC deadline, nanosleep, then a spin of the last SPIN_NS without the GIL), never
 time.sleep; its own lateness behind every deadline is part of the statistics it writes.
-Run it as a process (`python3 tests/relay.py --help`), so no other thread holds the GIL when
+Run it as a process (`python3 tests/support/relay.py --help`), so no other thread holds the GIL when
 a deadline comes; on a busy machine give it `--rt-priority` (SCHED_FIFO, root only), because
 a CPU-bound neighbour otherwise delays its wake-ups by whole scheduler slices (measured:
 p99 lateness 125 ms with two other processes spinning on the two cores).

@@ -5,18 +5,14 @@ SenderLoop(--rtt) through a relay thread that drops every Nth datagram in one di
 the CLI end to end in subprocesses."""
 
 import json
-import os
 import select
 import socket
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_probe import free_port, pf, wait_bound  # noqa: E402
+from probe import free_port, pf, wait_bound  # noqa: E402
 
 from packet_flow import _io, config, rtt, sockets
 from packet_flow.reflector import ReflectorLoop

@@ -24,7 +24,7 @@ import sys
 import time
 
 import pytest
-from test_truth_netns import _bound, _finish, _pf, _records, _sh, _why_not
+from netns import bound, finish_ok, pf_in, records, sh, why_not
 
 from packet_flow import wire
 
@@ -47,14 +47,14 @@ def _nft(ns, script):
 
 def _drops(ns, family):
     import json
-    out = _sh(*_ns_exec(ns, "nft", "-j", "list", "counter", family, TABLE, "drops")).stdout
+    out = sh(*_ns_exec(ns, "nft", "-j", "list", "counter", family, TABLE, "drops")).stdout
     (counter,) = [o["counter"] for o in json.loads(out)["nftables"] if "counter" in o]
     return counter["packets"]
 
 
 def _wait_bound(proc, port):
     end = time.monotonic() + 10
-    while not _bound(proc.pid, port):
+    while not bound(proc.pid, port):
         assert proc.poll() is None and time.monotonic() < end, proc.stderr.read()
         time.sleep(0.02)
 
@@ -84,36 +84,36 @@ class Topology:
 
     def ns(self, role):
         name = f"pf-ev{role}-{self.pid}"
-        _sh("ip", "netns", "add", name)
+        sh("ip", "netns", "add", name)
         self.namespaces.append(name)
-        _sh("ip", "-n", name, "link", "set", "lo", "up")
+        sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
     def veth(self, tag, left_ns, left_ip, right_ns, right_ip):
         """A veth pair; ns None = the root namespace. Returns the two interface names."""
         a, b = f"pfe{self.n}{tag}a", f"pfe{self.n}{tag}b"
         self.links.append(a)
-        _sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
         for ifname, ns, ip in ((a, left_ns, left_ip), (b, right_ns, right_ip)):
             if ns is not None:
-                _sh("ip", "link", "set", ifname, "netns", ns)
+                sh("ip", "link", "set", ifname, "netns", ns)
             pre = ["ip", "-n", ns] if ns is not None else ["ip"]
-            _sh(*pre, "addr", "add", f"{ip}/30", "dev", ifname)
-            _sh(*pre, "link", "set", ifname, "up")
+            sh(*pre, "addr", "add", f"{ip}/30", "dev", ifname)
+            sh(*pre, "link", "set", ifname, "up")
         return a, b
 
     def down(self):
         for name in self.namespaces:
-            _sh("ip", "netns", "del", name, check=False)
+            sh("ip", "netns", "del", name, check=False)
         for link in self.links:
-            _sh("ip", "link", "del", link, check=False)
-        listed = _sh("ip", "netns", "list").stdout
+            sh("ip", "link", "del", link, check=False)
+        listed = sh("ip", "netns", "list").stdout
         assert not [ns for ns in self.namespaces if ns in listed]
 
 
 @pytest.fixture
 def topo():
-    why = _why_not()
+    why = why_not()
     if why:
         pytest.skip(why)
     t = Topology()
@@ -126,12 +126,12 @@ def topo():
 def _outage_run(rx_pre, rx_ip, port, tx_pre, out, tx_out, start_outage, end_outage):
     """Receiver, then a 100 packets/s sender of COUNT packets; the outage callbacks run
     OUTAGE_AT s into the run and OUTAGE_S later. Returns the receiver's stderr."""
-    rx = _pf(rx_pre, "--mode", "receiver", "--local-addr", f"{rx_ip}:{port}", *RX_TIMEOUTS,
+    rx = pf_in(rx_pre, "--mode", "receiver", "--local-addr", f"{rx_ip}:{port}", *RX_TIMEOUTS,
              "--duration", 30, "--output", f"jsonl:{out}")
     tx = None
     try:
         _wait_bound(rx, port)
-        tx = _pf(tx_pre, "--mode", "sender", "--remote-addr", f"{rx_ip}:{port}",
+        tx = pf_in(tx_pre, "--mode", "sender", "--remote-addr", f"{rx_ip}:{port}",
                  "--rate", RATE_MS, "--count", COUNT, "--output", f"jsonl:{tx_out}")
         # the receiver's first interval record (every 0.25 s) says the packets are flowing
         end = time.monotonic() + 10
@@ -142,7 +142,7 @@ def _outage_run(rx_pre, rx_ip, port, tx_pre, out, tx_out, start_outage, end_outa
         start_outage()
         time.sleep(OUTAGE_S)
         end_outage()
-        _finish(tx, 30)
+        finish_ok(tx, 30)
         time.sleep(0.3)
         rx.send_signal(signal.SIGTERM)
         _, err = rx.communicate(timeout=20)
@@ -189,11 +189,11 @@ def test_outage_longer_than_forget_timeout_is_one_burst(topo, tmp_path):
     out, tx_out = tmp_path / "rx.jsonl", tmp_path / "tx.jsonl"
     err = _outage_run(
         _ns_exec(rx_ns), rx_ip, port, [], out, tx_out,
-        lambda: _sh(*_ns_exec(rx_ns, "nft", "add", "rule", "netdev", TABLE, "path", *rule.split())),
-        lambda: _sh(*_ns_exec(rx_ns, "nft", "flush", "chain", "netdev", TABLE, "path")))
+        lambda: sh(*_ns_exec(rx_ns, "nft", "add", "rule", "netdev", TABLE, "path", *rule.split())),
+        lambda: sh(*_ns_exec(rx_ns, "nft", "flush", "chain", "netdev", TABLE, "path")))
     drops = _drops(rx_ns, "netdev")
-    (sent,) = [r for r in _records(tx_out) if r["type"] == "summary"]
-    recs = _records(out)
+    (sent,) = [r for r in records(tx_out) if r["type"] == "summary"]
+    recs = records(out)
     summary, intervals, back = _check_outage(recs, sent, drops)
     assert "forgotten" in err and "is back after" in err
     # forgotten: no interval records for the flow between forgetting and its return
@@ -219,8 +219,8 @@ def test_nat_rebinding_keeps_the_session(topo, tmp_path):
     r_out, rx_ip = f"10.220.{n}.1", f"10.220.{n}.2"
     topo.veth("i", tx_ns, tx_ip, r_ns, r_in)
     r_if, _ = topo.veth("x", r_ns, r_out, None, rx_ip)
-    _sh("ip", "-n", tx_ns, "route", "add", "default", "via", r_in)
-    _sh(*_ns_exec(r_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"))
+    sh("ip", "-n", tx_ns, "route", "add", "default", "via", r_in)
+    sh(*_ns_exec(r_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"))
     port = 40000 + os.getpid() % 20000
     nat_rule = 'oifname "{}" meta l4proto udp masquerade to :{}'
     _nft(r_ns, f"""table ip {TABLE} {{
@@ -232,22 +232,22 @@ def test_nat_rebinding_keeps_the_session(topo, tmp_path):
 }}""")
 
     def outage():
-        _sh(*_ns_exec(r_ns, "nft", "add", "rule", "ip", TABLE, "relay", "ip", "daddr", rx_ip,
+        sh(*_ns_exec(r_ns, "nft", "add", "rule", "ip", TABLE, "relay", "ip", "daddr", rx_ip,
                       "udp", "dport", port, "counter", "name", "drops", "drop"))
 
     def rebind():
         # the NAT forgets the sender (conntrack entry flushed) and maps it to a new port
         _nft(r_ns, f"flush chain ip {TABLE} post\n"
                    f"add rule ip {TABLE} post {nat_rule.format(r_if, 30001)}\n")
-        flushed = _sh(*_ns_exec(r_ns, "conntrack", "-D", "-p", "udp"), check=False)
+        flushed = sh(*_ns_exec(r_ns, "conntrack", "-D", "-p", "udp"), check=False)
         assert "flow entries have been deleted" in flushed.stderr, flushed.stderr
-        _sh(*_ns_exec(r_ns, "nft", "flush", "chain", "ip", TABLE, "relay"))
+        sh(*_ns_exec(r_ns, "nft", "flush", "chain", "ip", TABLE, "relay"))
 
     out, tx_out = tmp_path / "rx.jsonl", tmp_path / "tx.jsonl"
     _outage_run([], rx_ip, port, _ns_exec(tx_ns), out, tx_out, outage, rebind)
     drops = _drops(r_ns, "ip")
-    (sent,) = [r for r in _records(tx_out) if r["type"] == "summary"]
-    recs = _records(out)
+    (sent,) = [r for r in records(tx_out) if r["type"] == "summary"]
+    recs = records(out)
     summary, intervals, back = _check_outage(recs, sent, drops)
     assert {r["source"] for r in intervals[:back]} == {f"{r_out}:30000"}
     assert {r["source"] for r in intervals[back:]} == {f"{r_out}:30001"}
@@ -260,14 +260,14 @@ def test_nat_rebinding_keeps_the_session(topo, tmp_path):
 # ---------------------------------------------------------------- loopback
 
 
-def _free_port():
+def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def _receiver(out, port, *extra):
-    rx = _pf([], "--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", 30,
+    rx = pf_in([], "--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", 30,
              "--output", f"jsonl:{out}", *extra)
     _wait_bound(rx, port)
     return rx
@@ -275,13 +275,13 @@ def _receiver(out, port, *extra):
 
 def _end(rx):
     rx.send_signal(signal.SIGTERM)
-    _finish(rx, 20)
+    finish_ok(rx, 20)
 
 
 def test_final_overtaken_by_a_straggler_makes_no_ghost_flow(tmp_path):
     """Arrival order 0..997, 999 (FINAL), 998: once at once (one batch, most likely), once
     with 998 300 ms later (a later batch). Each is one flow with all 1000 packets."""
-    port, out = _free_port(), tmp_path / "rx.jsonl"
+    port, out = free_port(), tmp_path / "rx.jsonl"
     rx = _receiver(out, port)
     sessions = (0x1111111111111111, 0x2222222222222222)
     try:
@@ -300,7 +300,7 @@ def test_final_overtaken_by_a_straggler_makes_no_ghost_flow(tmp_path):
         _end(rx)
     finally:
         _stop(rx)
-    recs = _records(out)
+    recs = records(out)
     summaries = [r for r in recs if r["type"] == "summary"]
     assert sorted(r["session"] for r in summaries) == [f"{s:016x}" for s in sessions]
     for r in summaries:
@@ -331,12 +331,12 @@ def _legacy_run(sock, port, first, count, final, t_final_us=None):
 def test_legacy_sender_restarting_from_the_same_port_is_two_flows(tmp_path):
     """A Rust-format sender on a fixed port sends 5000 packets, restarts (no FINAL: killed)
     and sends 3000 more; then the same with a FINAL between the runs."""
-    port, out = _free_port(), tmp_path / "rx.jsonl"
+    port, out = free_port(), tmp_path / "rx.jsonl"
     rx = _receiver(out, port)
     got = {}
     try:
         for with_final in (False, True):
-            src = _free_port()
+            src = free_port()
             for count in (5000, 3000):
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     s.bind(("127.0.0.1", src))            # the restart reuses the port
@@ -347,7 +347,7 @@ def test_legacy_sender_restarting_from_the_same_port_is_two_flows(tmp_path):
         _end(rx)
     finally:
         _stop(rx)
-    recs = _records(out)
+    recs = records(out)
     for with_final, source in got.items():
         runs = [r for r in recs if r["type"] == "summary" and r["source"] == source]
         assert [(r["received"], r["lost"], r["late"], r["duplicates"]) for r in runs] == \
@@ -361,23 +361,23 @@ def test_legacy_sender_restarting_from_the_same_port_is_two_flows(tmp_path):
 def test_legacy_final_is_a_goodbye_not_a_probe(tmp_path):
     """0..N-1 then FINAL(N) from a Rust-format sender, its FINAL stamped 1 s in the past (a
     delay sample from it would show); and packet-flow's own `--wire legacy --count N`."""
-    port, out = _free_port(), tmp_path / "rx.jsonl"
+    port, out = free_port(), tmp_path / "rx.jsonl"
     n = 2000
     rx = _receiver(out, port)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             _legacy_run(s, port, 0, n, True, t_final_us=time.time_ns() // 1000 - 1_000_000)
             rust = f"127.0.0.1:{s.getsockname()[1]}"
-        tx = _pf([], "--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--wire",
+        tx = pf_in([], "--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--wire",
                  "legacy", "--rate", 0.1, "--count", n, "--output",
                  f"jsonl:{tmp_path / 'tx.jsonl'}")
-        _finish(tx, 30)
+        finish_ok(tx, 30)
         time.sleep(0.2)
         _end(rx)
     finally:
         _stop(rx)
-    recs = _records(out)
-    (sent,) = [r for r in _records(tmp_path / "tx.jsonl") if r["type"] == "summary"]
+    recs = records(out)
+    (sent,) = [r for r in records(tmp_path / "tx.jsonl") if r["type"] == "summary"]
     assert sent["sent"] == n
     flows = {r["source"]: r for r in recs if r["type"] == "summary"}
     assert len(flows) == 2

@@ -25,14 +25,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import Link
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from link import Link
+from probe import udp_queue
 
 from packet_flow import _io, defaults, wire
 from packet_flow.errors import WireError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEY = b"fuzz-key"
 MAX_UDP = 65507
 KINDS = {"native": 1, "legacy": 2}
@@ -126,16 +127,6 @@ def test_reference_decode_raises_only_wire_error(data, key, stamp):
 # ---------------------------------------------------------------- 2. live receiver
 
 
-def _udp_queue(pid, port):
-    """(rx_queue bytes, drops) of the UDP socket on `port` as process pid sees it."""
-    with open(f"/proc/{pid}/net/udp", encoding="ascii") as f:
-        for line in f.read().splitlines()[1:]:
-            fields = line.split()
-            if fields[1].endswith(f":{port:04X}"):
-                return int(fields[4].split(":")[1], 16), int(fields[-1])
-    return None
-
-
 def _rss_kb(pid):
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
@@ -222,7 +213,7 @@ def test_live_receiver_million_hostile_datagrams(tmp_path):
     junk, want, sent, rss = Junk(20261124), collections.Counter(), 0, []
     try:
         end = time.monotonic() + 10
-        while _udp_queue(rx.pid, port) is None:
+        while udp_queue(rx.pid, port) is None:
             assert rx.poll() is None and time.monotonic() < end, rx.stderr.read()
             time.sleep(0.02)
         deadline = time.monotonic() + 240
@@ -234,15 +225,15 @@ def test_live_receiver_million_hostile_datagrams(tmp_path):
             for data in batch:
                 tx.sendto(data, ("127.0.0.1", port))
             sent += len(batch)
-            while _udp_queue(rx.pid, port)[0] > 64 << 20:    # pace: keep the queue short
+            while udp_queue(rx.pid, port)[0] > 64 << 20:    # pace: keep the queue short
                 time.sleep(0.005)
             if sent % 50_000 == 0:
                 rss.append((sent, _rss_kb(rx.pid)))
-        while _udp_queue(rx.pid, port)[0] and time.monotonic() < deadline:
+        while udp_queue(rx.pid, port)[0] and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
         rss.append((sent, _rss_kb(rx.pid)))
-        queue, drops = _udp_queue(rx.pid, port)
+        queue, drops = udp_queue(rx.pid, port)
         rx.send_signal(signal.SIGTERM)
         _, err = rx.communicate(timeout=30)
         assert rx.returncode == 0, err
@@ -290,7 +281,7 @@ def test_session_spray_memory_is_bounded(tmp_path):
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         end = time.monotonic() + 10
-        while _udp_queue(rx.pid, port) is None:
+        while udp_queue(rx.pid, port) is None:
             assert rx.poll() is None and time.monotonic() < end
             time.sleep(0.02)
         time.sleep(0.3)

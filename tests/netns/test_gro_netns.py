@@ -13,12 +13,9 @@ pair with it) is deleted in the fixture's finaliser, pass or fail."""
 
 import os
 import shutil
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_truth_netns import Net, _records, _sh, _why_not, run_pair  # noqa: E402
+from netns import Net, records, run_pair, sh, why_not  # noqa: E402
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -32,17 +29,17 @@ class GroNet(Net):
 
     def gro(self, state):
         # veth runs NAPI (and so GRO) for locally sent UDP when it may forward UDP GRO
-        _sh(*self.exec("ethtool", "-K", self.ns_if, "gro", state, "rx-udp-gro-forwarding",
+        sh(*self.exec("ethtool", "-K", self.ns_if, "gro", state, "rx-udp-gro-forwarding",
                        state))
         sysfs = f"/sys/class/net/{self.ns_if}"
         hold = "200000" if state == "on" else "0"
-        _sh(*self.exec("sh", "-c", f"echo {hold} > {sysfs}/gro_flush_timeout && "
+        sh(*self.exec("sh", "-c", f"echo {hold} > {sysfs}/gro_flush_timeout && "
                                    f"echo 1000 > {sysfs}/napi_defer_hard_irqs"))
 
 
 @pytest.fixture(scope="module")
 def gro_net():
-    why = _why_not() or (None if shutil.which("ethtool") else
+    why = why_not() or (None if shutil.which("ethtool") else
                          "`ethtool` is not installed (apt-get install ethtool)")
     if why:
         pytest.skip(why)
@@ -64,7 +61,7 @@ def test_coalesced_bursts_count_exactly_and_keep_only_own_timestamps(gro_net, tm
                           "--output", f"jsonl:{rout}"],
              [], ["--remote-addr", f"{net.ns_ip}:{port}", "--rate", RATE_MS, "--count", COUNT,
                   "--output", f"jsonl:{tout}"], port, settle=0.3)
-    recs = _records(rout)
+    recs = records(rout)
     (s,) = [r for r in recs if r["type"] == "summary"]
     sock = [r for r in recs if r["type"] == "receiver"]
     datagrams = sum(r["datagrams"] for r in sock)

@@ -13,19 +13,22 @@
 """
 
 import logging
-import os
 import signal
 import socket
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_fuzz import _udp_queue  # noqa: E402
-from test_probe import finish, free_port, pf, records, summaries, wait_bound  # noqa: E402
+from probe import (  # noqa: E402
+    finish,
+    free_port,
+    pf,
+    records,
+    summaries,
+    udp_queue,  # noqa: E402
+    wait_bound,
+)
 
 from packet_flow import _io, config, defaults, wire  # noqa: E402
 from packet_flow.errors import ConfigError, WireError  # noqa: E402
@@ -149,7 +152,7 @@ def _flood(pattern, port, rx_pid):
                     tx.sendto(wire.encode_native(session, seq, time.time_ns()),
                               ("127.0.0.1", port))
                     sent += 1
-            while _udp_queue(rx_pid, port)[0] > 16 << 20:
+            while udp_queue(rx_pid, port)[0] > 16 << 20:
                 time.sleep(0.005)
     finally:
         tx.close()
@@ -174,7 +177,7 @@ def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, 
         assert real.poll() is None, "the flood outlasted the real flow: nothing ran beside it"
         finish(real)
         end = time.monotonic() + 20
-        while _udp_queue(rx.pid, port)[0] and time.monotonic() < end:
+        while udp_queue(rx.pid, port)[0] and time.monotonic() < end:
             time.sleep(0.05)
         time.sleep(0.3)
         rx.send_signal(signal.SIGTERM)

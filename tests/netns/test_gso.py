@@ -21,13 +21,11 @@ import sys
 import time
 
 import pytest
+from netns import Net, bound, run_pair, sh  # noqa: E402
 
 from packet_flow import _io, sender, sockets
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_truth_netns import Net, _bound, _sh, run_pair  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SO_NO_CHECK = 11                # Linux: no UDP checksums on send; the kernel then refuses GSO
 
 
@@ -35,13 +33,13 @@ def _env():
     return {k: v for k, v in os.environ.items() if not k.startswith("PACKET_FLOW_")}
 
 
-def _pf(*args, prefix=()):
+def pf_in(*args, prefix=()):
     return subprocess.Popen([*prefix, sys.executable, "-m", "packet_flow", "--log-level",
                              "warning", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
 
 
-def _finish(proc, timeout=60):
+def finish_ok(proc, timeout=60):
     _out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
     return err
@@ -128,7 +126,7 @@ def test_loopback_large_packets_all_sent(tmp_path, size, rate):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run.jsonl"
-    _finish(_pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
+    finish_ok(pf_in("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
                 f"127.0.0.1:{port}", "--size", size, "--rate", rate, "--count", count,
                 "--rcvbuf", 64 << 20, "--output", f"jsonl:{out}"))
     got, _ = _summaries(out)
@@ -150,7 +148,7 @@ def veth():
         yield net
     finally:
         net.down()
-        assert net.ns not in _sh("ip", "netns", "list").stdout
+        assert net.ns not in sh("ip", "netns", "list").stdout
 
 
 def _through(net, tmp_path, name, *sender_args):
@@ -197,8 +195,8 @@ def test_device_without_checksum_offload_loses_nothing(veth, tmp_path):
     such a device with EIO and both fall back to one datagram per message (one warning);
     this one (6.x) segments in software, so the warning may not come: the fallback itself
     is tested with kernel refusals above (EMSGSIZE, EINVAL)."""
-    _sh("ethtool", "-K", veth.root_if, "tx", "off")
-    _sh(*veth.exec(), "ethtool", "-K", veth.ns_if, "tx", "off")
+    sh("ethtool", "-K", veth.root_if, "tx", "off")
+    sh(*veth.exec(), "ethtool", "-K", veth.ns_if, "tx", "off")
     try:
         count = 50_000
         tx, rx, err = _through(veth, tmp_path, "eio", "--size", 200, "--rate", 0.01,
@@ -209,19 +207,19 @@ def test_device_without_checksum_offload_loses_nothing(veth, tmp_path):
 
         port = 40000 + os.getpid() % 20000 + 1
         out, tx_out = tmp_path / "refl.jsonl", tmp_path / "rtt.jsonl"
-        refl = _pf("--mode", "reflector", "--local-addr", f"{veth.ns_ip}:{port}",
+        refl = pf_in("--mode", "reflector", "--local-addr", f"{veth.ns_ip}:{port}",
                    "--rcvbuf", 64 << 20, "--duration", 60, "--output", f"jsonl:{out}",
                    prefix=veth.exec())
         try:
             end = time.monotonic() + 10
-            while not _bound(refl.pid, port):
+            while not bound(refl.pid, port):
                 assert refl.poll() is None and time.monotonic() < end, refl.stderr.read()
                 time.sleep(0.02)
-            _finish(_pf("--mode", "sender", "--remote-addr", f"{veth.ns_ip}:{port}", "--rtt",
+            finish_ok(pf_in("--mode", "sender", "--remote-addr", f"{veth.ns_ip}:{port}", "--rtt",
                         "--rate", 0.02, "--count", 20_000, "--rcvbuf", 64 << 20,
                         "--output", f"jsonl:{tx_out}"))
             refl.send_signal(signal.SIGTERM)
-            _finish(refl, 20)
+            finish_ok(refl, 20)
         finally:
             if refl.poll() is None:
                 refl.kill()
@@ -233,6 +231,6 @@ def test_device_without_checksum_offload_loses_nothing(veth, tmp_path):
         assert sum(r["reflected"] for r in rx_recs) == 20_000
         assert sum(r["reflect_errors"] for r in rx_recs) == 0
     finally:
-        _sh("ethtool", "-K", veth.root_if, "tx", "on", check=False)
-        _sh(*veth.exec(), "ethtool", "-K", veth.ns_if, "tx", "on", check=False)
+        sh("ethtool", "-K", veth.root_if, "tx", "on", check=False)
+        sh(*veth.exec(), "ethtool", "-K", veth.ns_if, "tx", "on", check=False)
 

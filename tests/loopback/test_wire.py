@@ -95,7 +95,7 @@ def test_cython_sender_matches_reference(link):
 @given(session=st.integers(0, 2**64 - 1), seq=st.integers(0, 2**64 - 1),
        tx=st.integers(0, 2**63 - 1), size=st.integers(0, 300), final=st.booleans())
 def test_cython_receiver_matches_reference(session, seq, tx, size, final):
-    from conftest import Link
+    from link import Link
     lk = Link(gro=False)
     try:
         data = wire.encode_native(session, seq, tx, flags=int(final), size=size)

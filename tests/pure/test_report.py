@@ -17,7 +17,7 @@ import pytest
 from packet_flow import report
 from packet_flow.errors import ReportError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 RUN = DATA / "run_both.jsonl"          # 3 receiver flows, 2 with sender records, summaries
 SENDER_ONLY = DATA / "sender_only.jsonl"
 KILLED = DATA / "killed.jsonl"         # no summaries, last line cut mid-record
@@ -321,7 +321,7 @@ def test_without_matplotlib_returns_2_with_install_hint(tmp_path, monkeypatch, c
 
 def test_recorded_loopback_run_with_injected_loss(tmp_path):
     """A real run (both mode, SIGUSR1 bursts; the README's example figure)."""
-    path = Path(__file__).parent / "data" / "loopback_injected_loss.jsonl"
+    path = Path(__file__).parent.parent / "data" / "loopback_injected_loss.jsonl"
     records = report.load_records(str(path), strict=True)
     fig = report.build_figure(records)
     assert len(fig.axes) == 4

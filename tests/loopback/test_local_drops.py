@@ -4,17 +4,13 @@ datagram is either a sequence the sender left out (SIGUSR1 / skip_sequence: the 
 path loss, `lost`) or one the receiving socket dropped (`local_drops`). The split rules
 themselves are first checked on synthetic arrays."""
 
-import os
 import signal
 import socket
-import sys
 import time
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_probe import finish, free_port, pf, records, wait_bound  # noqa: E402
+from probe import finish, free_port, pf, records, wait_bound  # noqa: E402
 
 from packet_flow import _io, config, sockets
 from packet_flow.analysis import FlowStats

@@ -21,99 +21,25 @@ Needs root, `ip netns` and `nft`; skips with the reason otherwise. The namespace
 it the veth pair and the nft table) is deleted in a fixture finaliser, pass or fail.
 """
 
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
+from netns import TABLE, Net, free_port, records, run_pair, sh, why_not
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COUNT = 100_000
 RATE_MS = 0.02                        # 50k packets/s
-TABLE = "pftruth"
 RULES = {
     "every_1000th": "numgen inc mod 1000 == 0",
     "random_10pct": "numgen random mod 100 < 10",
 }
 
 
-def _sh(*args, check=True):
-    return subprocess.run(list(map(str, args)), capture_output=True, text=True, check=check,
-                          timeout=30)
-
-
-def _why_not():
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, veth, nftables)"
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed (apt-get install iproute2 nftables)"
-    probe = f"pf-probe-{os.getpid()}"
-    try:
-        made = _sh("ip", "netns", "add", probe, check=False)
-        if made.returncode:
-            return f"network namespaces unsupported: {made.stderr.strip()}"
-        nft = _sh("ip", "netns", "exec", probe, "nft", "add", "table", "inet", "t", check=False)
-        if nft.returncode:
-            return f"nftables unusable in a namespace: {nft.stderr.strip()}"
-    finally:
-        _sh("ip", "netns", "del", probe, check=False)
-    return None
-
-
-class Net:
-    """A namespace, its veth pair (MTU `mtu` when given) and addresses 10.OCTET.N.1-2/30 (N
-    from the pid). Other netns tests reuse it with their own tag and octet."""
-
-    def __init__(self, tag="truth", octet=213, mtu=None):
-        n = os.getpid() % 250 + 1
-        self.ns = f"pf-{tag}-{os.getpid()}"
-        self.root_if, self.ns_if = f"pf{tag[:2]}{n}r", f"pf{tag[:2]}{n}n"
-        self.root_ip, self.ns_ip = f"10.{octet}.{n}.1", f"10.{octet}.{n}.2"
-        self.mtu = mtu
-        self.family = "netdev"
-
-    def up(self):
-        mtu = ("mtu", self.mtu) if self.mtu else ()
-        _sh("ip", "netns", "add", self.ns)
-        _sh("ip", "link", "add", self.root_if, *mtu, "type", "veth", "peer", "name",
-            self.ns_if, *mtu, "netns", self.ns)
-        _sh("ip", "addr", "add", f"{self.root_ip}/30", "dev", self.root_if)
-        _sh("ip", "link", "set", self.root_if, "up")
-        _sh("ip", "-n", self.ns, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
-        _sh("ip", "-n", self.ns, "link", "set", self.ns_if, "up")
-        _sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-
-    def down(self):
-        # deleting the namespace deletes its end of the veth pair, which takes the root end
-        # and the namespace's nft tables with it
-        _sh("ip", "netns", "del", self.ns, check=False)
-        _sh("ip", "link", "del", self.root_if, check=False)
-
-    def exec(self, *args):
-        return ["ip", "netns", "exec", self.ns, *args]
-
-    def nft(self, script):
-        subprocess.run(self.exec("nft", "-f", "-"), input=script, text=True, check=True,
-                       capture_output=True, timeout=30)
-
-    def drops(self):
-        out = _sh(*self.exec("nft", "-j", "list", "counter", self.family, TABLE,
-                             "drops")).stdout
-        (counter,) = [o["counter"] for o in json.loads(out)["nftables"] if "counter" in o]
-        return counter["packets"]
-
-
 @pytest.fixture(scope="module")
 def net():
-    why = _why_not()
+    why = why_not()
     if why:
         pytest.skip(why)
     net = Net()
@@ -122,73 +48,14 @@ def net():
         yield net
     finally:
         net.down()
-        assert _sh("ip", "netns", "list").stdout.find(net.ns) < 0
-
-
-def _bound(pid, port):
-    """True once process pid has a UDP socket on port (its own namespace's table)."""
-    try:
-        with open(f"/proc/{pid}/net/udp", encoding="ascii") as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:
-        return False
-    return any(line.split()[1].endswith(f":{port:04X}") for line in lines)
-
-
-def _pf(prefix, *args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PACKET_FLOW_")}
-    return subprocess.Popen([*prefix, sys.executable, "-m", "packet_flow", "--log-level",
-                             "warning", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-
-
-def _finish(proc, timeout):
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err
-    return out
-
-
-def run_pair(rx_pre, rx_args, tx_pre, tx_args, port, settle=0.5):
-    """A receiver (command prefix rx_pre, e.g. a namespace) bound to UDP `port`, then a sender
-    run to its end; the receiver gets SIGTERM `settle` s later. Both must exit 0; returns
-    the sender's stderr. Any process still alive at the end is killed, by its PID."""
-    rx = _pf(rx_pre, "--mode", "receiver", *rx_args)
-    tx = None
-    try:
-        end = time.monotonic() + 10
-        while not _bound(rx.pid, port):
-            assert rx.poll() is None and time.monotonic() < end, rx.stderr.read()
-            time.sleep(0.02)
-        tx = _pf(tx_pre, "--mode", "sender", *tx_args)
-        _out, err = tx.communicate(timeout=60)
-        assert tx.returncode == 0, err
-        time.sleep(settle)
-        rx.send_signal(signal.SIGTERM)
-        _finish(rx, 20)
-        return err
-    finally:
-        for proc in (tx, rx):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def _records(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def _free_port(host):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+        assert sh("ip", "netns", "list").stdout.find(net.ns) < 0
 
 
 def _through_rule(net, tmp_path, rule, receiver_in_ns, hook=None):
     """One run; returns (receiver summary, receiver records, sender summary, nft drops).
     hook None: netdev ingress/egress on the namespace's veth; "output": inet output."""
     rx_ip = net.ns_ip if receiver_in_ns else net.root_ip
-    port = 40000 + os.getpid() % 20000 if receiver_in_ns else _free_port(rx_ip)
+    port = 40000 + os.getpid() % 20000 if receiver_in_ns else free_port(rx_ip)
     rx_pre, tx_pre = (net.exec(), []) if receiver_in_ns else ([], net.exec())
     if hook is None:
         family, hook = "netdev", "ingress" if receiver_in_ns else "egress"
@@ -196,7 +63,7 @@ def _through_rule(net, tmp_path, rule, receiver_in_ns, hook=None):
     else:
         family, chain = "inet", f"type filter hook {hook} priority 0; policy accept;"
     for fam in ("netdev", "inet"):
-        _sh(*net.exec("nft", "delete", "table", fam, TABLE), check=False)
+        sh(*net.exec("nft", "delete", "table", fam, TABLE), check=False)
     net.nft(f"""table {family} {TABLE} {{
   counter drops {{ }}
   chain path {{
@@ -211,9 +78,9 @@ def _through_rule(net, tmp_path, rule, receiver_in_ns, hook=None):
                       "--output", f"jsonl:{rx_out}"],
              tx_pre, ["--remote-addr", f"{rx_ip}:{port}", "--rate", RATE_MS, "--count", COUNT,
                       "--output", f"jsonl:{tx_out}"], port)
-    recs = _records(rx_out)
+    recs = records(rx_out)
     (summary,) = [r for r in recs if r["type"] == "summary" and r["role"] == "receiver"]
-    (sent,) = [r for r in _records(tx_out) if r["type"] == "summary"]
+    (sent,) = [r for r in records(tx_out) if r["type"] == "summary"]
     return summary, recs, sent, net.drops()
 
 

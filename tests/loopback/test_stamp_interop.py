@@ -12,7 +12,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from conftest import HAS_IPV6
+from link import HAS_IPV6
 from scapy.contrib.stamp import ErrorEstimate
 from scapy.contrib.stamp import STAMPSessionReflectorTestUnauthenticated as ReflectorPkt
 from scapy.contrib.stamp import STAMPSessionSenderTestUnauthenticated as SenderPkt

@@ -12,7 +12,7 @@ from packet_flow import cli, config, config_render, defaults, masking, options
 from packet_flow.addresses import Addr
 from packet_flow.errors import ConfigError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 TOKEN = "tok-0123456789abcdef"
 PASSWORD = "pw-hunter2-very-secret"
 KEY = "k3y-shared-secret-value"

@@ -1,7 +1,7 @@
 """InfluxDB sink: pure line-protocol tests, and tests against a real VictoriaMetrics server.
 
 The server tests (marked `influx`) start Debian's `victoria-metrics` on a free loopback port
-with a temporary data dir (tests/vmserver.py) and read back what was stored through its
+with a temporary data dir (tests/support/vmserver.py) and read back what was stored through its
 export API; they skip only when the binary is missing.
 """
 
@@ -9,15 +9,12 @@ import http.server
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import types
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
 from vmserver import BINARY, VMServer  # noqa: E402
 
 from packet_flow.errors import SinkError  # noqa: E402

@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import types
@@ -17,20 +16,17 @@ import urllib.request
 
 import numpy as np
 import pytest
+from probe import finish, free_port, pf, records, summaries, wait_bound  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families
-
-sys.path.insert(0, os.path.dirname(__file__))
-
 from promserver import BINARY, PromServer  # noqa: E402
 from servers import free_port as free_tcp_port  # noqa: E402
-from test_probe import finish, free_port, pf, records, summaries, wait_bound  # noqa: E402
 
 from packet_flow import config, defaults  # noqa: E402
 from packet_flow.options import parse_addr  # noqa: E402
 from packet_flow.sinks import prometheus  # noqa: E402
 
 DEST = "10.0.0.2:8000"
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def readme_promql():

@@ -8,7 +8,7 @@ import socket
 
 import numpy as np
 import pytest
-from conftest import HAS_IPV6
+from link import HAS_IPV6
 
 from packet_flow import _io, sockets, wire
 

@@ -1,15 +1,11 @@
 """The probe writing to a real VictoriaMetrics through the InfluxDB output: interval
 points and the original's per-packet `latency` / per-gap `packet_loss` points."""
 
-import os
 import signal
-import sys
 import time
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_probe import finish, free_port, pf, records, wait_bound  # noqa: E402
+from probe import finish, free_port, pf, records, wait_bound  # noqa: E402
 from vmserver import BINARY, VMServer  # noqa: E402
 
 pytestmark = [pytest.mark.influx, pytest.mark.skipif(
