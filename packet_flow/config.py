@@ -318,6 +318,22 @@ def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
             raise _fail("output", item, source, f"folder {folder!r} of {path!r} does not exist")
 
 
+def _check_thresholds(vals: dict, sources: dict) -> None:
+    """A threshold needs a run that measures its field (verdict.FIELDS)."""
+    rtt, receives = vals["rtt"] and vals["mode"] == "sender", vals["mode"] != "sender"
+    for name in ("max-loss", "max-owd-p99", "max-rtt-p99", "max-jitter", "min-received"):
+        if vals[name] is None:
+            continue
+        if name == "max-rtt-p99" and not rtt:
+            raise _fail(name, vals[name], sources[name], "needs --rtt (--mode sender)")
+        if name == "max-owd-p99" and not receives:
+            raise _fail(name, vals[name], sources[name], f"needs a receiving side: --mode "
+                        f"receiver, both or reflector, not {vals['mode']!r}")
+        if not (receives or rtt):
+            raise _fail(name, vals[name], sources[name], "needs a receiving side (--mode "
+                        "receiver, both or reflector) or --rtt")
+
+
 def opt_env(name: str) -> str:
     """The environment variable of an option, e.g. opt_env("rate") == "PACKET_FLOW_RATE"."""
     return BY_NAME[name].env
@@ -353,6 +369,7 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
     if vals["reflect-authenticated"] and (vals["key"] is None or vals["wire"] != "native"):
         raise _fail("reflect-authenticated", True, sources["reflect-authenticated"],
                     "needs --key and --wire native: only native probes carry a tag")
+    _check_thresholds(vals, sources)
     if vals["forget-timeout"] <= vals["stall-timeout"]:
         raise _fail("forget-timeout", vals["forget-timeout"], sources["forget-timeout"],
                     f"must be greater than --stall-timeout {vals['stall-timeout']:g} "
