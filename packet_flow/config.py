@@ -32,7 +32,7 @@ from typing import Any
 
 import configargparse
 
-from . import __version__, defaults
+from . import __version__, defaults, peers
 from .config_render import toml_value
 from .errors import ConfigError
 from .masking import mask, mask_args
@@ -149,10 +149,8 @@ def _add_options(parser: argparse.ArgumentParser, plain: bool) -> None:
         kw: dict[str, Any] = {"dest": opt.dest}
         if opt.kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction if opt.negatable else "store_true"
-        elif opt.kind == "list":
-            kw["action"] = "append"
-            kw["metavar"] = "OUTPUT"
         else:
+            kw["action"] = "append" if opt.kind == "list" else "store"
             kw["metavar"] = opt.name.split("-")[-1].upper()
         if plain:
             kw["default"] = argparse.SUPPRESS
@@ -316,6 +314,12 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
             vals[opt.name] = None if value is None and opt.kind != "bool" else opt.conv(value)
         except Bad as e:
             raise _fail(opt.name, typed[opt.name], source, str(e)) from None
+    if vals["name"] is None:        # the node's name: $NODE_NAME, else the host name
+        try:
+            vals["name"], sources["name"] = peers.default_name(env)
+        except ValueError as e:
+            raise _fail("name", env.get(defaults.NODE_NAME_ENV), "env "
+                        f"{defaults.NODE_NAME_ENV}", str(e)) from None
     return _finish(vals, sources, typed, generate)
 
 
@@ -343,6 +347,22 @@ def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
             raise _fail("output", item, source, f"{path!r} is a folder, not a file")
         if not os.path.isdir(folder):
             raise _fail("output", item, source, f"folder {folder!r} of {path!r} does not exist")
+
+
+def _check_thresholds(vals: dict, bad) -> None:
+    """A threshold needs a run that measures its field (verdict.FIELDS)."""
+    rtt, receives = vals["rtt"] and vals["mode"] == "sender", vals["mode"] != "sender"
+    for name in ("max-loss", "max-owd-p99", "max-rtt-p99", "max-jitter", "min-received"):
+        if vals[name] is None:
+            continue
+        if name == "max-rtt-p99" and not rtt:
+            raise bad(name, "needs --rtt (--mode sender)")
+        if name == "max-owd-p99" and not receives:
+            raise bad(name, f"needs a receiving side: --mode receiver, both or reflector, "
+                      f"not {vals['mode']!r}")
+        if not (receives or rtt):
+            raise bad(name, "needs a receiving side (--mode receiver, both or reflector) "
+                      "or --rtt")
 
 
 def opt_env(name: str) -> str:
@@ -385,6 +405,7 @@ def _finish(vals: dict, sources: dict, typed: dict, generate: bool) -> Config:
     if vals["reflect-authenticated"] and (vals["key"] is None or vals["wire"] != "native"):
         raise bad("reflect-authenticated",
                   "needs --key and --wire native: only native probes carry a tag")
+    _check_thresholds(vals, bad)
     if vals["forget-timeout"] <= vals["stall-timeout"]:
         raise bad("forget-timeout", f"must be greater than --stall-timeout "
                   f"{vals['stall-timeout']:g} ({sources['stall-timeout']})")
