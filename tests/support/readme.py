@@ -159,7 +159,7 @@ def check_output(r: Ran, cwd: str) -> None:
     if r.command.startswith("python:"):
         return
     words = shlex.split(r.command, comments=True)
-    for flag, name in zip(words, words[1:]):
+    for flag, name in zip(words, words[1:], strict=False):
         if flag in ("-o", "--output") and name.endswith(".png"):
             with open(os.path.join(cwd, name), "rb") as f:
                 assert f.read(8) == b"\x89PNG\r\n\x1a\n", f"{r.command}: {name} is no PNG"
