@@ -107,6 +107,19 @@ RTT_RING = 1 << 17          # --rtt: receive ring records
 THREAD_STOP_S = 2.0         # `both`: longest wait for the receiver thread after stop()
 OUTPUT_QUEUE_RECORDS = 50_000  # records queued for the output thread; beyond, new ones are dropped
 
+# Mesh peers (--peers, --peer-refresh, --peer-subset, --name)
+PEER_REFRESH_S = 30.0       # re-resolve names, dns: and srv: entries this often
+PEER_REFRESH_MIN_S = 0.1
+PEER_FILE_POLL_S = 1.0      # a peers file is re-read within this long of a change
+PEER_LOOKUP_TIMEOUT_S = 5.0  # longest wait for one lookup (at most the refresh interval)
+PEER_EMPTY_REFRESHES = 3    # an empty DNS answer removes peers only this many refreshes in a row
+PEER_SUBSET = 0             # 0 = probe every peer
+NODE_NAME_ENV = "NODE_NAME"  # the node's name when --name is not given (Kubernetes downward API)
+NAME_MAX_BYTES = 253        # a node name: at most a DNS name's length
+DNS_PORT = 53
+DNS_TIMEOUT_S = 2.0         # srv: one query to one nameserver
+DNS_ATTEMPTS = 2            # srv: rounds over the nameservers
+
 # Prometheus output
 PROMETHEUS_MAX_SERIES = 2000  # label sets per table; new flows beyond count as source="overflow"
 PROMETHEUS_ACTIVE_S = 300.0   # render after every tick while a scraper came this recently
