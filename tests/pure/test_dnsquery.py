@@ -1,5 +1,5 @@
 """dnsquery: resolv.conf, the search order, the query bytes and replies with compressed names
-(hand-made messages; the real server is in tests/loopback/test_dnsquery.py and tests/netns)."""
+(hand-made messages; the real server is in tests/loopback/test_dns_server.py and tests/netns)."""
 
 import struct
 
