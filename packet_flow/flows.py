@@ -50,6 +50,7 @@ import numpy as np
 from packet_flow import _io, defaults
 from packet_flow.addresses import address
 from packet_flow.analysis import FlowStats, local_part
+from packet_flow.seqspace import counter_delta, highest_before
 
 log = logging.getLogger(__name__)
 
@@ -279,12 +280,9 @@ class FlowTable:
     def _host_drops(flow, drops):
         """Drops of the socket between each packet and the flow's previous one (the u32
         SO_RXQ_OVFL counter wraps)."""
-        d = drops.astype(np.int64)
-        prev = np.empty_like(d)
-        prev[0] = d[0] if flow.drops is None else flow.drops
-        prev[1:] = d[:-1]
-        flow.drops = int(d[-1])
-        return (d - prev) & 0xFFFFFFFF
+        host = counter_delta(drops, flow.drops)
+        flow.drops = int(drops[-1])
+        return host
 
     def _account(self, flow):
         nbytes = defaults.FLOW_BYTES + flow.stats.nbytes
@@ -327,7 +325,7 @@ class FlowTable:
         """Compat `packet_loss` points: the part of each gap lost on the path (what this
         host's socket dropped is local, not loss)."""
         seq = flow.stats.unwrap(part["seq"])     # a 32-bit STAMP sequence wraps
-        before = np.maximum.accumulate(np.concatenate(([flow.stats.highest], seq[:-1])))
+        before = highest_before(seq, flow.stats.highest)
         if flow.stats.highest < 0:
             before[0] = seq[0] - 1
         gap = np.maximum(seq - before - 1, 0)

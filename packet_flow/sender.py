@@ -27,7 +27,7 @@ import socket
 
 import numpy as np
 
-from packet_flow import _io, defaults, rtt, sockets
+from packet_flow import _io, clock_error, defaults, rtt, sockets
 from packet_flow.errors import ConfigError
 from packet_flow.histogram import LogHistogram
 
@@ -120,7 +120,7 @@ class SenderLoop:
                              wire=WIRE[cfg.wire], session=self.session, size=size,
                              batch=cfg.batch, segments=segments, key=cfg.key)
         if cfg.wire == "stamp":
-            self.tx.error_estimate = rtt.clock_error_estimate()
+            self.tx.error_estimate = clock_error.estimate()
         # lateness of a systematic sample of at most LATENESS_SAMPLES_PER_S slots a second,
         # so the percentiles cost the schedule nothing at a million packets a second
         self.tx.lat_every = max(1, round(1e9 / self.interval_ns / defaults.LATENESS_SAMPLES_PER_S))

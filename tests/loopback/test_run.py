@@ -18,6 +18,7 @@ import time
 import pytest
 
 from packet_flow import config, run
+from packet_flow.sinks.fanout import Fanout
 
 F_SETPIPE_SZ = 1031
 
@@ -94,7 +95,7 @@ class Stuck:
 
 def test_output_queue_is_bounded_and_close_is_bounded(caplog):
     sink = Stuck()
-    out = run.Fanout([sink], capacity=5)
+    out = Fanout([sink], capacity=5)
     out.record({"type": "sender"})
     while not sink.got:             # the output thread holds the first record
         time.sleep(0.001)

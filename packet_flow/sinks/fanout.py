@@ -1,0 +1,149 @@
+"""How records reach the sinks: Fanout's bounded queue and output thread, the sinks a run
+asks for (build_sinks), and StdStream for the standard streams. Fanout's shutdown is bounded
+by the flush timeout; consoles close last so their summary can show the other outputs'
+counters.
+"""
+
+import collections
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+
+from packet_flow import defaults
+from packet_flow.errors import ConfigError
+from packet_flow.sinks.console import ConsoleSink
+from packet_flow.sinks.jsonl import JsonlSink
+
+log = logging.getLogger(__name__)
+
+
+class StdStream:
+    """A text stream on a duplicate of a standard descriptor (1 = stdout), without a buffer
+    or a lock: an output thread blocked on a reader that stopped reading holds no lock of
+    sys.stdout, so the interpreter can still flush sys.stdout and exit when Fanout.close
+    gives up on it."""
+
+    def __init__(self, fd):
+        self.fd = os.dup(fd)
+
+    def write(self, text):
+        data = text.encode()
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def flush(self):
+        pass
+
+    def close(self):
+        os.close(self.fd)
+
+
+class Fanout:
+    """Hands every record to every sink from one output thread, so a slow terminal or disk
+    never delays a send slot or a receive batch; per-packet data (compat InfluxDB points)
+    goes straight to the sinks that want it, whose own hand-off never blocks.
+
+    The queue holds at most `capacity` records: when the outputs fall that far behind,
+    record() drops new records (counted by type in `dropped`, one warning) instead of
+    growing without bound. close(timeout) returns within the timeout even when a sink
+    blocks."""
+
+    def __init__(self, sinks, capacity=defaults.OUTPUT_QUEUE_RECORDS):
+        self.sinks = sinks
+        self.per_packet = [s for s in sinks if getattr(s, "wants_packets", False)]
+        self.per_gap = [s for s in self.per_packet if getattr(s, "wants_gaps", True)]
+        self.per_rtt = [s for s in self.per_packet if hasattr(s, "rtts")]
+        self.queue = queue.Queue(capacity)
+        self.dropped = collections.Counter()
+        self.counters = {}
+        self.deadline = 0.0
+        self.thread = threading.Thread(target=self._write, name="outputs", daemon=True)
+        self.thread.start()
+
+    def _write(self):
+        for rec in iter(self.queue.get, None):
+            for sink in self.sinks:
+                try:
+                    sink.record(rec)
+                except Exception:       # one broken output must not silence the others
+                    log.exception("output %s failed", type(sink).__name__)
+        consoles = [s for s in self.sinks if isinstance(s, ConsoleSink)]
+        for sink in self.sinks:
+            if sink not in consoles:
+                got = sink.close(max(0.0, self.deadline - time.monotonic()))
+                if got:
+                    self.counters[type(sink).__name__] = got
+        for sink in consoles:       # last, so its summary can show the other outputs' counters
+            sink.close(max(0.0, self.deadline - time.monotonic()), dict(self.counters))
+
+    def record(self, rec):
+        try:
+            self.queue.put_nowait(rec)
+        except queue.Full:
+            if not self.dropped:
+                log.warning("outputs are %d records behind: dropping new records until they "
+                            "catch up", self.queue.maxsize)
+            self.dropped[rec.get("type")] += 1
+
+    def packets(self, source, destination, rx_ns, owd_ns):
+        for sink in self.per_packet:
+            sink.packets(source, destination, rx_ns, owd_ns)
+
+    def gaps(self, source, destination, rx_ns, lost):
+        for sink in self.per_gap:
+            sink.gaps(source, destination, rx_ns, lost)
+
+    def rtts(self, source, destination, rtt_ns):
+        for sink in self.per_rtt:
+            sink.rtts(source, destination, rtt_ns)
+
+    def close(self, timeout):
+        """Write the queued records and close every sink, all within `timeout` seconds;
+        returns {sink name: its counters} for those that keep any. Sinks still busy at the
+        timeout are left to the (daemon) output thread, with a warning of what was not
+        written."""
+        self.deadline = time.monotonic() + timeout
+        try:
+            self.queue.put(None, timeout=timeout)
+            ends = 1
+        except queue.Full:
+            ends = 0
+        self.thread.join(max(0.0, self.deadline - time.monotonic()))
+        if self.dropped:
+            log.warning("outputs dropped %d records while %d were queued (%s)",
+                        sum(self.dropped.values()), self.queue.maxsize,
+                        ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
+        if self.thread.is_alive():
+            log.warning("outputs did not finish within %.1f s (a blocked stdout or sink): "
+                        "%d queued records not written, sinks not closed", timeout,
+                        max(0, self.queue.qsize() - ends))
+        return dict(self.counters)
+
+
+def build_sinks(cfg):
+    """Sinks named by cfg.outputs; the console moves to stderr when JSON goes to stdout.
+    Standard streams are written through StdStream (see there)."""
+    sinks, last = [], []
+    if cfg.prometheus_listen is not None:
+        # made first (a port in use fails before anything opens), closed last (its close
+        # waits for a final scrape)
+        from packet_flow.sinks.prometheus import PrometheusSink
+        last = [PrometheusSink(cfg)]
+    to_stdout = "jsonl:-" in cfg.outputs
+    for out in cfg.outputs:
+        if out == "console":
+            sinks.append(ConsoleSink(sys.stderr if to_stdout else StdStream(1)))
+        elif out.startswith("jsonl:"):
+            path = out[len("jsonl:"):]
+            try:
+                sinks.append(JsonlSink(path, StdStream(1) if path == "-" else None))
+            except OSError as exc:
+                raise ConfigError(f"option --output: cannot open {out!r}: "
+                                  f"{exc.strerror or exc}") from None
+        elif out == "influx":
+            from packet_flow.sinks.influx import InfluxSink
+            sinks.append(InfluxSink(cfg))
+    return sinks + last
