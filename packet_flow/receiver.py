@@ -67,6 +67,7 @@ class ReceiverLoop:
                "interval_s": round((now_ns - since_ns) / 1e9, 6), "flows": len(self.table.flows)}
         rec["malformed"] = {k[len("malformed_"):]: delta.pop(k) for k in list(delta)
                             if k.startswith("malformed_")}
+        rec["rejected"] = self.table.take_rejected()
         rec.update(delta)
         if rec["overwritten"]:
             log.warning("receive ring overflowed: %d records lost before analysis",

@@ -24,6 +24,7 @@ from packet_flow.receiver import ReceiverLoop
 from packet_flow.sender import SenderLoop
 from packet_flow.sinks.console import ConsoleSink
 from packet_flow.sinks.fanout import Fanout, build_sinks
+from packet_flow.verdict import Judge
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ def _bound(addr, sock):
     return addr._replace(port=port, sockaddr=(addr.sockaddr[0], port, *addr.sockaddr[2:]))
 
 
-def run(cfg, ready=None, started=None):
-    """Run cfg.mode until cfg.duration, cfg.count or a signal. Returns the exit status;
+def run(cfg, ready=None, sinks=(), started=None):
+    """Run cfg.mode until cfg.duration, cfg.count or a signal. Returns the run's
+    verdict.Verdict (its `status` is the exit status: 0, or 3 when a threshold was breached);
     raises what ended the run early (in `both` mode also the receiver thread's error).
     Sockets are opened first (a SocketError before anything else happens), then the
     outputs; `started(cfg)` is called with the addresses as bound before the console header
@@ -79,27 +81,28 @@ def run(cfg, ready=None, started=None):
     use it)."""
     rx_sock, tx_sock, cfg = open_sockets(cfg)
     try:
-        sinks = build_sinks(cfg)
+        sinks = build_sinks(cfg) + list(sinks)        # extra sinks: the API's collector
     except BaseException:
         for sock in (rx_sock, tx_sock):
             if sock is not None:
                 sock.close()
         raise
     out = Fanout(sinks)
+    judge = Judge(cfg, out.record)      # summary records get their verdict on the way out
     receiver = sender = thread = None
     failed = []                 # the receiver thread's exception, in `both` mode
     signalled = threading.Event()
     handlers = {}
     try:
         if cfg.mode in ("receiver", "both"):
-            receiver = ReceiverLoop(cfg, out.record, out.packets if out.per_packet else None,
+            receiver = ReceiverLoop(cfg, judge.record, out.packets if out.per_packet else None,
                                     sock=rx_sock, on_gaps=out.gaps if out.per_gap else None)
         if cfg.mode in ("sender", "both"):
-            sender = SenderLoop(cfg, out.record, sock=tx_sock,
+            sender = SenderLoop(cfg, judge.record, sock=tx_sock,
                                 on_rtt=out.rtts if out.per_rtt else None)
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
-            receiver = ReflectorLoop(cfg, out.record, sock=rx_sock)
+            receiver = ReflectorLoop(cfg, judge.record, sock=rx_sock)
         if started is not None:
             started(cfg)
         for sink in sinks:
@@ -117,10 +120,19 @@ def run(cfg, ready=None, started=None):
             if sender is not None:
                 sender.skip()
 
+        # SIGHUP: a loop that discovers peers (a mesh) re-reads its peer files and names now
+        reloads = [loop.reload for loop in (sender, receiver) if hasattr(loop, "reload")]
+
+        def on_reload(_signum, _frame):
+            for reload in reloads:
+                reload()
+
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
                 handlers[sig] = signal.signal(sig, on_stop)
             handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_skip)
+            if reloads:
+                handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_reload)
         # Everything made so far lives for the whole run: keep it out of the cyclic garbage
         # collector's full passes, which would otherwise stall a send slot for milliseconds.
         gc.collect()
@@ -168,4 +180,4 @@ def run(cfg, ready=None, started=None):
             lossy = got.get("dropped") or got.get("spooled") or got.get("queued")
             log.log(logging.WARNING if lossy else logging.INFO, "%s counters: %s", name,
                     ", ".join(f"{k} {v}" for k, v in got.items()))
-    return 0
+    return judge.verdict()

@@ -147,6 +147,7 @@ class SenderLoop:
                                mode=_io.WIRE_STAMP_REFLECTED if stamp else _io.WIRE_NATIVE)
         self.rtt = rtt.RttStats(seq_bits=32 if stamp else 64)
         self.final_answered = False
+        self.unanswered_s = 0.0
 
     def _pump_replies(self, wait_until_ns=0):
         """Read the queued replies (waiting for more until wait_until_ns when that is in the
@@ -253,8 +254,21 @@ class SenderLoop:
                         "or too big): counted in send_errors; the receiver sees them as lost")
         if self.rtt is not None:
             rec.update(self.rtt.take_interval())
+            self._no_reply_warning(rec["interval_s"])
         self._last = (sent, missed, skipped, errors)
         self.emit(rec)
+
+    def _no_reply_warning(self, interval_s):
+        """--rtt: warn once when not a single reply came back within RTT_NO_REPLY_S."""
+        self.unanswered_s += interval_s
+        if self.rtt.highest >= 0 or self.unanswered_s < defaults.RTT_NO_REPLY_S \
+                or self.unanswered_s - interval_s >= defaults.RTT_NO_REPLY_S:
+            return
+        peer = ("a STAMP reflector (RFC 8762) or `packet-flow --mode reflector --wire stamp`"
+                if self.cfg.wire == "stamp" else "`packet-flow --mode reflector`")
+        log.warning("--rtt: no reply came back from %s in %.0f s (%d probes sent): the peer "
+                    "must be %s, and replies must get through its firewall", self.cfg.remote,
+                    self.unanswered_s, self.sent, peer)
 
     def _summary(self, now_ns, start_ns):
         rec = self._record("summary", now_ns, start_ns)
