@@ -4,7 +4,7 @@ Values match the Rust original where it had one (REFERENCE.md §1).
 """
 
 MODE = "receiver"
-MODES = ("sender", "receiver", "both", "reflector")
+MODES = ("sender", "receiver", "both", "reflector", "mesh")
 LOCAL_ADDR = "0.0.0.0:8000"
 REMOTE_ADDR = "127.0.0.1:8000"
 RATE_MS = 1000.0            # milliseconds between packets
@@ -123,3 +123,11 @@ DNS_ATTEMPTS = 2            # srv: rounds over the nameservers
 # Prometheus output
 PROMETHEUS_MAX_SERIES = 2000  # label sets per table; new flows beyond count as source="overflow"
 PROMETHEUS_ACTIVE_S = 300.0   # render after every tick while a scraper came this recently
+
+# Mesh (packet_flow/mesh.py) and names (packet_flow/names.py)
+NAMES_MAX = 65536           # sender names kept by session (oldest first out)
+MESH_MAX_PEERS = 4096       # pairs one mesh node sends to
+MESH_SLICE_NS = 10_000_000  # longest schedule slice between two reads of the socket
+MESH_DRAIN_NS = 200_000_000  # received records go to the flow table at least this often
+MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart
+MESH_LINGER_S = 2.0         # after its own finals: receive (and answer) until peers finish
