@@ -59,6 +59,10 @@ HEADER = (f"{'time':8} {'source':16} {'recv':>6} {'lost':>5} {'loss%':>5} {'late
 class ConsoleSink:
     """Writes human-readable lines to a text stream (stdout unless told otherwise)."""
 
+    wants_packets = wants_gaps = wants_rtts = False
+    closes_last = True          # its summary shows the other outputs' counters
+    on_failure = None
+
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
@@ -103,8 +107,9 @@ class ConsoleSink:
         self._write(HEADER + "\n" + " " * 9 + "(S = stalled, F = final packet seen; "
                     "sender: late = timer p50/p99/max)")
 
-    def packets(self, *args):
-        pass
+    @property
+    def counters(self):
+        return {}
 
     def close(self, timeout=0, counters=None):
         """Print the summary per flow, and the other outputs' counters (InfluxDB: points
