@@ -62,10 +62,10 @@ import numpy as np
 
 from packet_flow import defaults
 from packet_flow.histogram import LogHistogram
+from packet_flow.seqspace import JUMP_MAX, highest_before, in_order, unwrap
 
 EMPTY = np.iinfo(np.int64).min  # ring entry of a sequence not received
 UNTIMED = EMPTY + 1  # ring entry of a sequence received without a timestamp of its own
-_JUMP_MAX = 1 << 62
 _JITTER_TAIL = 2000  # (15/16)**2000 < 1e-56: older |D| values no longer change J
 _JITTER_W = (15 / 16) ** np.arange(_JITTER_TAIL - 1, -1, -1, dtype=np.float64)
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
@@ -243,7 +243,7 @@ class FlowStats:
         self._w = window
         self._pow2 = window & (window - 1) == 0
         self._ring = np.full(window, EMPTY, np.int64)  # delay of received sequences, by s % window
-        self._known = -_JUMP_MAX  # the lowest sequence the ring has history for (see _grow)
+        self._known = -JUMP_MAX  # the lowest sequence the ring has history for (see _grow)
         self.growable = True  # False: the window keeps its size (its owner's memory is spent)
         self._low = start  # the first sequence (start of the flow), unwrapped
         self._h = -1  # highest sequence, relative to _low
@@ -277,8 +277,7 @@ class FlowStats:
     def _depth(self, u: np.ndarray) -> int:
         """Deepest reordering in a batch: how far below the highest sequence before it a
         packet arrives (0 when none does)."""
-        pm = np.maximum.accumulate(np.concatenate(([self._h], u[:-1])))
-        return max(0, int((pm - u).max()))
+        return max(0, int((highest_before(u, self._h) - u).max()))
 
     @property
     def nbytes(self) -> int:
@@ -329,9 +328,9 @@ class FlowStats:
         if self._low is None:
             self._low = int(seq[0]) & self._mask
         u = self._unwrap(seq)
-        in_order = u[0] > self._h and (u.size == 1 or bool((u[1:] > u[:-1]).all()))
+        ordered = in_order(u, self._h)
         if self._w < self._max_w and self.growable:
-            need = u.size if in_order else max(u.size, self._depth(u))
+            need = u.size if ordered else max(u.size, self._depth(u))
             need = min(need, self._tot.received + u.size)
             if 2 * need > self._w:
                 self._grow(need)
@@ -339,7 +338,7 @@ class FlowStats:
             self._mark_local(u, np.asarray(host_drops, np.int64), buffers, shared)
         h0, f0, w = self._h, self._f, self._w
         h_new = int(u.max())
-        if in_order:
+        if ordered:
             uu, dd, su, sd = u, owd, u, owd  # everything new, in order: the common case
             horizon, fixes, late, dups = self._horizon, (), 0, 0
             f_new = max(f0, h_new - horizon - 1)
@@ -432,16 +431,11 @@ class FlowStats:
         if self._low is None:  # the flow's first batch: it starts where update() will
             self._low = int(seq[0]) & self._mask
         u = self._unwrap(np.asarray(seq, np.uint64))
-        if u[0] > self._h and (u.size == 1 or bool((u[1:] > u[:-1]).all())):
+        if in_order(u, self._h):
             return -1  # all new, in order: the common case
         tx = np.asarray(tx_ns, np.int64)
-        prior_tx = np.empty_like(tx)
-        prior_tx[0] = tx_max
-        np.maximum(np.maximum.accumulate(tx)[:-1], tx_max, out=prior_tx[1:])
-        prior_h = np.empty_like(u)
-        prior_h[0] = self._h
-        np.maximum(np.maximum.accumulate(u)[:-1], self._h, out=prior_h[1:])
-        back = prior_h - u
+        prior_tx = highest_before(tx, tx_max)
+        back = highest_before(u, self._h) - u
         start = (np.asarray(seq, np.uint64) & np.uint64(self._mask)) == 0
         hit = (tx > prior_tx) & (back > self._horizon) & (start | (back > defaults.RESTART_BACK))
         i = np.flatnonzero(hit)
@@ -490,22 +484,14 @@ class FlowStats:
     # -- internals ---------------------------------------------------------------------------
 
     def _unwrap(self, seq: np.ndarray, low: int | None = None) -> np.ndarray:
-        ref = np.uint64(((self._low if low is None else low) + self._h) & self._mask)
-        delta = seq - ref  # uint64 arithmetic wraps modulo 2**64
-        if self._bits == 64:
-            signed = delta.view(np.int64)
-        else:
-            signed = (delta & np.uint64(self._mask)).astype(np.int64)
-            signed[signed >= 1 << (self._bits - 1)] -= 1 << self._bits
-        return np.clip(signed, -_JUMP_MAX, _JUMP_MAX) + self._h
+        low = self._low if low is None else low
+        return unwrap(seq, low + self._h, self._bits) + self._h
 
     def _classify(self, u: np.ndarray, owd: np.ndarray):
         """Slow path (some packet not above the previous one): late, duplicates, horizon."""
         h0, w = self._h, self._w
         cm = np.maximum.accumulate(u)
-        pm = np.empty_like(u)  # highest sequence before each packet
-        pm[0] = h0
-        np.maximum(cm[:-1], h0, out=pm[1:])
+        pm = highest_before(u, h0)
         new = u > pm
         too_old = ~new & ((u <= pm - w) | (u < self._known))
         old_i = np.flatnonzero(~new & ~too_old)
@@ -614,9 +600,7 @@ class FlowStats:
         hit = np.flatnonzero(drops > 0)
         if not hit.size:
             return
-        pm = np.empty_like(u)  # highest sequence before each packet
-        pm[0] = self._h
-        np.maximum(np.maximum.accumulate(u)[:-1], self._h, out=pm[1:])
+        pm = highest_before(u, self._h)
         gap = u[hit] - pm[hit] - 1
         hit, gap = hit[gap > 0], gap[gap > 0]
         if not hit.size:

@@ -12,7 +12,7 @@ received TTL copied, SSID kept). Rules:
   a port because STAMP has no magic bytes to tell it from anything else.
 - What arrives is accounted as by a receiver: ordinary `interval`/`summary` records per flow
   (the forward direction), and the socket-wide `receiver` record with a `reflected` count.
-- STAMP replies carry this host's clock Error Estimate (packet_flow.rtt.clock_error_estimate,
+- STAMP replies carry this host's clock Error Estimate (packet_flow.clock_error.estimate,
   read at start): S only when the kernel says the clock is synchronised.
 - Replies of one batch to the same address with the same length leave as UDP GSO messages
   (one trip through the stack for up to 64 replies; the receiver still sees one datagram per
@@ -25,7 +25,7 @@ received TTL copied, SSID kept). Rules:
   only probes whose tag verifies are answered (--reflect-authenticated insists on a key).
 """
 
-from packet_flow import _io, rtt, sockets
+from packet_flow import _io, clock_error, sockets
 from packet_flow.receiver import ReceiverLoop
 
 
@@ -36,7 +36,7 @@ class ReflectorLoop(ReceiverLoop):
     def __init__(self, cfg, emit, on_packets=None, sock=None):
         mode = _io.WIRE_STAMP if cfg.wire == "stamp" else _io.WIRE_NATIVE
         super().__init__(cfg, emit, on_packets, mode=mode, sock=sock, reflect=True)
-        self.rx.error_estimate = rtt.clock_error_estimate()
+        self.rx.error_estimate = clock_error.estimate()
         self.rx.reflect_gso = sockets.gso_supported(self.sock)
         self.rx.max_pps = cfg.reflect_max_pps
 

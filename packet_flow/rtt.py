@@ -1,4 +1,5 @@
-"""Round-trip analysis of reflected packets: pure numpy on top of FlowStats, no sockets, no clocks.
+"""Round-trip analysis of reflected packets: pure numpy on top of FlowStats, no sockets, no clocks
+(the STAMP Error Estimate of this host's clock is packet_flow.clock_error).
 
 Every reflection carries four timestamps and two sequence numbers: T1 (sender send), T2
 (reflector receive), T3 (reflector send), T4 (sender receive), the sender's sequence and the
@@ -38,19 +39,13 @@ reflector's own per-flow sequence (stateful reflector, RFC 8762 §4.2). Rules:
   reflected too, so normally nothing is left unattributed.
 - ``rtt_jitter_us`` is the RFC 3550 §6.4.1 estimator applied to the RTT (in arrival order);
   percentiles are those of FlowStats (exact per interval, ≤ 0.2 % error in the summary).
-- STAMP Error Estimate (RFC 4656 §4.1.2, used by RFC 8762): what the kernel says about
-  CLOCK_REALTIME (adjtimex, read-only). S is set only when the kernel reports the clock
-  synchronised (state not TIME_ERROR and STA_UNSYNC clear); the error is the kernel's
-  `maxerror` bound (16 s on an unsynchronised clock), rounded up to multiplier * 2^(scale-32) s.
 """
-
-import ctypes
-import math
 
 import numpy as np
 
 from packet_flow import defaults
 from packet_flow.analysis import FlowStats
+from packet_flow.seqspace import counter_delta, highest_before, in_order
 
 RTT_QUANTILES = ("min", "mean", "p50", "p90", "p99", "p999", "max")
 
@@ -81,12 +76,8 @@ class RttStats:
             return
         host = None
         if drops is not None:
-            d = np.asarray(drops, np.int64)
-            prev = np.empty_like(d)
-            prev[0] = d[0] if self._drops is None else self._drops
-            prev[1:] = d[:-1]
-            self._drops = int(d[-1])
-            host = (d - prev) & 0xFFFFFFFF
+            host = counter_delta(drops, self._drops)
+            self._drops = int(drops[-1])
         r_seq = np.asarray(r_seq, np.uint64)
         t4 = np.asarray(t4_ns, np.int64)
         # FlowStats' delay is rx - tx: with tx = T1 + (T3 - T2) it is the RTT.
@@ -123,13 +114,10 @@ class RttStats:
         answered before can only carry a reflector sequence already seen when the reflector
         has started counting again."""
         ub = self.backward.unwrap(r_seq)
-        if ub[0] > self.backward.highest and (ub.size == 1 or bool((ub[1:] > ub[:-1]).all())):
+        if in_order(ub, self.backward.highest):
             return -1                   # every reflector sequence new, in order: the common case
         u = self.total.unwrap(seq)
-        before = np.empty_like(u)
-        before[0] = self.total.highest
-        np.maximum.accumulate(np.maximum(u[:-1], self.total.highest), out=before[1:])
-        new = u > before
+        new = u > highest_before(u, self.total.highest)
         cur = u >= self._since      # replies of the reflector's current run
         reused = self.backward.received(ub)
         idx = np.flatnonzero(cur)
@@ -205,44 +193,3 @@ def combine(total: dict, backward: dict) -> dict:
     rec["loss_percent"] = total["loss_percent"]
     rec["local_drops"] = total["local_drops"]
     return rec
-
-
-STA_UNSYNC = 0x0040
-TIME_ERROR = 5
-
-
-class _Timex(ctypes.Structure):
-    # struct timex (linux/timex.h) up to `status`; the rest is room for the kernel to fill
-    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long),
-                ("status", ctypes.c_int), ("_rest", ctypes.c_char * 256)]
-
-
-def encode_error_estimate(error_s: float, synchronised: bool) -> int:
-    """The 16-bit Error Estimate `S | Z=0 | scale (6 bits) | multiplier (8 bits)` whose value
-    multiplier * 2^(scale-32) s is the smallest such value not below error_s."""
-    units = max(1, math.ceil(error_s * 2**32))
-    scale = 0
-    while units > 255 and scale < 63:
-        units = -(-units // 2)
-        scale += 1
-    return (0x8000 if synchronised else 0) | scale << 8 | min(units, 255)
-
-
-def decode_error_estimate(value: int) -> tuple[float, bool]:
-    """(error in seconds, S bit) of a 16-bit Error Estimate."""
-    return (value & 0xFF) * 2.0 ** (((value >> 8) & 0x3F) - 32), bool(value & 0x8000)
-
-
-def clock_error_estimate() -> int:
-    """The Error Estimate of this host's clock now (see the module rules). A kernel that
-    cannot be asked gives S=0 with the unsynchronised bound of 16 s."""
-    tx = _Timex()
-    try:
-        state = ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.byref(tx))
-    except (OSError, AttributeError):
-        state = -1
-    if state < 0:
-        return encode_error_estimate(16.0, False)
-    synced = state != TIME_ERROR and not tx.status & STA_UNSYNC
-    return encode_error_estimate(tx.maxerror / 1e6, synced)

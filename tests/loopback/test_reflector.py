@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from probe import free_port, pf, wait_bound  # noqa: E402
 
-from packet_flow import _io, config, rtt, sockets
+from packet_flow import _io, clock_error, config, sockets
 from packet_flow.reflector import ReflectorLoop
 from packet_flow.rtt import RttStats
 from packet_flow.sender import SenderLoop
@@ -117,15 +117,15 @@ def test_empty_interval_has_no_nan():
 
 
 def test_error_estimate_encoding():
-    assert rtt.encode_error_estimate(16.0, False) == 0x1D80      # 128 * 2^(29-32) s
-    assert rtt.encode_error_estimate(1e-9, True) == 0x8005       # 5 * 2^-32 s >= 1 ns
+    assert clock_error.encode(16.0, False) == 0x1D80      # 128 * 2^(29-32) s
+    assert clock_error.encode(1e-9, True) == 0x8005       # 5 * 2^-32 s >= 1 ns
     for err in (1e-9, 3.3e-6, 0.0125, 16.0, 1e6):
         for synced in (False, True):
-            v = rtt.encode_error_estimate(err, synced)
-            got, s = rtt.decode_error_estimate(v)
+            v = clock_error.encode(err, synced)
+            got, s = clock_error.decode(v)
             assert s is synced and err <= got < err * 1.01 + 2**-32
             assert v & 0x4000 == 0 and v & 0xFF > 0             # Z = 0 (NTP); multiplier > 0
-    value, synced = rtt.decode_error_estimate(rtt.clock_error_estimate())
+    value, synced = clock_error.decode(clock_error.estimate())
     assert value > 0 and isinstance(synced, bool)
 
 

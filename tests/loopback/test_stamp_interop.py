@@ -17,7 +17,7 @@ from scapy.contrib.stamp import ErrorEstimate
 from scapy.contrib.stamp import STAMPSessionReflectorTestUnauthenticated as ReflectorPkt
 from scapy.contrib.stamp import STAMPSessionSenderTestUnauthenticated as SenderPkt
 
-from packet_flow import _io, config, rtt
+from packet_flow import _io, clock_error, config
 from packet_flow.reflector import ReflectorLoop
 from packet_flow.sender import SenderLoop
 
@@ -63,7 +63,7 @@ def test_our_sender_decodes_in_scapy():
     finally:
         plain.close()
     assert len(got) == 20
-    error_s, synced = rtt.decode_error_estimate(rtt.clock_error_estimate())
+    error_s, synced = clock_error.decode(clock_error.estimate())
     for i, (data, _addr, _rx) in enumerate(got):
         assert len(data) == 44
         pkt = SenderPkt(data)
@@ -130,7 +130,7 @@ def test_scapy_packets_get_correct_reflections(family):
         t2, t3 = ntp_ns(rep.ts_rx), ntp_ns(rep.ts)
         assert before - 1_000 <= t2 <= t3 <= rx_ns + 1_000
         assert rep.err_estimate.Z == 0 and rep.err_estimate.multiplier > 0
-        assert rep.err_estimate.S == rtt.decode_error_estimate(rtt.clock_error_estimate())[1]
+        assert rep.err_estimate.S == clock_error.decode(clock_error.estimate())[1]
         assert rep.mbz1 == 0 and rep.mbz2 == 0
         assert data[44:] == bytes(len(data) - 44)
 
