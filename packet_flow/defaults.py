@@ -116,8 +116,6 @@ PEER_FILE_POLL_S = 1.0      # a peers file is re-read within this long of a chan
 PEER_LOOKUP_TIMEOUT_S = 5.0  # longest wait for one lookup (at most the refresh interval)
 PEER_EMPTY_REFRESHES = 3    # an empty DNS answer removes peers only this many refreshes in a row
 PEER_SUBSET = 0             # 0 = probe every peer
-NODE_NAME_ENV = "NODE_NAME"  # the node's name when --name is not given (Kubernetes downward API)
-NAME_MAX_BYTES = 253        # a node name: at most a DNS name's length
 DNS_PORT = 53
 DNS_TIMEOUT_S = 2.0         # srv: one query to one nameserver
 DNS_ATTEMPTS = 2            # srv: rounds over the nameservers
