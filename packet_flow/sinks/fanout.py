@@ -60,6 +60,8 @@ class Fanout:
         self.dropped = collections.Counter()
         self.counters = {}
         self.deadline = 0.0
+        # every record carries the run's id, so `report` tells runs appended to one file apart
+        self.run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(2).hex()
         self.thread = threading.Thread(target=self._write, name="outputs", daemon=True)
         self.thread.start()
 
@@ -80,6 +82,7 @@ class Fanout:
             sink.close(max(0.0, self.deadline - time.monotonic()), dict(self.counters))
 
     def record(self, rec):
+        rec["run"] = self.run
         try:
             self.queue.put_nowait(rec)
         except queue.Full:
