@@ -44,7 +44,10 @@ def main(argv=None):
         log.info("%s", config_render.summary_line(cfg))
         config_render.log_config(cfg, log)          # every value, at debug level
         from packet_flow import run
-        return run.run(cfg)
+        verdict = run.run(cfg)
+        for line in verdict.lines():
+            print(line, file=sys.stderr)
+        return verdict.status
     except PacketFlowError as exc:
         return _fail(exc, exc.exit_code)
     except OSError as exc:

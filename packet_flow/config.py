@@ -345,6 +345,22 @@ def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
             raise _fail("output", item, source, f"folder {folder!r} of {path!r} does not exist")
 
 
+def _check_thresholds(vals: dict, bad) -> None:
+    """A threshold needs a run that measures its field (verdict.FIELDS)."""
+    rtt, receives = vals["rtt"] and vals["mode"] == "sender", vals["mode"] != "sender"
+    for name in ("max-loss", "max-owd-p99", "max-rtt-p99", "max-jitter", "min-received"):
+        if vals[name] is None:
+            continue
+        if name == "max-rtt-p99" and not rtt:
+            raise bad(name, "needs --rtt (--mode sender)")
+        if name == "max-owd-p99" and not receives:
+            raise bad(name, f"needs a receiving side: --mode receiver, both or reflector, "
+                      f"not {vals['mode']!r}")
+        if not (receives or rtt):
+            raise bad(name, "needs a receiving side (--mode receiver, both or reflector) "
+                      "or --rtt")
+
+
 def opt_env(name: str) -> str:
     """The environment variable of an option, e.g. opt_env("rate") == "PACKET_FLOW_RATE"."""
     return BY_NAME[name].env
@@ -385,6 +401,7 @@ def _finish(vals: dict, sources: dict, typed: dict, generate: bool) -> Config:
     if vals["reflect-authenticated"] and (vals["key"] is None or vals["wire"] != "native"):
         raise bad("reflect-authenticated",
                   "needs --key and --wire native: only native probes carry a tag")
+    _check_thresholds(vals, bad)
     if vals["forget-timeout"] <= vals["stall-timeout"]:
         raise bad("forget-timeout", f"must be greater than --stall-timeout "
                   f"{vals['stall-timeout']:g} ({sources['stall-timeout']})")

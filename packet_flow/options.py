@@ -176,6 +176,42 @@ def _outputs(items: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+# --- thresholds (verdict.py) ---------------------------------------------------------------
+
+
+def _loss_limit(text: str):
+    from .verdict import LossLimit
+    try:
+        return LossLimit(str(text))
+    except ValueError as e:
+        raise Bad(str(e)) from None
+
+
+_TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(text: str) -> float:
+    """A number with a unit (5ms, 200us, 1.5s; a bare number is seconds) in seconds."""
+    for unit in sorted(_TIME_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _TIME_UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise Bad("not a time (like 5ms, 200us or 1.5s)") from None
+    if not math.isfinite(value) or value < 0:
+        raise Bad("must be a time of 0 or more")
+    return value
+
+
+def _time_limit(text: str):
+    from .verdict import TimeLimit
+    text = str(text).strip()
+    return TimeLimit(text, _seconds(text))
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -313,6 +349,18 @@ OPTS = (
         "to one source address, 0 = no limit", _int(0, 4_000_000_000)),
     Opt("reflect-authenticated", "bool", False, "reflector: answer only probes whose HMAC "
         "tag verifies (needs --key and --wire native)", _bool, negatable=True),
+    # thresholds (verdict.py): a breached one fails the run with exit status 3
+    Opt("max-loss", "str", None, "fail (exit status 3) when a flow lost more than this: a "
+        "percentage of its packets (0.5%) or a count of packets (3)", _loss_limit,
+        commented=True),
+    Opt("max-owd-p99", "str", None, "fail when a flow's one-way delay p99 is above this time "
+        "(5ms)", _time_limit, commented=True),
+    Opt("max-rtt-p99", "str", None, "fail when the round-trip time p99 (--rtt) is above this "
+        "time (5ms)", _time_limit, commented=True),
+    Opt("max-jitter", "str", None, "fail when a flow's RFC 3550 jitter (with --rtt: the "
+        "round trip's) is above this time (1ms)", _time_limit, commented=True),
+    Opt("min-received", "int", None, "fail when a flow received fewer packets (with --rtt: "
+        "fewer replies)", _int(0), commented=True),
     Opt("config-file", "str", None, "TOML config file to read (or to write with "
         f"--generate-config). {CONFIG_ENV} overrides this flag, as in the original",
         _optional, in_file=False, run_only=True),

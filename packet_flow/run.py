@@ -23,16 +23,19 @@ from packet_flow.receiver import ReceiverLoop
 from packet_flow.sender import SenderLoop
 from packet_flow.sinks.console import ConsoleSink
 from packet_flow.sinks.fanout import Fanout, build_sinks
+from packet_flow.verdict import Judge
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg, ready=None):
-    """Run cfg.mode until cfg.duration, cfg.count or a signal. Returns the exit status;
+def run(cfg, ready=None, sinks=()):
+    """Run cfg.mode until cfg.duration, cfg.count or a signal. Returns the run's
+    verdict.Verdict (its `status` is the exit status: 0, or 3 when a threshold was breached);
     raises what ended the run early (in `both` mode also the receiver thread's error).
     `ready(loops)` is called once sockets are bound (tests use it)."""
-    sinks = build_sinks(cfg)
+    sinks = build_sinks(cfg) + list(sinks)        # extra sinks: the API's collector
     out = Fanout(sinks)
+    judge = Judge(cfg, out.record)      # summary records get their verdict on the way out
     for sink in sinks:
         if isinstance(sink, ConsoleSink) and cfg.mode != "sender":
             sink.header()
@@ -42,7 +45,7 @@ def run(cfg, ready=None):
     handlers = {}
     try:
         if cfg.mode in ("receiver", "both"):
-            receiver = ReceiverLoop(cfg, out.record, out.packets if out.per_packet else None,
+            receiver = ReceiverLoop(cfg, judge.record, out.packets if out.per_packet else None,
                                     on_gaps=out.gaps if out.per_gap else None)
         if cfg.mode in ("sender", "both"):
             sock = None
@@ -53,11 +56,11 @@ def run(cfg, ready=None):
                                       f"address family of --remote-addr '{cfg.remote}'")
                 sock = sockets.send_socket(cfg.local.family, cfg.dscp, cfg.ttl,
                                            bind=cfg.local.sockaddr)
-            sender = SenderLoop(cfg, out.record, sock=sock,
+            sender = SenderLoop(cfg, judge.record, sock=sock,
                                 on_rtt=out.rtts if out.per_rtt else None)
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
-            receiver = ReflectorLoop(cfg, out.record)
+            receiver = ReflectorLoop(cfg, judge.record)
 
         def on_stop(signum, _frame):
             log.info("%s: stopping", signal.Signals(signum).name)
@@ -121,4 +124,4 @@ def run(cfg, ready=None):
             lossy = got.get("dropped") or got.get("spooled") or got.get("queued")
             log.log(logging.WARNING if lossy else logging.INFO, "%s counters: %s", name,
                     ", ".join(f"{k} {v}" for k, v in got.items()))
-    return 0
+    return judge.verdict()
