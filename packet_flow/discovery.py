@@ -77,8 +77,11 @@ def _ip_order(ip: str):
 
 def lookup_srv(name: str) -> list[tuple[str, int]]:
     """(target, port) of name's SRV records (see dnsquery)."""
-    from .dnsquery import srv_records
-    return srv_records(name)
+    from .dnsquery import DnsError, srv_records
+    try:
+        return srv_records(name)
+    except DnsError as e:
+        raise LookupFailed(str(e)) from None
 
 
 def bounded(fn: Callable, timeout: float, what: str):
