@@ -15,8 +15,8 @@ import pytest
 from probe import free_port, pf, wait_bound  # noqa: E402
 
 from packet_flow import _io, clock_error, config, sockets
-from packet_flow.reflector import ReflectorLoop
 from packet_flow.analysis import FlowStats
+from packet_flow.reflector import ReflectorLoop
 from packet_flow.rtt import RttStats
 from packet_flow.sender import SenderLoop
 
