@@ -1,22 +1,37 @@
-# The two commands README.md gives: `make run` and `make test`.
+# The two commands README.md gives: `make run` and `make test` (see docs/development.md).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
-APT_TEST_PACKAGES := victoria-metrics influxdb nftables iproute2 iperf3 irtt sockperf prometheus ethtool libssl-dev clang conntrack
+APT_TEST_PACKAGES := victoria-metrics influxdb nftables iproute2 iperf3 irtt sockperf prometheus ethtool libssl-dev clang conntrack dnsmasq-base
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps venv lint bench clean
+.PHONY: run check-build test deps venv lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 
-# Builds the extension and runs a short loopback probe in `both` mode (1000 packets/s).
-run: $(BIN)/python
+RUN_RECORDS ?= make-run.jsonl
+
+# What the build needs (C compiler, Python headers, venv, OpenSSL headers): checked first;
+# when something is missing, mk/check-build.sh prints the one apt-get command and make stops.
+check-build:
+	@PYTHON=$(PYTHON) sh mk/check-build.sh
+
+# Builds the extension and runs a short loopback probe in `both` mode (1000 packets/s),
+# keeping its records in $(RUN_RECORDS) for `packet-flow report`.
+run: check-build
+	@$(MAKE) --no-print-directory $(BIN)/python
 	$(BIN)/pip install -q .
+	@rm -f $(RUN_RECORDS)
 	$(BIN)/packet-flow --mode both --local-addr 127.0.0.1:$(PORT) --log-level warning \
-	    --remote-addr 127.0.0.1:$(PORT) --rate 1 --duration 5
+	    --remote-addr 127.0.0.1:$(PORT) --rate 1 --duration 5 --output console,jsonl:$(RUN_RECORDS)
+	@echo
+	@echo "This run's records are in $(RUN_RECORDS). Look at them with:"
+	@echo "  $(BIN)/packet-flow report $(RUN_RECORDS)"
+	@echo "  $(BIN)/pip install -q '.[plot]' && $(BIN)/packet-flow report $(RUN_RECORDS) -o run.png"
+	@echo "More in README.md, 'Common tasks'."
 
 # Installs what the tests need (Debian packages, the package with its test extras), lints, tests.
 deps:

@@ -32,7 +32,7 @@ from typing import Any
 
 import configargparse
 
-from . import defaults
+from . import __version__, defaults
 from .config_render import toml_value
 from .errors import ConfigError
 from .masking import mask, mask_args
@@ -149,10 +149,8 @@ def _add_options(parser: argparse.ArgumentParser, plain: bool) -> None:
         kw: dict[str, Any] = {"dest": opt.dest}
         if opt.kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction if opt.negatable else "store_true"
-        elif opt.kind == "list":
-            kw["action"] = "append"
-            kw["metavar"] = "OUTPUT"
         else:
+            kw["action"] = "append" if opt.kind == "list" else "store"
             kw["metavar"] = opt.name.split("-")[-1].upper()
         if plain:
             kw["default"] = argparse.SUPPRESS
@@ -169,7 +167,10 @@ def build_parser(path: str | None = None) -> configargparse.ArgumentParser:
     """The ConfigArgParse parser (also used for --help); path names the config file in errors."""
     parser = _Parser(
         prog="packet-flow",
-        description="UDP packet loss, latency and jitter probe.",
+        usage="packet-flow [options]\n       packet-flow report [-h] RUN.jsonl ...",
+        description="UDP packet loss, latency and jitter probe. `packet-flow [options]` runs "
+        "the probe; `packet-flow report RUN.jsonl` summarises a run written with --output "
+        "jsonl:PATH, as text or a PNG (see `packet-flow report -h`).",
         epilog=(
             "Precedence: command line > environment (PACKET_FLOW_*) > TOML config file > "
             f"defaults, except that {CONFIG_ENV} overrides --config-file, as in the Rust "
@@ -183,6 +184,8 @@ def build_parser(path: str | None = None) -> configargparse.ArgumentParser:
         config_file_parser_class=_FlatToml(path or ""),
     )
     _add_options(parser, plain=False)
+    parser.add_argument("--version", action="version", version=f"packet-flow {__version__}",
+                        help="print the version and exit")
     return parser
 
 
@@ -213,10 +216,17 @@ def _config_path(argv: list[str], env: Mapping[str, str]) -> tuple[str | None, s
 # --- load -------------------------------------------------------------------------------------------
 
 
+FLAG = object()
+"""What the user typed for a boolean option given on the command line: the flag itself."""
+
+
 def _fail(name: str, value: Any, source: str, reason: str) -> ConfigError:
+    """The one-line error; `value` is what the user typed (FLAG: a bare command-line flag)."""
     opt = BY_NAME.get(name)
     if value is None:
         return ConfigError(f"option --{name}: not set ({source}): {reason}")
+    if value is FLAG:
+        return ConfigError(f"option --{name} from {source}: {reason}")
     shown = opt.shown(value) if opt is not None else value
     if isinstance(shown, list):
         shown = ",".join(shown)
@@ -296,13 +306,28 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         raw[opt.name] = value
 
     vals: dict[str, Any] = {}
+    typed: dict[str, Any] = {}
     for opt in OPTS:
         value, source = raw[opt.name], sources[opt.name]
+        typed[opt.name] = _typed(opt, value, source, env)
         try:
             vals[opt.name] = None if value is None and opt.kind != "bool" else opt.conv(value)
         except Bad as e:
-            raise _fail(opt.name, value, source, str(e)) from None
-    return _finish(vals, sources, generate)
+            raise _fail(opt.name, typed[opt.name], source, str(e)) from None
+    return _finish(vals, sources, typed, generate)
+
+
+def _typed(opt: Opt, value: Any, source: str, env: Mapping[str, str]) -> Any:
+    """What the user typed for an option, as errors show it."""
+    if source.startswith("env "):
+        return env[opt.env]
+    if opt.kind == "bool":
+        if source == "cli":
+            return FLAG
+        return toml_value(bool(value)) if isinstance(value, bool) else value
+    if source == "default" and value is not None and not isinstance(value, str):
+        return toml_value(value)
+    return value
 
 
 def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
@@ -318,19 +343,37 @@ def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
             raise _fail("output", item, source, f"folder {folder!r} of {path!r} does not exist")
 
 
+def _check_thresholds(vals: dict, bad) -> None:
+    """A threshold needs a run that measures its field (verdict.FIELDS)."""
+    rtt, receives = vals["rtt"] and vals["mode"] == "sender", vals["mode"] != "sender"
+    for name in ("max-loss", "max-owd-p99", "max-rtt-p99", "max-jitter", "min-received"):
+        if vals[name] is None:
+            continue
+        if name == "max-rtt-p99" and not rtt:
+            raise bad(name, "needs --rtt (--mode sender)")
+        if name == "max-owd-p99" and not receives:
+            raise bad(name, f"needs a receiving side: --mode receiver, both or reflector, "
+                      f"not {vals['mode']!r}")
+        if not (receives or rtt):
+            raise bad(name, "needs a receiving side (--mode receiver, both or reflector) "
+                      "or --rtt")
+
+
 def opt_env(name: str) -> str:
     """The environment variable of an option, e.g. opt_env("rate") == "PACKET_FLOW_RATE"."""
     return BY_NAME[name].env
 
 
-def _finish(vals: dict, sources: dict, generate: bool) -> Config:
+def _finish(vals: dict, sources: dict, typed: dict, generate: bool) -> Config:
     """Cross-option rules: secrets from files, outputs, timeouts, credentials, action."""
+
+    def bad(name: str, reason: str) -> ConfigError:
+        return _fail(name, typed[name], sources[name], reason)
+
     if vals["generate-config"] and vals["print-config"]:
-        raise _fail("print-config", True, sources["print-config"],
-                    "cannot be combined with --generate-config")
+        raise bad("print-config", "cannot be combined with --generate-config")
     if vals["generate-config"] and not vals["config-file"]:
-        raise _fail("generate-config", True, sources["generate-config"],
-                    "needs --config-file PATH to write to")
+        raise bad("generate-config", "needs --config-file PATH to write to")
     for from_file, direct in ((o.name, o.file_of) for o in OPTS if o.file_of):
         chosen, source = _pick(vals, sources, direct, from_file)
         if chosen == from_file:
@@ -347,16 +390,19 @@ def _finish(vals: dict, sources: dict, generate: bool) -> Config:
                 vals[name] = a._replace(port=defaults.STAMP_PORT,
                                         sockaddr=(a.sockaddr[0], defaults.STAMP_PORT,
                                                   *a.sockaddr[2:]))
+    if vals["rtt"] and vals["mode"] == "both":
+        raise bad("rtt", f"works in --mode sender only, not --mode both "
+                  f"({sources['mode']}): run the peer with --mode reflector")
     if vals["rtt"] and vals["wire"] == "legacy":
-        raise _fail("rtt", True, sources["rtt"], f"needs --wire native or stamp, not legacy "
-                    f"({sources['wire']}): legacy packets cannot carry reflector timestamps")
+        raise bad("rtt", f"needs --wire native or stamp, not legacy ({sources['wire']}): "
+                  "legacy packets cannot carry reflector timestamps")
     if vals["reflect-authenticated"] and (vals["key"] is None or vals["wire"] != "native"):
-        raise _fail("reflect-authenticated", True, sources["reflect-authenticated"],
-                    "needs --key and --wire native: only native probes carry a tag")
+        raise bad("reflect-authenticated",
+                  "needs --key and --wire native: only native probes carry a tag")
+    _check_thresholds(vals, bad)
     if vals["forget-timeout"] <= vals["stall-timeout"]:
-        raise _fail("forget-timeout", vals["forget-timeout"], sources["forget-timeout"],
-                    f"must be greater than --stall-timeout {vals['stall-timeout']:g} "
-                    f"({sources['stall-timeout']})")
+        raise bad("forget-timeout", f"must be greater than --stall-timeout "
+                  f"{vals['stall-timeout']:g} ({sources['stall-timeout']})")
 
     outputs = vals["output"]
     enabled_by = [o.name for o in OPTS

@@ -4,7 +4,7 @@ Values match the Rust original where it had one (REFERENCE.md §1).
 """
 
 MODE = "receiver"
-MODES = ("sender", "receiver", "both", "reflector")
+MODES = ("sender", "receiver", "both", "reflector", "mesh")
 LOCAL_ADDR = "0.0.0.0:8000"
 REMOTE_ADDR = "127.0.0.1:8000"
 RATE_MS = 1000.0            # milliseconds between packets
@@ -58,6 +58,8 @@ MAX_FLOW_MEMORY_MIB = 256   # memory budget of all flows together (--max-flow-me
 FLOW_BYTES = 4096           # a flow's Python objects, beyond its numpy buffers (measured)
 FORGOTTEN_BYTES = 2048      # a forgotten flow's compact record (measured: 1.6 KB)
 FORGOTTEN_MAX = 100_000     # compact records of forgotten flows kept (oldest go first) ...
+REJECTED_REPEAT_S = 60.0     # console: a source's rejected datagrams told at most this often
+REJECTED_SOURCES_MAX = 64    # sources of malformed datagrams named per interval; the rest are "other"
 FORGOTTEN_KEEP_S = 86_400.0  # ... and for how long: a sender back within a day resumes
 CLOSED_GRACE_S = 1.0        # a closed flow takes stragglers at least this long after FINAL
 RESTART_BACK = 1000         # legacy/STAMP: a jump back this far with a newer send time is a restart
@@ -69,7 +71,7 @@ REFLECT_MAX_PPS = 2_000_000  # replies/s to one source address: above one sender
 FLUSH_INTERVAL_S = 0.0      # 0 = the record interval
 SPOOL_DIR = ""              # "" = a packet-flow folder under the system temp dir
 SPOOL_MAX_BYTES = 1 << 30   # spool cap; past it the oldest points go (0 = no cap)
-SINK_MEMORY_POINTS = 200_000
+SINK_MEMORY_POINTS = 200_000  # memory bound while the server answers (a constant, not an option)
 SINK_QUEUE_RECORDS = 100_000
 COMPAT_MAX_PPS = 10_000     # per-packet `latency` points per second per flow
 SHUTDOWN_FLUSH_S = 5.0
@@ -85,6 +87,8 @@ SINK_BACKOFF_MAX_S = 5.0
 SINK_WARN_EVERY_S = 60.0    # a persisting write problem is logged again at most this often
 SINK_SPOOL_RETRY_S = 5.0    # after a failed spool write (disk full), memory only this long
 SINK_MEMORY_HARD_FACTOR = 4  # spool failing: memory holds up to this x memory points, then drops
+SINK_WRITER_FAILURES = 3     # the same exception this many times in a row stops the writer
+SINK_WRITER_RESTART_S = 0.5  # pause before the writer restarts after an unexpected exception
 
 # Report (packet-flow report): figure geometry
 REPORT_WIDTH_IN = 16.0      # figure width, inches
@@ -100,10 +104,30 @@ GIL_SWITCH_S = 0.0001       # how long the sender may wait for another thread's 
 RTT_SLICE_NS = 10_000_000   # --rtt: longest schedule slice between two reply pumps
 PUMP_MARGIN_NS = 2_000_000  # --rtt: wait for replies only when no slot is due this soon
 RTT_WAIT_NS = 500_000_000   # --rtt: how long to wait for the last replies after the final packet
+RTT_NO_REPLY_S = 3.0        # --rtt: warn when no reply at all came back after this long
 RTT_RING = 1 << 17          # --rtt: receive ring records
 THREAD_STOP_S = 2.0         # `both`: longest wait for the receiver thread after stop()
 OUTPUT_QUEUE_RECORDS = 50_000  # records queued for the output thread; beyond, new ones are dropped
 
+# Mesh peers (--peers, --peer-refresh, --peer-subset, --name)
+PEER_REFRESH_S = 30.0       # re-resolve names, dns: and srv: entries this often
+PEER_REFRESH_MIN_S = 0.1
+PEER_FILE_POLL_S = 1.0      # a peers file is re-read within this long of a change
+PEER_LOOKUP_TIMEOUT_S = 5.0  # longest wait for one lookup (at most the refresh interval)
+PEER_EMPTY_REFRESHES = 3    # an empty DNS answer removes peers only this many refreshes in a row
+PEER_SUBSET = 0             # 0 = probe every peer
+DNS_PORT = 53
+DNS_TIMEOUT_S = 2.0         # srv: one query to one nameserver
+DNS_ATTEMPTS = 2            # srv: rounds over the nameservers
+
 # Prometheus output
 PROMETHEUS_MAX_SERIES = 2000  # label sets per table; new flows beyond count as source="overflow"
 PROMETHEUS_ACTIVE_S = 300.0   # render after every tick while a scraper came this recently
+
+# Mesh (packet_flow/mesh.py) and names (packet_flow/names.py)
+NAMES_MAX = 65536           # sender names kept by session (oldest first out)
+MESH_MAX_PEERS = 4096       # pairs one mesh node sends to
+MESH_SLICE_NS = 10_000_000  # longest schedule slice between two reads of the socket
+MESH_DRAIN_NS = 200_000_000  # received records go to the flow table at least this often
+MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart
+MESH_LINGER_S = 2.0         # after its own finals: receive (and answer) until peers finish

@@ -43,7 +43,7 @@ All per-packet work is per batch with numpy; the Python loop runs once per flow 
 """
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 
@@ -105,6 +105,7 @@ class FlowTable:
         self.closing = {}           # flows closed by FINAL, taking stragglers until until_ns
         self.forgotten = OrderedDict()  # silent flows shrunk to a Frozen record, oldest first
         self.unattributed = 0
+        self.rejected = Counter()   # malformed datagrams by (source, reason) since take_rejected
         self.gro = False            # the socket coalesces (UDP GRO): a drop may be many datagrams
         self.untracked = 0          # packets of new flows refused: budget or MAX_FLOWS full
         self.evicted = 0            # idle flows forgotten early to make room for new ones
@@ -378,17 +379,32 @@ class FlowTable:
         by_source = {}
         for flow in (*self.flows.values(), *self.closing.values()):
             by_source.setdefault(flow.source, flow)
-        key = np.zeros(len(recs), [("addr", "u1", (16,)), ("port", "<u2"), ("family", "u1")])
+        key = np.zeros(len(recs), [("addr", "u1", (16,)), ("port", "<u2"), ("family", "u1"),
+                                   ("reason", "u1")])
         for name in key.dtype.names:
             key[name] = recs[name]
         uniq, counts = np.unique(key, return_counts=True)
         for row, n in zip(uniq, counts.tolist(), strict=True):
-            flow = by_source.get(address(row["addr"], int(row["port"]), int(row["family"])))
+            source = address(row["addr"], int(row["port"]), int(row["family"]))
+            if (source, int(row["reason"])) in self.rejected or \
+                    len(self.rejected) < defaults.REJECTED_SOURCES_MAX:
+                self.rejected[source, int(row["reason"])] += n
+            else:
+                self.rejected["other", int(row["reason"])] += n
+            flow = by_source.get(source)
             if flow is None:
                 self.unattributed += n
             else:
                 flow.malformed += n
                 flow.malformed_total += n
+
+    def take_rejected(self):
+        """Malformed datagrams since the last call: [{source, reason, count}] (the sources
+        beyond REJECTED_SOURCES_MAX in one interval share the source "other")."""
+        out = [{"source": source, "reason": _io.REASONS[reason], "count": n}
+               for (source, reason), n in self.rejected.items()]
+        self.rejected.clear()
+        return out
 
     def tick(self, now_ns):
         """Emit one interval record per flow; mark stalls; forget flows silent too long;

@@ -19,8 +19,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from . import defaults
-from .addresses import Addr
+from . import defaults, peers
+from .addresses import Addr, split_host_port
 from .masking import MASK, mask_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -122,19 +122,10 @@ def parse_addr(text: str, allow_port0: bool = False) -> Addr:
 
     Raises Bad (a ValueError) with the reason.
     """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise Bad("expected [v6addr]:port")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            raise Bad("expected host:port")
-        if ":" in host:
-            raise Bad("an IPv6 address needs brackets: [v6addr]:port")
-    if not host:
-        raise Bad("the host is missing")
+    try:
+        host, port = split_host_port(text)
+    except ValueError as e:
+        raise Bad(str(e)) from None
     try:
         port_n = int(port)
     except ValueError:
@@ -175,6 +166,58 @@ def _outputs(items: list[str]) -> tuple[str, ...]:
         raise Bad("no output given")
     return tuple(out)
 
+
+def _peers(items: list[str]) -> tuple[str, ...]:
+    try:
+        return peers.check_entries(items)
+    except ValueError as e:
+        raise Bad(str(e)) from None
+
+
+def _name(text: str) -> str | None:
+    if not text.strip():
+        return None
+    try:
+        return peers.check_name(text)
+    except ValueError as e:
+        raise Bad(str(e)) from None
+
+
+# --- thresholds (verdict.py) ---------------------------------------------------------------
+
+
+def _loss_limit(text: str):
+    from .verdict import LossLimit
+    try:
+        return LossLimit(str(text))
+    except ValueError as e:
+        raise Bad(str(e)) from None
+
+
+_TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(text: str) -> float:
+    """A number with a unit (5ms, 200us, 1.5s; a bare number is seconds) in seconds."""
+    for unit in sorted(_TIME_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _TIME_UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise Bad("not a time (like 5ms, 200us or 1.5s)") from None
+    if not math.isfinite(value) or value < 0:
+        raise Bad("must be a time of 0 or more")
+    return value
+
+
+def _time_limit(text: str):
+    from .verdict import TimeLimit
+    text = str(text).strip()
+    return TimeLimit(text, _seconds(text))
 
 # --- the table ----------------------------------------------------------------------------------
 
@@ -313,6 +356,27 @@ OPTS = (
         "to one source address, 0 = no limit", _int(0, 4_000_000_000)),
     Opt("reflect-authenticated", "bool", False, "reflector: answer only probes whose HMAC "
         "tag verifies (needs --key and --wire native)", _bool, negatable=True),
+    # thresholds (verdict.py): a breached one fails the run with exit status 3
+    Opt("max-loss", "str", None, "fail (exit status 3) when a flow lost more than this: a "
+        "percentage of its packets (0.5%) or a count of packets (3)", _loss_limit,
+        commented=True),
+    Opt("max-owd-p99", "str", None, "fail when a flow's one-way delay p99 is above this time "
+        "(5ms)", _time_limit, commented=True),
+    Opt("max-rtt-p99", "str", None, "fail when the round-trip time p99 (--rtt) is above this "
+        "time (5ms)", _time_limit, commented=True),
+    Opt("max-jitter", "str", None, "fail when a flow's RFC 3550 jitter (with --rtt: the "
+        "round trip's) is above this time (1ms)", _time_limit, commented=True),
+    Opt("min-received", "int", None, "fail when a flow received fewer packets (with --rtt: "
+        "fewer replies)", _int(0), commented=True),
+    # --- mesh peers (peers.py, discovery.py) ---
+    Opt("peers", "list", (), "mesh peers: host:port, [v6addr]:port, file:PATH, dns:NAME:PORT "
+        "(every A/AAAA record), srv:_service._udp.NAME; repeat or separate with commas",
+        _peers),
+    Opt("peer-refresh", "float", defaults.PEER_REFRESH_S, "seconds between lookups of the "
+        "--peers names", _float(defaults.PEER_REFRESH_MIN_S)),
+    Opt("peer-subset", "int", defaults.PEER_SUBSET, "probe only this many peers, chosen by "
+        "rendezvous hashing; 0 = every peer", _int(0)),
+    Opt("name", "str", None, "this node's name, else $NODE_NAME, else the host name", _name),
     Opt("config-file", "str", None, "TOML config file to read (or to write with "
         f"--generate-config). {CONFIG_ENV} overrides this flag, as in the original",
         _optional, in_file=False, run_only=True),

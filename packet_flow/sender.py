@@ -27,7 +27,7 @@ import socket
 
 import numpy as np
 
-from packet_flow import _io, clock_error, defaults, rtt, sockets
+from packet_flow import _io, clock_error, defaults, names, rtt, sockets
 from packet_flow.errors import ConfigError
 from packet_flow.histogram import LogHistogram
 
@@ -118,7 +118,8 @@ class SenderLoop:
         self.tx = _io.Sender(self.sock.fileno(),
                              sockets.dest_tuple(cfg.remote.sockaddr, cfg.remote.family),
                              wire=WIRE[cfg.wire], session=self.session, size=size,
-                             batch=cfg.batch, segments=segments, key=cfg.key)
+                             batch=cfg.batch, segments=segments, key=cfg.key,
+                             name=names.in_band_name(cfg))
         if cfg.wire == "stamp":
             self.tx.error_estimate = clock_error.estimate()
         # lateness of a systematic sample of at most LATENESS_SAMPLES_PER_S slots a second,
@@ -147,6 +148,7 @@ class SenderLoop:
                                mode=_io.WIRE_STAMP_REFLECTED if stamp else _io.WIRE_NATIVE)
         self.rtt = rtt.RttStats(seq_bits=32 if stamp else 64)
         self.final_answered = False
+        self.unanswered_s = 0.0
 
     def _pump_replies(self, wait_until_ns=0):
         """Read the queued replies (waiting for more until wait_until_ns when that is in the
@@ -208,7 +210,8 @@ class SenderLoop:
         if self.source is None:
             self.source = sockets.local_name(self.sock, self.cfg.remote)
         rec = {"type": kind, "role": "sender", "time": _io.wall_of(now_ns), "source": self.source,
-               "destination": str(self.cfg.remote), "session": self.session_hex,
+               "destination": str(self.cfg.remote), "source_name": names.node_name(self.cfg),
+               "destination_name": self.cfg.remote.host, "session": self.session_hex,
                "wire": self.cfg.wire, "interval_s": round((now_ns - since_ns) / 1e9, 6)}
         return rec
 
@@ -253,8 +256,21 @@ class SenderLoop:
                         "or too big): counted in send_errors; the receiver sees them as lost")
         if self.rtt is not None:
             rec.update(self.rtt.take_interval())
+            self._no_reply_warning(rec["interval_s"])
         self._last = (sent, missed, skipped, errors)
         self.emit(rec)
+
+    def _no_reply_warning(self, interval_s):
+        """--rtt: warn once when not a single reply came back within RTT_NO_REPLY_S."""
+        self.unanswered_s += interval_s
+        if self.rtt.highest >= 0 or self.unanswered_s < defaults.RTT_NO_REPLY_S \
+                or self.unanswered_s - interval_s >= defaults.RTT_NO_REPLY_S:
+            return
+        peer = ("a STAMP reflector (RFC 8762) or `packet-flow --mode reflector --wire stamp`"
+                if self.cfg.wire == "stamp" else "`packet-flow --mode reflector`")
+        log.warning("--rtt: no reply came back from %s in %.0f s (%d probes sent): the peer "
+                    "must be %s, and replies must get through its firewall", self.cfg.remote,
+                    self.unanswered_s, self.sent, peer)
 
     def _summary(self, now_ns, start_ns):
         rec = self._record("summary", now_ns, start_ns)
@@ -309,8 +325,11 @@ class SenderLoop:
                 log.info("skipped %d sequence number(s) on request", self.skip_pending)
                 self.skip_pending = 0
             now = _io.mono_ns()
-            if now < next_tick <= until and not self.stopping:
-                _io.sleep_until(next_tick)          # no slot before next_tick + half
+            # wait for the tick only when no slot comes first: tx.run also returns early, on
+            # a signal (SIGUSR1) or at --count, and the slots before the tick are then still
+            # to be sent
+            if now < next_tick <= start + self.tx.k * self.interval_ns and not self.stopping:
+                _io.sleep_until(next_tick)
                 now = _io.mono_ns()
             if now >= next_tick:
                 self._interval(now, last_tick)

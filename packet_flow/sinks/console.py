@@ -1,11 +1,18 @@
 """Console output: a compact live table (one line per flow per interval, never wider than
 80 columns: long addresses keep their tail, large counts shrink to k/M/G) and a summary
-per flow at exit."""
+per flow at exit.
+
+Rules: every column has a legend (the header's, and the sender's before its first line).
+Rejected datagrams (a receiver record's `rejected`) are told once per source and cause at
+once, then at most once per REJECTED_REPEAT_S of record time per source and cause, with what
+to check; counts not yet told are told at close."""
 
 import sys
 import textwrap
 import threading
 import time
+
+from packet_flow import defaults
 
 _TIME_UNITS = ((1e-3, "n"), (1.0, "µ"), (1e3, "m"), (1e6, "s"))      # scales of µs
 _COUNT_UNITS = ((1, ""), (1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T"), (1e15, "P"))
@@ -53,16 +60,42 @@ def _tail(text, width):
 
 
 HEADER = (f"{'time':8} {'source':16} {'recv':>6} {'lost':>5} {'loss%':>5} {'late':>5} "
-          f"{'dup':>5} {'owd50':>6} {'owd99':>6} {'jitter':>6}")
+          f"{'dup':>5} {'owd50':>6} {'owd99':>6} {'jitter':>6} f")
+LEGEND = " " * 9 + "(f = flags: S = stalled, F = final packet seen; n/µ/m = ns/µs/ms)"
+SENDER_LEGEND = (
+    "sender: per interval: packets sent, send slots missed, timer late p50/p99/max;\n"
+    "        with --rtt: rtt p50/p99, and lost, late, dup on the way out (fwd) /\n"
+    "        on the way back (back): late 1/0 = 1 late out, 0 late back")
+
+# why a datagram was rejected (the receiver's malformed reasons) and what to check
+REJECTED = {
+    "short": ("too short for any packet-flow packet",
+              "check --wire on both ends (a STAMP sender needs --wire stamp here)"),
+    "magic": ("not packet-flow packets",
+              "a STAMP sender needs --wire stamp here; check --wire on both ends"),
+    "version": ("from another packet-flow version", "run one version on both ends"),
+    "truncated": ("shorter than their header says", "check the sender's --size and the MTU"),
+    "legacy": ("17-byte datagrams that are not legacy packets", "check --wire on both ends"),
+    "no_tag": ("not signed, and this receiver has --key",
+               "give the sender the same --key (legacy packets cannot carry one)"),
+    "bad_tag": ("signed with another key", "check that --key is the same on both ends"),
+    "short_probe": ("probes too short to reflect", "check the sender's --size"),
+}
 
 
 class ConsoleSink:
     """Writes human-readable lines to a text stream (stdout unless told otherwise)."""
 
+    wants_packets = wants_gaps = wants_rtts = False
+    closes_last = True          # its summary shows the other outputs' counters
+    on_failure = None
+
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
         self.summaries = []
+        self.sender_legend = False
+        self.rejected = {}      # (source, reason) -> [time told (s), count not yet told]
 
     def _write(self, line):
         with self.lock:
@@ -82,8 +115,11 @@ class ConsoleSink:
                 f"{_n(rec['lost'], 5):>5} {_pct(rec['loss_percent']):>5} "
                 f"{_n(rec['late'], 5):>5} {_n(rec['duplicates'], 5):>5} "
                 f"{_t(rec['owd_p50_us']):>6} {_t(rec['owd_p99_us']):>6} "
-                f"{_t(rec['jitter_us']):>6}{state}")
+                f"{_t(rec['jitter_us']):>6} {state}".rstrip())
         elif kind == "sender":
+            if not self.sender_legend:
+                self.sender_legend = True
+                self._write(SENDER_LEGEND)
             self._write(
                 f"{t} → {_tail(rec['destination'], 16):16} sent {_n(rec['sent']):>6} missed "
                 f"{_n(rec['missed_slots'], 5):>5} late {_t(rec['timer_late_p50_us'])}/"
@@ -95,20 +131,51 @@ class ConsoleSink:
                     f"{_n(rec['backward_lost'], 5)} late {_n(rec['forward_late'], 5)}/"
                     f"{_n(rec['backward_late'], 5)} dup {_n(rec['forward_duplicates'], 5)}/"
                     f"{_n(rec['backward_duplicates'], 5)}")
-        elif kind == "receiver" and (rec.get("overwritten") or rec.get("kernel_drops")):
-            self._write(f"{t} receiver: ring overwritten {rec['overwritten']}, "
-                        f"kernel drops {rec['kernel_drops']}")
+        elif kind == "receiver":
+            if rec.get("overwritten") or rec.get("kernel_drops"):
+                self._write(f"{t} receiver: ring overwritten {rec['overwritten']}, "
+                            f"kernel drops {rec['kernel_drops']}")
+            self._rejected(rec.get("rejected") or (), rec["time"] / 1e9)
+
+    def _rejected(self, items, now_s):
+        """Tell rejected datagrams once per source and cause, then at most once per
+        REJECTED_REPEAT_S (see the module rules)."""
+        for item in items:
+            key = (item["source"], item["reason"])
+            seen = self.rejected.get(key)
+            if seen is None:
+                self.rejected[key] = [now_s, 0]
+                self._tell_rejected(key, item["count"], now_s, None)
+            elif now_s - seen[0] >= defaults.REJECTED_REPEAT_S:
+                self._tell_rejected(key, seen[1] + item["count"], now_s, seen[0])
+                seen[:] = [now_s, 0]
+            else:
+                seen[1] += item["count"]
+
+    def _tell_rejected(self, key, count, now_s, since_s):
+        source, reason = key
+        why, check = REJECTED.get(reason, (reason, "check --wire and --key on both ends"))
+        t = time.strftime("%H:%M:%S", time.gmtime(now_s))
+        since = "" if since_s is None else \
+            f" since {time.strftime('%H:%M:%S', time.gmtime(since_s))}"
+        text = (f"{t} rejected {count} datagram{'s' if count != 1 else ''} from {source}"
+                f"{since}: {why} ({reason}); {check}")
+        self._write("\n".join(textwrap.wrap(text, 80, subsequent_indent=" " * 9,
+                                             break_on_hyphens=False)))
 
     def header(self):
-        self._write(HEADER + "\n" + " " * 9 + "(S = stalled, F = final packet seen; "
-                    "sender: late = timer p50/p99/max)")
+        self._write(HEADER + "\n" + LEGEND)
 
-    def packets(self, *args):
-        pass
+    @property
+    def counters(self):
+        return {}
 
     def close(self, timeout=0, counters=None):
         """Print the summary per flow, and the other outputs' counters (InfluxDB: points
         written, retried, spooled, dropped)."""
+        for key, (told_s, count) in self.rejected.items():
+            if count:
+                self._tell_rejected(key, count, time.time(), told_s)
         lines = summary_table(self.summaries).split("\n") if self.summaries else []
         for name, got in (counters or {}).items():
             text = ", ".join(f"{k} {v}" for k, v in got.items())
@@ -143,6 +210,9 @@ def summary_table(records):
                              f"{rec['backward_lost']})  late {rec['forward_late']}/"
                              f"{rec['backward_late']}  dup {rec['forward_duplicates']}/"
                              f"{rec['backward_duplicates']}")
+                if not rec.get("reflected"):
+                    lines.append("  no reply came back: the peer must run --mode reflector "
+                                 "(or be a STAMP reflector with --wire stamp)")
             continue
         lines.append(f"  received {rec['received']}  lost {rec['lost']} "
                      f"({_pct(rec['loss_percent'])} %)  late {rec['late']}  dup "

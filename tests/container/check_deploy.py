@@ -4,7 +4,7 @@ Rules:
 - Only parses files (PyYAML, json); starts nothing. Run by tests/container/test_container.sh,
   or alone: `python3 tests/container/check_deploy.py`. Exit status 1 lists every failure.
 - Names are checked against their sources: PACKET_FLOW_* variables against the options in
-  packet_flow/options.py, dashboard fields against the README record tables, datasource uid and paths
+  packet_flow/options.py, dashboard fields against the record tables in docs/, datasource uid and paths
   against the provisioning files and compose mounts.
 - No secret may be committed: secret-looking variables are only *_FILE paths, and the
   committed env example holds placeholders.
@@ -52,11 +52,13 @@ def cli_env_names() -> set[str] | None:
 
 
 def contract_fields() -> set[str]:
-    """Backticked field names in the tables of README.md (the record contract is there)."""
+    """Backticked field and metric names in the tables of docs/*.md (the record contract is in
+    options.md and rtt.md, the metrics in prometheus.md)."""
     fields = set()
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if line.startswith("| `"):
-            fields.update(re.findall(r"`([a-z0-9_]+)`", line))
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for line in doc.read_text().splitlines():
+            if line.startswith("| `"):
+                fields.update(re.findall(r"`([a-z0-9_]+)`", line))
     return fields
 
 
@@ -157,7 +159,7 @@ def check_dashboard(uid: str) -> None:
         for m in re.findall(r'r\._measurement == "([a-z_]+)"', q):
             check(m in ("packet_flow", "packet_flow_sender"), f"measurement {m} is written")
         for f in re.findall(r'r\._field == "([a-z0-9_]+)"', q):
-            check(f in known, f"dashboard field {f} is in the README record tables")
+            check(f in known, f"dashboard field {f} is in the record tables of docs/")
             used.add(f)
     required = {"lost", "received", "loss_bursts", "owd_p50_us", "owd_p99_us", "owd_max_us",
                 "jitter_us", "late", "duplicates", "timer_late_p99_us"}
@@ -168,8 +170,8 @@ def check_dashboard(uid: str) -> None:
 
 
 def check_prometheus(uid: str) -> None:
-    """The Prometheus dashboard, scrape job and rules use the metric families of the README's
-    Prometheus table and the probes' listen ports."""
+    """The Prometheus dashboard, scrape job and rules use the metric families of
+    docs/prometheus.md's table and the probes' listen ports."""
     dash = json.loads((ROOT / "deploy/grafana/dashboards/packet-flow-prometheus.json").read_text())
     known = contract_fields()
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
@@ -183,7 +185,7 @@ def check_prometheus(uid: str) -> None:
         check(balanced(text), f"brackets balance in {text[:60]!r}")
         for name in re.findall(r"\b(packet_flow_[a-z_]+)", text):
             family = re.sub(r"_(bucket|count|sum)$", "", name)
-            check(family in known, f"metric {family} is in the README's Prometheus table")
+            check(family in known, f"metric {family} is in docs/prometheus.md's table")
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
     compose = (ROOT / "docker-compose.yml").read_text()

@@ -299,7 +299,7 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
         (["--output", "jsonl"], {}, "option --output: value 'jsonl' from cli: jsonl needs a path: "
                                     "jsonl:PATH (jsonl:- for stdout)"),
         (["--stall-timeout", "10", "--forget-timeout", "10"], {},
-         "option --forget-timeout: value 10.0 from cli: must be greater than --stall-timeout 10 "
+         "option --forget-timeout: value '10' from cli: must be greater than --stall-timeout 10 "
          "(cli)"),
         (["-i", "ftp://db:8086", "-t", TOKEN], {},
          "option --influx-url: value 'ftp://db:8086' from cli: the scheme must be http or https"),
@@ -323,10 +323,10 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
         # usage errors become one-line ConfigErrors too
         (["--token"], {}, "argument -t/--token: expected one argument (see --help)"),
         (["--bogus"], {}, "unrecognized arguments: --bogus (see --help)"),
-        (["--generate-config"], {}, "option --generate-config: value True from cli: needs "
+        (["--generate-config"], {}, "option --generate-config from cli: needs "
                                     "--config-file PATH to write to"),
         (["--generate-config", "--print-config", "--config-file", "x"], {},
-         "option --print-config: value True from cli: cannot be combined with --generate-config"),
+         "option --print-config from cli: cannot be combined with --generate-config"),
     ],
 )
 def test_validation_error_messages(argv, env, message):

@@ -30,8 +30,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def readme_promql():
-    """The ```promql blocks of README.md."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    """The ```promql blocks of docs/prometheus.md."""
+    with open(os.path.join(ROOT, "docs", "prometheus.md"), encoding="utf-8") as f:
         return re.findall(r"```promql\n(.*?)```", f.read(), re.S)
 
 
@@ -224,7 +224,7 @@ def test_scraped_by_prometheus(tmp_path):
         assert at_last("packet_flow_sent_packets_total") == tx["sent"]
         assert at_last("packet_flow_skipped_slots_total") == tx["skipped_slots"]
 
-        ratio, p99, now = readme_promql()          # the README's ready-made queries
+        ratio, p99, now = readme_promql()          # docs/prometheus.md's ready-made queries
         assert 0 < at_last(ratio) < 0.01
         assert 0 < at_last(p99) < 0.1
         (path,) = prom.query(now, at=last)

@@ -1,0 +1,61 @@
+"""What a newcomer sees when the probe is set up wrong (issue 23 §1): each case runs the
+command as a user would, on loopback, and asserts the line printed."""
+
+import re
+
+from probe import finish, free_port, pf, records, wait_bound
+
+
+def _told(text):
+    """The console's lines with their wrapped continuations joined, without the time."""
+    joined = re.sub(r"\n {9}", " ", text)
+    return [line.split(" ", 1)[1] for line in joined.splitlines()
+            if re.match(r"\d\d:\d\d:\d\d ", line)]
+
+
+def test_rejected_traffic_says_why_and_what_to_check(tmp_path):
+    port, keyed, stamp = free_port(), free_port(), free_port()
+    rx = pf("-m", "receiver", "--local-addr", f"127.0.0.1:{port}", "--key", "right",
+            "--duration", "3", "--interval", "10")
+    wait_bound(port)
+    out = tmp_path / "tx.jsonl"
+    finish(pf("-m", "sender", "--remote-addr", f"127.0.0.1:{port}", "--local-addr",
+              f"127.0.0.1:{keyed}", "--key", "wrong", "--count", "20", "--rate", "5",
+              "--output", f"jsonl:{out}"))
+    finish(pf("-m", "sender", "--remote-addr", f"127.0.0.1:{port}", "--local-addr",
+              f"127.0.0.1:{stamp}", "--wire", "stamp", "--count", "10", "--rate", "5",
+              "--output", f"jsonl:{out}"))
+    sent = [r["sent"] for r in records(out) if r["type"] == "summary"]
+    stdout, _ = finish(rx)
+    assert _told(stdout) == [
+        f"rejected {sent[0]} datagrams from 127.0.0.1:{keyed}: signed with another key "
+        "(bad_tag); check that --key is the same on both ends",
+        f"rejected {sent[1]} datagrams from 127.0.0.1:{stamp}: not packet-flow packets "
+        "(magic); a STAMP sender needs --wire stamp here; check --wire on both ends",
+    ]
+    assert sent == [20, 10]
+
+
+def test_rtt_without_reflector_says_no_reply_came_back(tmp_path):
+    port = free_port()
+    rx = pf("-m", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", "5.5")
+    wait_bound(port)
+    stdout, stderr = finish(pf("-m", "sender", "--rtt", "--remote-addr", f"127.0.0.1:{port}",
+                               "--duration", "3.6", "--rate", "100", "--interval", "0.5"))
+    finish(rx)
+    warned = [line.split(": ", 1)[1] for line in stderr.splitlines() if "WARNING" in line]
+    assert len(warned) == 1
+    assert re.fullmatch(
+        rf"--rtt: no reply came back from 127\.0\.0\.1:{port} in 3 s \(\d+ probes sent\): the "
+        r"peer must be `packet-flow --mode reflector`, and replies must get through its "
+        r"firewall", warned[0]), warned
+    assert ("  no reply came back: the peer must run --mode reflector (or be a STAMP reflector "
+            "with --wire stamp)") in stdout.splitlines()
+
+
+def test_both_with_rtt_is_refused_at_start():
+    proc = pf("-m", "both", "--rtt")
+    stdout, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and stdout == ""
+    assert stderr == ("packet-flow: error: option --rtt from cli: works in --mode sender only, "
+                      "not --mode both (cli): run the peer with --mode reflector\n")

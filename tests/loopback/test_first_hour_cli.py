@@ -1,0 +1,27 @@
+"""The command line a newcomer reaches for, and the configuration pitfalls (issue 23 §2, §3):
+each case runs `packet-flow` in a subprocess as a user would and asserts what it prints."""
+
+import os
+import subprocess
+import sys
+
+import packet_flow
+
+
+def run(*args, env=None, cwd=None):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PACKET_FLOW_")}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "packet_flow", *map(str, args)],
+                          capture_output=True, text=True, env=full, cwd=cwd, timeout=30)
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout == f"packet-flow {packet_flow.__version__}\n"
+
+
+def test_help_names_report():
+    out = run("--help").stdout
+    assert out.startswith("usage: packet-flow [options]\n       packet-flow report [-h] "
+                          "RUN.jsonl ...\n")
+    assert "see `packet-flow report -h`" in " ".join(out.split())
