@@ -29,18 +29,19 @@ def clean(raw):
 
 
 def node_name(cfg=None, env=None):
-    """This node's name (see the module rules)."""
+    """This node's name (see the module rules; config.py fills cfg.name the same way)."""
     env = os.environ if env is None else env
     given = getattr(cfg, "name", None)
-    return clean(given or env.get("NODE_NAME") or socket.gethostname() or "localhost")
+    return clean(given or env.get(defaults.NODE_NAME_ENV) or socket.gethostname()
+                 or "localhost")
 
 
-def in_band_name(cfg, env=None):
-    """The name a plain sender puts in its packets: only one given (--name or NODE_NAME),
-    so a sender run without one keeps today's packet size. A mesh node always names itself."""
-    env = os.environ if env is None else env
-    if cfg.mode == "mesh" or getattr(cfg, "name", None) or env.get("NODE_NAME"):
-        return node_name(cfg, env).encode()
+def in_band_name(cfg):
+    """The name a plain sender puts in its packets: only one given (--name, NODE_NAME), so a
+    sender run without one keeps today's packet size. A mesh node always names itself."""
+    if cfg.mode == "mesh" or cfg.sources.get("name", "host name") not in ("host name",
+                                                                          "default"):
+        return node_name(cfg).encode()
     return b""
 
 
@@ -62,6 +63,7 @@ class NameBook:
     def __init__(self, own_name):
         self.own = own_name
         self.by_session = OrderedDict()
+        self.by_source = {}     # host:port -> the name its sender gave (the mesh's peers)
 
     def learn(self, rx):
         for session, raw in rx.take_names():
@@ -70,12 +72,11 @@ class NameBook:
             if len(self.by_session) > defaults.NAMES_MAX:
                 self.by_session.popitem(last=False)
 
-    def name_of(self, session, source):
-        """The name of the sender of `session` (hex), else its source host."""
-        return self.by_session.get(session) or host_of(source)
-
     def tag(self, rec):
-        rec["source_name"] = self.name_of(rec.get("session"), rec.get("source"))
+        given = self.by_session.get(rec.get("session"))
+        if given is not None and len(self.by_source) < defaults.NAMES_MAX:
+            self.by_source[rec["source"]] = given
+        rec["source_name"] = given or host_of(rec.get("source"))
         rec["destination_name"] = self.own
         return rec
 

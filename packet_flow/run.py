@@ -61,6 +61,11 @@ def run(cfg, ready=None, sinks=()):
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
             receiver = ReflectorLoop(cfg, judge.record)
+        elif cfg.mode == "mesh":
+            from packet_flow.mesh import MeshLoop
+            sender = MeshLoop(cfg, judge.record, out.packets if out.per_packet else None,
+                              out.gaps if out.per_gap else None,
+                              out.rtts if out.per_rtt else None)
 
         def on_stop(signum, _frame):
             log.info("%s: stopping", signal.Signals(signum).name)
