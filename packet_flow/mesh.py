@@ -84,9 +84,10 @@ class MeshReceiver(ReceiverLoop):
     """The mesh socket's receive side: a ReceiverLoop (a reflecting one with --rtt) whose
     drained records are split: replies to this node's probes go to `on_replies`."""
 
-    def __init__(self, cfg, emit, on_packets, on_gaps, on_replies):
-        sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family, cfg.rcvbuf,
-                                            gro=False)
+    def __init__(self, cfg, emit, on_packets, on_gaps, on_replies, sock=None):
+        if sock is None:
+            sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
+                                                cfg.rcvbuf, gro=False)
         sockets.mark(sock, cfg.local.family, cfg.dscp, cfg.ttl)
         super().__init__(cfg, emit, on_packets, sock=sock, reflect=cfg.rtt, on_gaps=on_gaps)
         if cfg.rtt:
@@ -121,13 +122,14 @@ class MeshLoop:
     """Probes every peer of cfg.peers and answers them (see the module rules). run(deadline),
     stop(), skip(), reload(), close() as the other loops; `pairs` by peer key."""
 
-    def __init__(self, cfg, emit, on_packets=None, on_gaps=None, on_rtt=None, source=None):
+    def __init__(self, cfg, emit, on_packets=None, on_gaps=None, on_rtt=None, sock=None,
+                 source=None):
         if cfg.wire != "native":
             raise ConfigError(f"option --wire: value '{cfg.wire}' from "
                               f"{cfg.sources.get('wire', 'cli')}: mesh mode needs native "
                               "packets (they carry the names and the session per pair)")
         self.cfg, self.emit, self.on_rtt = cfg, emit, on_rtt
-        self.rxl = MeshReceiver(cfg, emit, on_packets, on_gaps, self._replies)
+        self.rxl = MeshReceiver(cfg, emit, on_packets, on_gaps, self._replies, sock)
         self.names = self.rxl.names
         self.name = self.names.own
         self.local = self.rxl.local

@@ -29,19 +29,18 @@ def clean(raw):
 
 
 def node_name(cfg=None, env=None):
-    """This node's name (see the module rules; config.py fills cfg.name the same way)."""
+    """This node's name (see the module rules)."""
     env = os.environ if env is None else env
     given = getattr(cfg, "name", None)
-    return clean(given or env.get(defaults.NODE_NAME_ENV) or socket.gethostname()
-                 or "localhost")
+    return clean(given or env.get("NODE_NAME") or socket.gethostname() or "localhost")
 
 
-def in_band_name(cfg):
-    """The name a plain sender puts in its packets: only one given (--name, NODE_NAME), so a
-    sender run without one keeps today's packet size. A mesh node always names itself."""
-    if cfg.mode == "mesh" or cfg.sources.get("name", "host name") not in ("host name",
-                                                                          "default"):
-        return node_name(cfg).encode()
+def in_band_name(cfg, env=None):
+    """The name a plain sender puts in its packets: only one given (--name or NODE_NAME),
+    so a sender run without one keeps today's packet size. A mesh node always names itself."""
+    env = os.environ if env is None else env
+    if cfg.mode == "mesh" or getattr(cfg, "name", None) or env.get("NODE_NAME"):
+        return node_name(cfg, env).encode()
     return b""
 
 

@@ -98,6 +98,8 @@ def test_mesh_of_four_nodes_with_rtt_and_a_node_leaving(tmp_path):
             assert (tx["reflected"], tx["lost"]) == (tx["sent"], 0), pair
     for node in recs:
         for r in node:
-            if r["type"] in ("interval", "sender", "summary"):
+            if r["type"] in ("interval", "summary"):    # receivers name senders in band
                 assert r["source_name"] in names and r["destination_name"] in names
+            elif r["type"] == "sender":     # by discovery's name until the peer is heard
+                assert r["destination_name"] in names + [f"{h}" for h in hosts]
     assert "pair matrix" in consoles[0] and all(len(x) <= 80 for x in consoles[0].split("\n"))

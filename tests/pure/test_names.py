@@ -58,15 +58,13 @@ def test_reflection_keeps_the_name():
 
 
 def test_node_name_and_record_names():
-    cfg = types.SimpleNamespace(name=None, mode="sender", sources={"name": "host name"})
+    cfg = types.SimpleNamespace(name=None, mode="sender")
     assert names.node_name(cfg, {"NODE_NAME": "k8s-node-1"}) == "k8s-node-1"
     assert names.node_name(types.SimpleNamespace(name="a b\"c"), {}) == "a_b_c"
-    cfg.name = "box"
-    assert names.in_band_name(cfg) == b""       # a plain sender named after its host only
-    cfg.sources["name"] = "env NODE_NAME"
-    assert names.in_band_name(cfg) == b"box"
-    cfg.sources["name"], cfg.mode = "host name", "mesh"
-    assert names.in_band_name(cfg) == b"box"
+    assert names.in_band_name(cfg, {}) == b""       # a plain sender without a name
+    assert names.in_band_name(cfg, {"NODE_NAME": "n"}) == b"n"
+    cfg.mode = "mesh"
+    assert names.in_band_name(cfg, {}) == names.node_name(cfg, {}).encode()
     assert names.host_of("[::1]:8000") == "::1" and names.host_of("10.0.0.1:5") == "10.0.0.1"
     book = names.NameBook("me")
     rx = _io.Receiver(-1)
