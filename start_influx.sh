@@ -8,8 +8,9 @@
 # created on first start; the token goes to a file, never onto the command line).
 # Otherwise -> VictoriaMetrics (Debian package `victoria-metrics`), which accepts the
 # InfluxDB line protocol and ignores the token.
-# Settings: PF_STATE_DIR (default ./.packet-flow-influx), PF_PORT (default 8086),
-# PF_ORG (packet-flow), PF_BUCKET (packet_flow).
+# Either way the token is in $PF_STATE_DIR/token, so the flags to use are the same.
+# Settings: PF_STATE_DIR (default ./.packet-flow-influx; it holds the token: keep it out of
+# git), PF_PORT (default 8086), PF_ORG (packet-flow), PF_BUCKET (packet_flow).
 set -eu
 
 STATE=${PF_STATE_DIR:-"$(pwd)/.packet-flow-influx"}
@@ -17,9 +18,21 @@ PORT=${PF_PORT:-8086}
 ORG=${PF_ORG:-packet-flow}
 BUCKET=${PF_BUCKET:-packet_flow}
 NAME=packet-flow-influx
-URL="http://127.0.0.1:$PORT"
 mkdir -p "$STATE"
 chmod 700 "$STATE"
+STATE=$(cd "$STATE" && pwd)
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+# The stop command, as it works from any folder.
+STOP="PF_STATE_DIR='$STATE' '$SELF' stop"
+
+vm_running() {  # the VictoriaMetrics this script started, still alive
+    [ -f "$STATE/vm.pid" ] && kill -0 "$(cat "$STATE/vm.pid")" 2>/dev/null \
+        && grep -q victoria "/proc/$(cat "$STATE/vm.pid")/comm" 2>/dev/null
+}
+
+# A running server keeps the port it was started on.
+if vm_running && [ -f "$STATE/port" ]; then PORT=$(cat "$STATE/port"); fi
+URL="http://127.0.0.1:$PORT"
 
 have_docker() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
 
@@ -42,13 +55,20 @@ wait_health() {  # $1 = pid to watch, or empty
 }
 
 if [ "${1:-}" = stop ]; then
-    if [ -f "$STATE/vm.pid" ]; then
-        kill "$(cat "$STATE/vm.pid")" 2>/dev/null || true
-        rm -f "$STATE/vm.pid"; echo "VictoriaMetrics stopped (data kept in $STATE/vm-data)"
+    stopped=""
+    if vm_running; then
+        pid=$(cat "$STATE/vm.pid")
+        kill "$pid"
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+        echo "VictoriaMetrics stopped (data kept in $STATE/vm-data)"; stopped=1
     fi
+    rm -f "$STATE/vm.pid"
     if have_docker && docker inspect "$NAME" >/dev/null 2>&1; then
-        docker stop "$NAME" >/dev/null; echo "container $NAME stopped (docker rm $NAME to remove it)"
+        docker stop "$NAME" >/dev/null; stopped=1
+        echo "container $NAME stopped (docker rm $NAME to remove it)"
     fi
+    [ -n "$stopped" ] || echo "nothing to stop (no server started from $STATE)"
     exit 0
 fi
 
@@ -76,24 +96,29 @@ if have_docker; then
     echo "UI login: packet-flow / $(cat "$STATE/admin-password" 2>/dev/null || echo '(see the container setup)')"
     echo "Use:"
     echo "  packet-flow -m receiver --influx-url $URL --influx-org $ORG --database $BUCKET --token-file $STATE/token"
+    echo "Stop it with: $STOP"
     exit 0
 fi
 
 if command -v victoria-metrics >/dev/null 2>&1; then
-    if [ -f "$STATE/vm.pid" ] && kill -0 "$(cat "$STATE/vm.pid")" 2>/dev/null; then
+    if vm_running; then
         echo "VictoriaMetrics already running (pid $(cat "$STATE/vm.pid"))"
     else
         port_busy && { echo "port $PORT is in use; set PF_PORT" >&2; exit 1; }
+        echo "$PORT" > "$STATE/port"
+        # VictoriaMetrics ignores the token; a file all the same, so the flags are the same.
+        [ -s "$STATE/token" ] || (umask 077; echo unused > "$STATE/token")
         nohup victoria-metrics -storageDataPath="$STATE/vm-data" -httpListenAddr="127.0.0.1:$PORT" \
             -retentionPeriod=100y -loggerLevel=WARN > "$STATE/server.log" 2>&1 &
         echo $! > "$STATE/vm.pid"
         wait_health "$(cat "$STATE/vm.pid")"
     fi
-    echo "VictoriaMetrics is running at $URL (pid $(cat "$STATE/vm.pid"); '$0 stop' stops it)."
-    echo "It ignores org, bucket and token; packet-flow still wants a token, any value works."
+    echo "VictoriaMetrics is running at $URL (pid $(cat "$STATE/vm.pid"))."
+    echo "It ignores org, bucket and token (packet-flow still wants a token: $STATE/token)."
     echo "Query it at $URL/vmui (metric names: packet_flow_received, packet_flow_owd_p99_us, ...)."
     echo "Use:"
-    echo "  packet-flow -m receiver --influx-url $URL --database $BUCKET --token unused"
+    echo "  packet-flow -m receiver --influx-url $URL --influx-org $ORG --database $BUCKET --token-file $STATE/token"
+    echo "Stop it with: $STOP"
     exit 0
 fi
 

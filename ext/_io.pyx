@@ -10,9 +10,11 @@
 #   clock.pxi              CLOCK_REALTIME reads, absolute sleeps, waiting
 #   hmac.pxi               HMAC-SHA-256 with per-key precomputed states, constant-time check
 #   wire.pxi               wire constants (packet_flow/wire.py imports them), record, codecs
+#   names.pxi              node names in band: FLAG_NAMED, the receiver's name notes
 #   sender.pxi             _send_all, Sender and its schedule
 #   receiver.pxi           Receiver and its ring
 #   reflector.pxi          Reflector: a Receiver that answers
+#   mesh.pxi               MeshSender: one socket, many destinations, one schedule
 #
 # Rules: the GIL is released only around syscalls and the C loops that feed them; every
 # failed syscall goes through _errno_path; nothing raises out of parsing: bad datagrams are
@@ -43,6 +45,8 @@ include "status.pxi"
 include "clock.pxi"
 include "hmac.pxi"
 include "wire.pxi"
+include "names.pxi"
 include "sender.pxi"
 include "receiver.pxi"
 include "reflector.pxi"
+include "mesh.pxi"

@@ -47,6 +47,7 @@ cdef class Receiver:
     cdef int64_t read_ns        # CLOCK_MONOTONIC of the last read that returned datagrams
     cdef uint32_t least         # shorter native test packets are R_SHORT_PROBE (Reflector)
     cdef bint split_gro         # cut UDP_GRO messages into their segments (not a Reflector)
+    cdef name_book book         # senders' names noted in band (names.pxi)
 
     def __cinit__(self):
         self.bufs = NULL
@@ -95,6 +96,7 @@ cdef class Receiver:
         free(self.iovs)
         free(self.names)
         free(self.ctrl)
+        _free_names(&self.book)
 
     cdef Status _received(self, int nmsg, uint64_t head0) except ERROR nogil:
         # called after every batch stored at ring[head0...]; the Reflector answers it here
@@ -166,6 +168,9 @@ cdef class Receiver:
                 _parse(<uint8_t *>self.iovs[i].iov_base + off, part, r, self.mode,
                        &self.hkey if self.keyed else NULL, self.least)
                 self.reasons[r.reason] += 1
+                if r.kind == K_NATIVE and r.flags & FLAG_NAMED:
+                    _note_name(&self.book, <uint8_t *>self.iovs[i].iov_base + off, part,
+                               r.session)
                 r.rx_ns = rx
                 r.length = part
                 r.ttl = ttl
@@ -307,6 +312,10 @@ cdef class Receiver:
             self.iovs[0].iov_len = base_len
             free(buf)
             free(cbuf)
+
+    def take_names(self):
+        """Senders' names noted in band since the last call: [(session, name bytes)]."""
+        return _take_names(&self.book)
 
     def drain(self):
         """The records added since the last drain, oldest first, as a new array. Records

@@ -107,6 +107,7 @@ cdef class Sender:
     cdef socklen_t dest_len
     cdef hmac_key hkey
     cdef bint keyed
+    cdef uint8_t named          # FLAG_NAMED when the packets carry a name (names.pxi)
     cdef object _lat
     cdef int64_t[::1] lat
     cdef Py_ssize_t lat_n
@@ -121,7 +122,8 @@ cdef class Sender:
         self.error_estimate = 0x0001
 
     def __init__(self, int fd, dest, int wire=0, uint64_t session=0, int size=0,
-                 int batch=64, int segments=1, key=None, Py_ssize_t lateness_capacity=1 << 20):
+                 int batch=64, int segments=1, key=None, Py_ssize_t lateness_capacity=1 << 20,
+                 bytes name=b""):
         cdef int minimum = (HEADER, LEGACY_SIZE, STAMP_SIZE)[wire]
         if wire == WIRE_NATIVE and key:
             minimum += TAG
@@ -133,6 +135,9 @@ cdef class Sender:
         self.size = max(size, minimum)
         if wire == WIRE_LEGACY:
             self.size = LEGACY_SIZE
+        if wire != WIRE_NATIVE:
+            name = b""
+        self.size = named_size(self.size, name, bool(key))
         self.batch = batch
         self.segments = segments
         self.keyed = bool(key) and wire == WIRE_NATIVE
@@ -145,6 +150,7 @@ cdef class Sender:
         self.ctrl = <uint8_t *>calloc(batch, CMSG_SPACE(sizeof(uint16_t)))
         if not (self.bufs and self.msgs and self.iovs and self.ctrl):
             raise MemoryError()
+        self.named = _put_name(self.bufs, batch * segments, self.size, name)
         self._lat = np.zeros(lateness_capacity, np.int64)
         self.lat = self._lat
         self.interval_ns = 1000000
@@ -186,7 +192,8 @@ cdef class Sender:
 
     cdef void _build(self, uint8_t *p, uint64_t seq, int64_t now, uint8_t flags) noexcept nogil:
         if self.wire == WIRE_NATIVE:
-            _encode_native(p, self.session, seq, now, flags | (FLAG_AUTH if self.keyed else 0))
+            _encode_native(p, self.session, seq, now,
+                           flags | self.named | (FLAG_AUTH if self.keyed else 0))
             if self.keyed:
                 _sign(&self.hkey, p, self.size)
         elif self.wire == WIRE_LEGACY:

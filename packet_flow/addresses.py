@@ -13,6 +13,24 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def split_host_port(text: str) -> tuple[str, str]:
+    """(host, port text) of `host:port` or `[v6addr]:port`; ValueError(reason) when malformed."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [v6addr]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port")
+        if ":" in host:
+            raise ValueError("an IPv6 address needs brackets: [v6addr]:port")
+    if not host:
+        raise ValueError("the host is missing")
+    return host, port
+
+
 class Addr(NamedTuple):
     """A resolved UDP endpoint; str() gives `host:port` or `[v6]:port`."""
 

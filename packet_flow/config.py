@@ -32,7 +32,7 @@ from typing import Any
 
 import configargparse
 
-from . import __version__, defaults
+from . import __version__, defaults, peers
 from .config_render import toml_value
 from .errors import ConfigError
 from .masking import mask, mask_args
@@ -149,10 +149,8 @@ def _add_options(parser: argparse.ArgumentParser, plain: bool) -> None:
         kw: dict[str, Any] = {"dest": opt.dest}
         if opt.kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction if opt.negatable else "store_true"
-        elif opt.kind == "list":
-            kw["action"] = "append"
-            kw["metavar"] = "OUTPUT"
         else:
+            kw["action"] = "append" if opt.kind == "list" else "store"
             kw["metavar"] = opt.name.split("-")[-1].upper()
         if plain:
             kw["default"] = argparse.SUPPRESS
@@ -316,6 +314,12 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
             vals[opt.name] = None if value is None and opt.kind != "bool" else opt.conv(value)
         except Bad as e:
             raise _fail(opt.name, typed[opt.name], source, str(e)) from None
+    if vals["name"] is None:        # the node's name: $NODE_NAME, else the host name
+        try:
+            vals["name"], sources["name"] = peers.default_name(env)
+        except ValueError as e:
+            raise _fail("name", env.get(defaults.NODE_NAME_ENV), "env "
+                        f"{defaults.NODE_NAME_ENV}", str(e)) from None
     return _finish(vals, sources, typed, generate)
 
 

@@ -4,7 +4,7 @@ Values match the Rust original where it had one (REFERENCE.md §1).
 """
 
 MODE = "receiver"
-MODES = ("sender", "receiver", "both", "reflector")
+MODES = ("sender", "receiver", "both", "reflector", "mesh")
 LOCAL_ADDR = "0.0.0.0:8000"
 REMOTE_ADDR = "127.0.0.1:8000"
 RATE_MS = 1000.0            # milliseconds between packets
@@ -107,6 +107,27 @@ RTT_RING = 1 << 17          # --rtt: receive ring records
 THREAD_STOP_S = 2.0         # `both`: longest wait for the receiver thread after stop()
 OUTPUT_QUEUE_RECORDS = 50_000  # records queued for the output thread; beyond, new ones are dropped
 
+# Mesh peers (--peers, --peer-refresh, --peer-subset, --name)
+PEER_REFRESH_S = 30.0       # re-resolve names, dns: and srv: entries this often
+PEER_REFRESH_MIN_S = 0.1
+PEER_FILE_POLL_S = 1.0      # a peers file is re-read within this long of a change
+PEER_LOOKUP_TIMEOUT_S = 5.0  # longest wait for one lookup (at most the refresh interval)
+PEER_EMPTY_REFRESHES = 3    # an empty DNS answer removes peers only this many refreshes in a row
+PEER_SUBSET = 0             # 0 = probe every peer
+NODE_NAME_ENV = "NODE_NAME"  # the node's name when --name is not given (Kubernetes downward API)
+NAME_MAX_BYTES = 253        # a node name: at most a DNS name's length
+DNS_PORT = 53
+DNS_TIMEOUT_S = 2.0         # srv: one query to one nameserver
+DNS_ATTEMPTS = 2            # srv: rounds over the nameservers
+
 # Prometheus output
 PROMETHEUS_MAX_SERIES = 2000  # label sets per table; new flows beyond count as source="overflow"
 PROMETHEUS_ACTIVE_S = 300.0   # render after every tick while a scraper came this recently
+
+# Mesh (packet_flow/mesh.py) and names (packet_flow/names.py)
+NAMES_MAX = 65536           # sender names kept by session (oldest first out)
+MESH_MAX_PEERS = 4096       # pairs one mesh node sends to
+MESH_SLICE_NS = 10_000_000  # longest schedule slice between two reads of the socket
+MESH_DRAIN_NS = 200_000_000  # received records go to the flow table at least this often
+MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart
+MESH_LINGER_S = 2.0         # after its own finals: receive (and answer) until peers finish

@@ -19,8 +19,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from . import defaults
-from .addresses import Addr
+from . import defaults, peers
+from .addresses import Addr, split_host_port
 from .masking import MASK, mask_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -122,19 +122,10 @@ def parse_addr(text: str, allow_port0: bool = False) -> Addr:
 
     Raises Bad (a ValueError) with the reason.
     """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise Bad("expected [v6addr]:port")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            raise Bad("expected host:port")
-        if ":" in host:
-            raise Bad("an IPv6 address needs brackets: [v6addr]:port")
-    if not host:
-        raise Bad("the host is missing")
+    try:
+        host, port = split_host_port(text)
+    except ValueError as e:
+        raise Bad(str(e)) from None
     try:
         port_n = int(port)
     except ValueError:
@@ -176,6 +167,22 @@ def _outputs(items: list[str]) -> tuple[str, ...]:
     if "jsonl:-" in out and "json:-" in out:
         raise Bad("jsonl:- and json:- cannot both go to stdout")
     return tuple(out)
+
+
+def _peers(items: list[str]) -> tuple[str, ...]:
+    try:
+        return peers.check_entries(items)
+    except ValueError as e:
+        raise Bad(str(e)) from None
+
+
+def _name(text: str) -> str | None:
+    if not text.strip():
+        return None
+    try:
+        return peers.check_name(text)
+    except ValueError as e:
+        raise Bad(str(e)) from None
 
 
 # --- thresholds (verdict.py) ---------------------------------------------------------------
@@ -364,6 +371,16 @@ OPTS = (
         "round trip's) is above this time (1ms)", _time_limit, commented=True),
     Opt("min-received", "int", None, "fail when a flow received fewer packets (with --rtt: "
         "fewer replies)", _int(0), commented=True),
+    # --- mesh peers (peers.py, discovery.py) ---
+    Opt("peers", "list", (), "mesh peers: host:port, [v6addr]:port, file:PATH, dns:NAME:PORT "
+        "(every A/AAAA record), srv:_service._udp.NAME; repeat or separate with commas",
+        _peers),
+    Opt("peer-refresh", "float", defaults.PEER_REFRESH_S, "seconds between lookups of the "
+        "--peers names", _float(defaults.PEER_REFRESH_MIN_S)),
+    Opt("peer-subset", "int", defaults.PEER_SUBSET, "probe only this many peers, chosen by "
+        "rendezvous hashing; 0 = every peer", _int(0)),
+    Opt("name", "str", None, f"this node's name, else ${defaults.NODE_NAME_ENV}, else the "
+        "host name", _name),
     Opt("config-file", "str", None, "TOML config file to read (or to write with "
         f"--generate-config). {CONFIG_ENV} overrides this flag, as in the original",
         _optional, in_file=False, run_only=True),

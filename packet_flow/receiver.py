@@ -8,6 +8,7 @@ import logging
 
 from packet_flow import _io, defaults, sockets
 from packet_flow.flows import FlowTable
+from packet_flow.names import NameBook, node_name
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ class ReceiverLoop:
         if not reflect:     # a reflector answers at once; a receiver may read in bunches
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS
             self.rx.coalesce_max_ns = defaults.RECEIVE_COALESCE_MAX_NS
-        self.table = FlowTable(self.local, emit, cfg.stall_timeout, cfg.forget_timeout,
+        self.names = NameBook(node_name(cfg))
+        self.table = FlowTable(self.local, self.names.wrap(emit), cfg.stall_timeout, cfg.forget_timeout,
                                defaults.SEQ_WINDOW, on_packets, on_gaps,
                                budget=cfg.max_flow_memory << 20, wall=_io.wall_of)
         self.table.gro = sockets.gro_enabled(sock)
@@ -64,6 +66,7 @@ class ReceiverLoop:
         self._last = now
         rec = {"type": "receiver", "role": "receiver", "time": _io.wall_of(now_ns),
                "source": None, "destination": self.local, "session": None,
+               "source_name": None, "destination_name": self.names.own,
                "interval_s": round((now_ns - since_ns) / 1e9, 6), "flows": len(self.table.flows)}
         rec["malformed"] = {k[len("malformed_"):]: delta.pop(k) for k in list(delta)
                             if k.startswith("malformed_")}
@@ -80,6 +83,7 @@ class ReceiverLoop:
 
     def _drain(self, now_ns):
         recs = self.rx.drain()
+        self.names.learn(self.rx)
         if len(recs):
             self.table.ingest(recs, now_ns)
 

@@ -72,10 +72,19 @@ def run(cfg, ready=None, sinks=()):
             if sender is not None:
                 sender.skip()
 
+        # SIGHUP: a loop that discovers peers (a mesh) re-reads its peer files and names now
+        reloads = [loop.reload for loop in (sender, receiver) if hasattr(loop, "reload")]
+
+        def on_reload(_signum, _frame):
+            for reload in reloads:
+                reload()
+
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
                 handlers[sig] = signal.signal(sig, on_stop)
             handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_skip)
+            if reloads:
+                handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_reload)
         # Everything made so far lives for the whole run: keep it out of the cyclic garbage
         # collector's full passes (tuning.py; given back at the end, also with runs side by side)
         tuning.hold(sender is not None)

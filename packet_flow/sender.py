@@ -27,7 +27,7 @@ import socket
 
 import numpy as np
 
-from packet_flow import _io, clock_error, defaults, rtt, sockets
+from packet_flow import _io, clock_error, defaults, names, rtt, sockets
 from packet_flow.errors import ConfigError
 from packet_flow.histogram import LogHistogram
 
@@ -118,7 +118,8 @@ class SenderLoop:
         self.tx = _io.Sender(self.sock.fileno(),
                              sockets.dest_tuple(cfg.remote.sockaddr, cfg.remote.family),
                              wire=WIRE[cfg.wire], session=self.session, size=size,
-                             batch=cfg.batch, segments=segments, key=cfg.key)
+                             batch=cfg.batch, segments=segments, key=cfg.key,
+                             name=names.in_band_name(cfg))
         if cfg.wire == "stamp":
             self.tx.error_estimate = clock_error.estimate()
         # lateness of a systematic sample of at most LATENESS_SAMPLES_PER_S slots a second,
@@ -209,7 +210,8 @@ class SenderLoop:
         if self.source is None:
             self.source = sockets.local_name(self.sock, self.cfg.remote)
         rec = {"type": kind, "role": "sender", "time": _io.wall_of(now_ns), "source": self.source,
-               "destination": str(self.cfg.remote), "session": self.session_hex,
+               "destination": str(self.cfg.remote), "source_name": names.node_name(self.cfg),
+               "destination_name": self.cfg.remote.host, "session": self.session_hex,
                "wire": self.cfg.wire, "interval_s": round((now_ns - since_ns) / 1e9, 6)}
         return rec
 

@@ -7,6 +7,8 @@ tools use to build packets by hand. Formats:
 - native: 32-byte little-endian header `"PF" | ver u8 | flags u8 | u32 0 | u64 session |
   u64 seq | i64 send ns`, reflected packets add `u64 reflector seq | i64 T2 | i64 T3`,
   then zero padding, then (flag AUTH) a 16-byte truncated HMAC-SHA-256 of everything before.
+  A named packet (flag NAMED, ext/names.pxi) has the name's length in byte 4 and the name
+  at NAME_AT (56), after the reflector's fields, inside the tag.
 - legacy: the Rust original's 17 bytes `u64 seq | u64 send µs | u8 final`, little-endian.
 - STAMP (RFC 8762 unauthenticated, big-endian): 44-byte Session-Sender and
   Session-Reflector test packets; replies of 38 bytes (TWAMP-Light reflectors that end after
@@ -22,10 +24,13 @@ from typing import NamedTuple
 from packet_flow._io import (
     FLAG_AUTH,
     FLAG_FINAL,
+    FLAG_NAMED,
     FLAG_REFLECTED,
     HEADER,
     LEGACY_SIZE,
     MAGIC,
+    NAME_AT,
+    NAME_MAX,
     NTP_OFFSET,
     REFLECTED_HEADER,
     STAMP_REPLY_MIN,
@@ -52,6 +57,7 @@ class Packet(NamedTuple):
     t2_ns: int = 0
     t3_ns: int = 0
     ttl: int = 0
+    name: bytes = b""       # the sender's name, in band (flag NAMED)
 
     @property
     def final(self):
@@ -63,15 +69,22 @@ def tag(key, data):
     return hmac.new(key, data, hashlib.sha256).digest()[:TAG]
 
 
-def encode_native(session, seq, tx_ns, flags=0, size=0, key=None, reflect=None):
-    """A native packet of max(size, minimum) bytes. reflect = (r_seq, t2_ns, t3_ns)."""
+def encode_native(session, seq, tx_ns, flags=0, size=0, key=None, reflect=None, name=b""):
+    """A native packet of max(size, minimum) bytes. reflect = (r_seq, t2_ns, t3_ns); name:
+    the sender's name in band (at most NAME_MAX bytes)."""
     if key:
         flags |= FLAG_AUTH
     if reflect is not None:
         flags |= FLAG_REFLECTED
-    body = _NATIVE.pack(MAGIC, VERSION, flags, 0, session, seq, tx_ns)
+    if name:
+        if len(name) > NAME_MAX:
+            raise ValueError(f"a name is at most {NAME_MAX} bytes")
+        flags |= FLAG_NAMED
+    body = _NATIVE.pack(MAGIC, VERSION, flags, len(name), session, seq, tx_ns)
     if reflect is not None:
         body += _REFLECT.pack(*reflect)
+    if name:
+        body = body.ljust(NAME_AT, b"\0") + name
     minimum = len(body) + (TAG if key else 0)
     body += bytes(max(size, minimum) - minimum)
     return body + tag(key, body) if key else body
@@ -153,4 +166,8 @@ def decode(data, key=None, stamp=None, reflector=False):
             raise WireError("bad_tag")
     _m, _v, flags, _r, session, seq, tx_ns = _NATIVE.unpack_from(data)
     reflect = _REFLECT.unpack_from(data, HEADER) if flags & FLAG_REFLECTED else (0, 0, 0)
-    return Packet("native", session, seq, tx_ns, flags, *reflect)
+    name = b""
+    if flags & FLAG_NAMED and 0 < data[4] <= NAME_MAX \
+            and NAME_AT + data[4] <= n - (TAG if flags & FLAG_AUTH else 0):
+        name = bytes(data[NAME_AT:NAME_AT + data[4]])
+    return Packet("native", session, seq, tx_ns, flags, *reflect, 0, name)

@@ -2,7 +2,8 @@
 
 Rules:
 - One measurement per record type (MEASUREMENTS); tags are the record's source,
-  destination, session and the probe's host (and role for summaries), sorted by key as
+  destination, their names (source_name, destination_name: packet_flow/names.py), session
+  and the probe's host (and role for summaries), sorted by key as
   InfluxDB prefers; fields are the record's numeric and boolean values.
 - Fields named like durations, percentages and ratios (FLOAT_SUFFIXES) are always floats,
   so a field's type never flips between points (InfluxDB refuses such a point).
@@ -25,7 +26,8 @@ MEASUREMENTS = {
     "summary": "packet_flow_summary",
     "receiver": "packet_flow_receiver",
 }
-TAG_KEYS = ("destination", "host", "role", "session", "source")  # sorted: what InfluxDB prefers
+TAG_KEYS = ("destination", "destination_name", "host", "role", "session", "source",
+            "source_name")  # sorted: what InfluxDB prefers
 BURST_TAG_KEYS = tuple(sorted((*TAG_KEYS, "length")))
 NOT_FIELDS = frozenset(("type", "time", "role", "source", "destination", "session"))
 FLOAT_SUFFIXES = ("_us", "_s", "_percent", "_ratio")  # always floats, so field types never flip
