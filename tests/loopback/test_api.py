@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -138,10 +139,13 @@ def test_the_environment_is_not_read(monkeypatch):
 
 
 def test_a_port_in_use_raises_at_start():
-    port = free_port()
-    with packet_flow.Probe(mode="receiver", local_addr=f"127.0.0.1:{port}"):
-        with pytest.raises(packet_flow.PacketFlowError):
-            packet_flow.Probe(mode="receiver", local_addr=f"127.0.0.1:{port}").start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        p = packet_flow.Probe(mode="receiver", local_addr=f"127.0.0.1:{port}")
+        with pytest.raises((OSError, packet_flow.PacketFlowError)):
+            p.start()
+        assert not p.running
 
 
 def test_version_agrees_everywhere():
