@@ -105,7 +105,8 @@ def configure(**options: Any):
 class _Collector:
     """The API's sink: keeps the summary records, and every record when asked."""
 
-    wants_packets = False
+    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    on_failure = None
 
     def __init__(self, keep_all: bool):
         self.summaries: list[dict] = []
@@ -118,10 +119,11 @@ class _Collector:
         elif self.records is not None:
             self.records.append(rec)
 
-    def packets(self, *args) -> None:
-        pass
+    @property
+    def counters(self) -> dict:
+        return {}
 
-    def close(self, timeout: float = 0) -> dict:
+    def close(self, timeout: float = 0, counters: dict | None = None) -> dict:
         return {}
 
 

@@ -41,10 +41,10 @@ def main(argv=None):
         if cfg.action == "print":
             print(config_render.render_toml(cfg))
             return 0
-        log.info("%s", config_render.summary_line(cfg))
         config_render.log_config(cfg, log)          # every value, at debug level
         from packet_flow import run
-        verdict = run.run(cfg)
+        # the start-up line comes once the sockets are open (a socket error comes alone)
+        verdict = run.run(cfg, started=lambda bound: log.info("%s", config_render.summary_line(bound)))
         for line in verdict.lines():
             print(line, file=sys.stderr)
         return verdict.status

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from . import defaults
+from . import defaults, names
 from .addresses import Addr, host_port
 from .peers import (
     Dns,
@@ -77,8 +77,11 @@ def _ip_order(ip: str):
 
 def lookup_srv(name: str) -> list[tuple[str, int]]:
     """(target, port) of name's SRV records (see dnsquery)."""
-    from .dnsquery import srv_records
-    return srv_records(name)
+    from .dnsquery import DnsError, srv_records
+    try:
+        return srv_records(name)
+    except DnsError as e:
+        raise LookupFailed(str(e)) from None
 
 
 def bounded(fn: Callable, timeout: float, what: str):
@@ -159,7 +162,7 @@ class PeerSource:
 
     @classmethod
     def from_config(cls, cfg) -> PeerSource:
-        return cls(cfg.peers or (), Me.of(cfg.name, cfg.local), cfg.peer_refresh,
+        return cls(cfg.peers or (), Me.of(names.node_name(cfg), cfg.local), cfg.peer_refresh,
                    cfg.peer_subset)
 
     def peers(self) -> tuple[Peer, ...]:

@@ -13,6 +13,12 @@ class ConfigError(PacketFlowError):
     exit_code = 2
 
 
+class SocketError(ConfigError):
+    """A socket the options ask for cannot be opened at start (address in use, not an
+    address of this host, a privileged port, no route, an address family the host lacks);
+    the message names the option, its value and source, and the cause."""
+
+
 class SinkError(PacketFlowError):
     """A metrics sink failed in a way the user must fix (bad token, unknown bucket)."""
 

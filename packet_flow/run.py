@@ -11,6 +11,7 @@ stop the run (final packet, flush, exit 0); SIGUSR1 makes the sender skip one se
 number; the previous handlers are restored at the end.
 """
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -26,17 +27,66 @@ from packet_flow.verdict import Judge
 log = logging.getLogger(__name__)
 
 
-def run(cfg, ready=None, sinks=()):
+def open_sockets(cfg):
+    """The run's sockets, opened before anything is printed, so that a socket error is the
+    only line a failed start shows. Returns (receive socket or None, send socket or None,
+    cfg with the addresses as bound: port 0 becomes the port the kernel chose)."""
+    rx_sock = tx_sock = None
+    local = cfg.local
+    local_from = cfg.sources.get("local-addr", "default")
+    try:
+        if cfg.mode in ("receiver", "both", "reflector"):
+            with sockets.opening("local-addr", cfg.local, local_from):
+                # a reflector answers datagram by datagram: no GRO coalescing on its socket
+                rx_sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
+                                                       cfg.rcvbuf, gro=cfg.mode != "reflector")
+            local = _bound(cfg.local, rx_sock)
+        if cfg.mode in ("sender", "both"):
+            if cfg.mode == "sender" and local_from != "default":
+                # a fixed source address keeps the flow's identity across sender restarts
+                if cfg.local.family != cfg.remote.family:
+                    raise ConfigError(f"option --local-addr: value '{cfg.local}' is not of the "
+                                      f"address family of --remote-addr '{cfg.remote}'")
+                with sockets.opening("local-addr", cfg.local, local_from):
+                    tx_sock = sockets.send_socket(cfg.local.family, cfg.dscp, cfg.ttl,
+                                                  bind=cfg.local.sockaddr)
+                local = _bound(cfg.local, tx_sock)
+            with sockets.opening("remote-addr", cfg.remote,
+                                 cfg.sources.get("remote-addr", "default")):
+                if tx_sock is None:
+                    tx_sock = sockets.send_socket(cfg.remote.family, cfg.dscp, cfg.ttl)
+                sockets.check_route(cfg.remote)
+    except BaseException:
+        for sock in (rx_sock, tx_sock):
+            if sock is not None:
+                sock.close()
+        raise
+    return rx_sock, tx_sock, dataclasses.replace(cfg, local=local)
+
+
+def _bound(addr, sock):
+    port = sock.getsockname()[1]
+    return addr._replace(port=port, sockaddr=(addr.sockaddr[0], port, *addr.sockaddr[2:]))
+
+
+def run(cfg, ready=None, sinks=(), started=None):
     """Run cfg.mode until cfg.duration, cfg.count or a signal. Returns the run's
     verdict.Verdict (its `status` is the exit status: 0, or 3 when a threshold was breached);
     raises what ended the run early (in `both` mode also the receiver thread's error).
-    `ready(loops)` is called once sockets are bound (tests use it)."""
-    sinks = build_sinks(cfg) + list(sinks)        # extra sinks: the API's collector
+    Sockets are opened first (a SocketError before anything else happens), then the
+    outputs; `started(cfg)` is called with the addresses as bound before the console header
+    (the CLI logs its start-up line there); `ready(loops)` once everything is set up (tests
+    use it)."""
+    rx_sock, tx_sock, cfg = open_sockets(cfg)
+    try:
+        sinks = build_sinks(cfg) + list(sinks)        # extra sinks: the API's collector
+    except BaseException:
+        for sock in (rx_sock, tx_sock):
+            if sock is not None:
+                sock.close()
+        raise
     out = Fanout(sinks)
     judge = Judge(cfg, out.record)      # summary records get their verdict on the way out
-    for sink in sinks:
-        if isinstance(sink, ConsoleSink) and cfg.mode != "sender":
-            sink.header()
     receiver = sender = thread = None
     failed = []                 # the receiver thread's exception, in `both` mode
     signalled = threading.Event()
@@ -45,21 +95,18 @@ def run(cfg, ready=None, sinks=()):
     try:
         if cfg.mode in ("receiver", "both"):
             receiver = ReceiverLoop(cfg, judge.record, out.packets if out.per_packet else None,
-                                    on_gaps=out.gaps if out.per_gap else None)
+                                    sock=rx_sock, on_gaps=out.gaps if out.per_gap else None)
         if cfg.mode in ("sender", "both"):
-            sock = None
-            if cfg.mode == "sender" and cfg.sources.get("local-addr", "default") != "default":
-                # a fixed source address keeps the flow's identity across sender restarts
-                if cfg.local.family != cfg.remote.family:
-                    raise ConfigError(f"option --local-addr: value '{cfg.local}' is not of the "
-                                      f"address family of --remote-addr '{cfg.remote}'")
-                sock = sockets.send_socket(cfg.local.family, cfg.dscp, cfg.ttl,
-                                           bind=cfg.local.sockaddr)
-            sender = SenderLoop(cfg, judge.record, sock=sock,
+            sender = SenderLoop(cfg, judge.record, sock=tx_sock,
                                 on_rtt=out.rtts if out.per_rtt else None)
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
-            receiver = ReflectorLoop(cfg, judge.record)
+            receiver = ReflectorLoop(cfg, judge.record, sock=rx_sock)
+        if started is not None:
+            started(cfg)
+        for sink in sinks:
+            if isinstance(sink, ConsoleSink) and cfg.mode != "sender":
+                sink.header()
 
         def on_stop(signum, _frame):
             log.info("%s: stopping", signal.Signals(signum).name)
@@ -67,6 +114,14 @@ def run(cfg, ready=None, sinks=()):
             for loop in (sender, receiver):
                 if loop is not None:
                     loop.stop()
+
+        def on_sink_failure(exc):   # a sink that cannot go on ends the run, like the receiver
+            failed.append(exc)
+            for loop in (sender, receiver):
+                if loop is not None:
+                    loop.stop()
+
+        out.on_failure = on_sink_failure
 
         def on_skip(_signum, _frame):
             if sender is not None:

@@ -325,8 +325,11 @@ class SenderLoop:
                 log.info("skipped %d sequence number(s) on request", self.skip_pending)
                 self.skip_pending = 0
             now = _io.mono_ns()
-            if now < next_tick <= until and not self.stopping:
-                _io.sleep_until(next_tick)          # no slot before next_tick + half
+            # wait for the tick only when no slot comes first: tx.run also returns early, on
+            # a signal (SIGUSR1) or at --count, and the slots before the tick are then still
+            # to be sent
+            if now < next_tick <= start + self.tx.k * self.interval_ns and not self.stopping:
+                _io.sleep_until(next_tick)
                 now = _io.mono_ns()
             if now >= next_tick:
                 self._interval(now, last_tick)

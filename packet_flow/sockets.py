@@ -1,15 +1,65 @@
 """Socket set-up for the batch I/O core: nonblocking UDP sockets with kernel receive
 timestamps (SO_TIMESTAMPNS), drop counts (SO_RXQ_OVFL), TTL reporting, and optional
-UDP GRO on receive; DSCP/TTL and UDP GSO capability on send."""
+UDP GRO on receive; DSCP/TTL and UDP GSO capability on send.
 
+Rules: a receiving socket owns its port. It sets neither SO_REUSEADDR (on Linux that lets
+any local process, of any user, bind the same UDP address and take the packets) nor
+SO_REUSEPORT, so a second bind fails with EADDRINUSE. A socket that cannot be opened at
+start becomes one SocketError naming the option, its value and the cause (opening()).
+"""
+
+import contextlib
 import errno
 import logging
 import socket
 
 from packet_flow import _io
 from packet_flow.addresses import host_port
+from packet_flow.errors import SocketError
 
 log = logging.getLogger(__name__)
+
+PRIVILEGED_PORTS = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+
+def _privileged_below():
+    try:
+        with open(PRIVILEGED_PORTS, encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024
+
+
+def cause(exc, port=None, remote=False):
+    """The kernel's reason for a failed socket call on a local (bind) or `remote` (route
+    lookup) address, with what it means here."""
+    text = exc.strerror or str(exc)
+    hint = {errno.EADDRINUSE: "another socket has this address and port",
+            errno.EADDRNOTAVAIL: "no local address reaches it" if remote
+            else "not an address of this host",
+            errno.ENETUNREACH: "no route to it", errno.EHOSTUNREACH: "no route to it",
+            errno.EAFNOSUPPORT: "this host lacks the address family"}.get(exc.errno)
+    if exc.errno == errno.EACCES and port is not None and port < _privileged_below():
+        hint = f"ports below {_privileged_below()} need CAP_NET_BIND_SERVICE"
+    return f"{text} ({hint})" if hint else text
+
+
+@contextlib.contextmanager
+def opening(option, addr, source):
+    """Turn an OSError of the block into a SocketError naming --option, the address `addr`
+    (an Addr), where it came from (`source`, as cfg.sources has it) and the cause."""
+    try:
+        yield
+    except OSError as exc:
+        raise SocketError(f"option --{option}: value '{addr}' from {source}: "
+                          f"{cause(exc, addr.port, option == 'remote-addr')}") from None
+
+
+def check_route(remote):
+    """Raise the OSError of the kernel's route lookup towards `remote` (an Addr): connecting
+    a UDP socket sends nothing."""
+    with socket.socket(remote.family, socket.SOCK_DGRAM) as probe:
+        probe.connect(remote.sockaddr)
 
 
 def _try(sock, level, opt, value, what):
@@ -22,9 +72,17 @@ def _try(sock, level, opt, value, what):
 
 
 def receive_socket(sockaddr, family, rcvbuf=0, gro=True):
-    """A bound, nonblocking UDP socket ready for Receiver. Returns (socket, gro_enabled)."""
+    """A bound, nonblocking UDP socket ready for Receiver, bound exclusively (see the module
+    rules). Returns (socket, gro_enabled)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        return sock, _receive_options(sock, sockaddr, family, rcvbuf, gro)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _receive_options(sock, sockaddr, family, rcvbuf, gro):
     if family == socket.AF_INET6:
         _try(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0, "dual-stack")
         _try(sock, socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1, "IPV6_RECVHOPLIMIT")
@@ -37,7 +95,7 @@ def receive_socket(sockaddr, family, rcvbuf=0, gro=True):
     gro = gro and _try(sock, socket.IPPROTO_UDP, _io.UDP_GRO_, 1, "UDP_GRO")
     sock.setblocking(False)
     sock.bind(sockaddr)
-    return sock, gro
+    return gro
 
 
 def gro_enabled(sock):
@@ -62,7 +120,11 @@ def send_socket(family, dscp=0, ttl=0, sndbuf=4 << 20, bind=None):
     sock = socket.socket(family, socket.SOCK_DGRAM)
     if bind is None:
         bind = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
-    sock.bind(bind)
+    try:
+        sock.bind(bind)
+    except BaseException:
+        sock.close()
+        raise
     tos = (dscp & 0x3F) << 2
     if family == socket.AF_INET6:
         if tos:

@@ -55,7 +55,8 @@ def run_verdict(cfg, summaries: list[dict]) -> verdict.Verdict:
 class JsonDocumentSink:
     """Keeps the summary records; at close writes the document to PATH or the stream."""
 
-    wants_packets = False
+    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    on_failure = None
 
     def __init__(self, cfg, path: str, stream=None):
         self.cfg = cfg
@@ -71,10 +72,11 @@ class JsonDocumentSink:
             with self.lock:
                 self.summaries.append(rec)
 
-    def packets(self, *args) -> None:
-        pass
+    @property
+    def counters(self) -> dict:
+        return {}
 
-    def close(self, timeout: float = 0) -> dict:
+    def close(self, timeout: float = 0, counters: dict | None = None) -> dict:
         with self.lock:
             doc = document(config_dict(self.cfg), [plain(r) for r in self.summaries],
                            run_verdict(self.cfg, self.summaries))

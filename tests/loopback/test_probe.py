@@ -156,7 +156,11 @@ def test_address_in_use_is_clear():
         port = s.getsockname()[1]
         proc = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", 1)
         out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 1 and "Traceback" not in err and "in use" in err
+    # a start-up error: exit 2 and one line naming the option (issue 22 §2; was exit 1)
+    assert proc.returncode == 2 and "Traceback" not in err and "in use" in err
+    assert err.splitlines() == [f"packet-flow: error: option --local-addr: value "
+                                f"'127.0.0.1:{port}' from cli: Address already in use "
+                                "(another socket has this address and port)"]
 
 
 @pytest.mark.parametrize("mode", ["receiver", "both"])

@@ -1,0 +1,86 @@
+"""A signal changes nothing but what it asks for (issue 22 §5): SIGUSR1 skips exactly one
+sequence number and the schedule goes on as if nothing happened -- no missed or skipped
+slots, every full interval sends its 500 slots -- and so does any other signal the process
+handles (here SIGHUP, given a handler that does nothing).
+
+The arithmetic: --rate 1 and --interval 0.5 put 500 slots in each record interval. The
+first interval holds 501 (slot 0 at the start, and the slice that ends the interval runs to
+half a slot after the tick, so it also sends slot 500); every later full interval holds the
+next 500. A skipped sequence number uses no slot, so `sent` stays 500, and the receiver
+counts exactly one packet lost per SIGUSR1, each a burst of 1."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from probe import finish, free_port, pf, records, summaries, wait_bound
+
+# the CLI with a SIGHUP handler that does nothing: a signal the process handles
+WITH_HUP = ("import signal, sys; signal.signal(signal.SIGHUP, lambda *a: None); "
+            "from packet_flow import cli; sys.exit(cli.main())")
+
+
+def signal_run(proc, signals):
+    time.sleep(1.0)
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.35)
+
+
+def check_schedule(recs, skips):
+    ticks = [r for r in recs if r["type"] == "sender"]
+    (summary,) = summaries(recs, "sender")
+    first, full, last = ticks[0], ticks[1:-1], ticks[-1]
+    assert len(full) >= 4, ticks
+    assert first["sent"] + first["skipped_slots"] == 501
+    assert [(r["sent"], r["missed_slots"], r["skipped_slots"]) for r in full] == \
+        [(500, 0, 0)] * len(full)
+    assert all(r["timer_late_max_us"] < 1000 for r in full)
+    assert sum(r["sent"] for r in ticks) == summary["sent"]
+    assert last["sent"] <= 500
+    return summary["sent"]
+
+
+def check_flow(flow, sent, skips):
+    assert (flow["received"], flow["lost"], flow["loss_bursts"], flow["late"]) == \
+        (sent, skips, skips, 0)
+    assert flow["max_loss_burst"] == (1 if skips else 0)
+
+
+def test_sender_mode_sigusr1_and_sighup(tmp_path):
+    port, rx_out, tx_out = free_port(), tmp_path / "rx.jsonl", tmp_path / "tx.jsonl"
+    rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}",
+            "--output", f"jsonl:{rx_out}")
+    try:
+        wait_bound(port)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PACKET_FLOW_")}
+        args = ["--log-level", "warning", "--mode", "sender", "--remote-addr",
+                f"127.0.0.1:{port}", "--rate", 1, "--interval", 0.5, "--duration", 3.6,
+                "--output", f"jsonl:{tx_out}"]
+        tx = subprocess.Popen([sys.executable, "-c", WITH_HUP, *map(str, args)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        usr1, hup = signal.SIGUSR1, signal.SIGHUP
+        signal_run(tx, [usr1, hup, usr1, hup, usr1])
+        finish(tx)
+        time.sleep(0.3)
+    finally:
+        rx.send_signal(signal.SIGTERM)
+        finish(rx)
+    sent = check_schedule(records(tx_out), 3)
+    (flow,) = summaries(records(rx_out))
+    check_flow(flow, sent, 3)
+
+
+def test_both_mode_sigusr1(tmp_path):
+    port, out = free_port(), tmp_path / "run.jsonl"
+    proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
+              f"127.0.0.1:{port}", "--rate", 1, "--interval", 0.5, "--duration", 3.6,
+              "--output", f"jsonl:{out}")
+    signal_run(proc, [signal.SIGUSR1] * 4)
+    finish(proc)
+    recs = records(out)
+    sent = check_schedule(recs, 4)
+    (flow,) = summaries(recs)
+    check_flow(flow, sent, 4)
