@@ -1,6 +1,6 @@
 """Per-flow packet statistics: pure numpy, fed one batch at a time, state kept between batches.
 
-Rules (the metric names are those of README.md (JSON-lines records) and REFERENCE.md §2):
+Rules (the metric names are those of docs/options.md (JSON-lines records) and REFERENCE.md §2):
 
 - Sequences. Only the low ``seq_bits`` bits of a sequence number are meaningful (32 for STAMP,
   64 otherwise). Each batch is unwrapped against the highest sequence so far, so a wrap is just the
