@@ -37,11 +37,12 @@ def open_sockets(cfg):
     local = cfg.local
     local_from = cfg.sources.get("local-addr", "default")
     try:
-        if cfg.mode in ("receiver", "both", "reflector"):
+        if cfg.mode in ("receiver", "both", "reflector", "mesh"):
             with sockets.opening("local-addr", cfg.local, local_from):
                 # a reflector answers datagram by datagram: no GRO coalescing on its socket
                 rx_sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
-                                                       cfg.rcvbuf, gro=cfg.mode != "reflector")
+                                                       cfg.rcvbuf,
+                                                       gro=cfg.mode not in ("reflector", "mesh"))
             local = _bound(cfg.local, rx_sock)
         if cfg.mode in ("sender", "both"):
             if cfg.mode == "sender" and local_from != "default":
@@ -103,6 +104,11 @@ def run(cfg, ready=None, sinks=(), started=None):
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
             receiver = ReflectorLoop(cfg, judge.record, sock=rx_sock)
+        elif cfg.mode == "mesh":
+            from packet_flow.mesh import MeshLoop
+            sender = MeshLoop(cfg, judge.record, out.packets if out.per_packet else None,
+                              out.gaps if out.per_gap else None,
+                              out.rtts if out.per_rtt else None, sock=rx_sock)
         if started is not None:
             started(cfg)
         for sink in sinks:
