@@ -32,7 +32,7 @@ from typing import Any
 
 import configargparse
 
-from . import __version__, defaults, peers
+from . import __version__, defaults
 from .config_render import toml_value
 from .errors import ConfigError
 from .masking import mask, mask_args
@@ -314,12 +314,6 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
             vals[opt.name] = None if value is None and opt.kind != "bool" else opt.conv(value)
         except Bad as e:
             raise _fail(opt.name, typed[opt.name], source, str(e)) from None
-    if vals["name"] is None:        # the node's name: $NODE_NAME, else the host name
-        try:
-            vals["name"], sources["name"] = peers.default_name(env)
-        except ValueError as e:
-            raise _fail("name", env.get(defaults.NODE_NAME_ENV), "env "
-                        f"{defaults.NODE_NAME_ENV}", str(e)) from None
     return _finish(vals, sources, typed, generate)
 
 

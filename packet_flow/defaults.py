@@ -71,7 +71,7 @@ REFLECT_MAX_PPS = 2_000_000  # replies/s to one source address: above one sender
 FLUSH_INTERVAL_S = 0.0      # 0 = the record interval
 SPOOL_DIR = ""              # "" = a packet-flow folder under the system temp dir
 SPOOL_MAX_BYTES = 1 << 30   # spool cap; past it the oldest points go (0 = no cap)
-SINK_MEMORY_POINTS = 200_000
+SINK_MEMORY_POINTS = 200_000  # memory bound while the server answers (a constant, not an option)
 SINK_QUEUE_RECORDS = 100_000
 COMPAT_MAX_PPS = 10_000     # per-packet `latency` points per second per flow
 SHUTDOWN_FLUSH_S = 5.0
@@ -87,6 +87,8 @@ SINK_BACKOFF_MAX_S = 5.0
 SINK_WARN_EVERY_S = 60.0    # a persisting write problem is logged again at most this often
 SINK_SPOOL_RETRY_S = 5.0    # after a failed spool write (disk full), memory only this long
 SINK_MEMORY_HARD_FACTOR = 4  # spool failing: memory holds up to this x memory points, then drops
+SINK_WRITER_FAILURES = 3     # the same exception this many times in a row stops the writer
+SINK_WRITER_RESTART_S = 0.5  # pause before the writer restarts after an unexpected exception
 
 # Report (packet-flow report): figure geometry
 REPORT_WIDTH_IN = 16.0      # figure width, inches
@@ -114,8 +116,6 @@ PEER_FILE_POLL_S = 1.0      # a peers file is re-read within this long of a chan
 PEER_LOOKUP_TIMEOUT_S = 5.0  # longest wait for one lookup (at most the refresh interval)
 PEER_EMPTY_REFRESHES = 3    # an empty DNS answer removes peers only this many refreshes in a row
 PEER_SUBSET = 0             # 0 = probe every peer
-NODE_NAME_ENV = "NODE_NAME"  # the node's name when --name is not given (Kubernetes downward API)
-NAME_MAX_BYTES = 253        # a node name: at most a DNS name's length
 DNS_PORT = 53
 DNS_TIMEOUT_S = 2.0         # srv: one query to one nameserver
 DNS_ATTEMPTS = 2            # srv: rounds over the nameservers

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from . import defaults
+from . import defaults, names
 from .addresses import Addr, host_port
 from .peers import (
     Dns,
@@ -162,7 +162,7 @@ class PeerSource:
 
     @classmethod
     def from_config(cls, cfg) -> PeerSource:
-        return cls(cfg.peers or (), Me.of(cfg.name, cfg.local), cfg.peer_refresh,
+        return cls(cfg.peers or (), Me.of(names.node_name(cfg), cfg.local), cfg.peer_refresh,
                    cfg.peer_subset)
 
     def peers(self) -> tuple[Peer, ...]:

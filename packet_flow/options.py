@@ -376,8 +376,7 @@ OPTS = (
         "--peers names", _float(defaults.PEER_REFRESH_MIN_S)),
     Opt("peer-subset", "int", defaults.PEER_SUBSET, "probe only this many peers, chosen by "
         "rendezvous hashing; 0 = every peer", _int(0)),
-    Opt("name", "str", None, f"this node's name, else ${defaults.NODE_NAME_ENV}, else the "
-        "host name", _name),
+    Opt("name", "str", None, "this node's name, else $NODE_NAME, else the host name", _name),
     Opt("config-file", "str", None, "TOML config file to read (or to write with "
         f"--generate-config). {CONFIG_ENV} overrides this flag, as in the original",
         _optional, in_file=False, run_only=True),

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from . import defaults
+from . import _io, names
 from .addresses import Addr, host_port, split_host_port
 
 
@@ -153,24 +152,17 @@ def check_entries(items: Iterable[str]) -> tuple[str, ...]:
 
 
 def check_name(name: str) -> str:
-    """A node name: printable, no blanks or commas, at most NAME_MAX_BYTES bytes of UTF-8."""
+    """A --name: printable ASCII without blanks, quotes, backslashes, commas or `=`, at most
+    NAME_MAX bytes: what names.clean() leaves unchanged (safe as a tag, label, in band)."""
     name = name.strip()
     if not name:
         raise ValueError("must not be empty")
-    if any(c.isspace() or not c.isprintable() or c == "," for c in name):
-        raise ValueError("must not contain blanks, commas or control characters")
-    if len(name.encode()) > defaults.NAME_MAX_BYTES:
-        raise ValueError(f"must be at most {defaults.NAME_MAX_BYTES} bytes")
+    if len(name.encode()) > _io.NAME_MAX:
+        raise ValueError(f"must be at most {_io.NAME_MAX} bytes")
+    if names.clean(name) != name:
+        raise ValueError("must be printable ASCII without blanks, quotes, backslashes, commas "
+                         "or =")
     return name
-
-
-def default_name(env: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """The node's name when --name is not given, and where it came from: NODE_NAME (the
-    Kubernetes downward API), else the host name. ValueError for a bad NODE_NAME."""
-    env = os.environ if env is None else env
-    if env.get(defaults.NODE_NAME_ENV, "").strip():
-        return check_name(env[defaults.NODE_NAME_ENV]), f"env {defaults.NODE_NAME_ENV}"
-    return socket.gethostname() or "localhost", "host name"
 
 
 class Me(NamedTuple):

@@ -116,6 +116,14 @@ def run(cfg, ready=None, sinks=(), started=None):
                 if loop is not None:
                     loop.stop()
 
+        def on_sink_failure(exc):   # a sink that cannot go on ends the run, like the receiver
+            failed.append(exc)
+            for loop in (sender, receiver):
+                if loop is not None:
+                    loop.stop()
+
+        out.on_failure = on_sink_failure
+
         def on_skip(_signum, _frame):
             if sender is not None:
                 sender.skip()

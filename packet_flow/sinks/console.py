@@ -86,6 +86,10 @@ REJECTED = {
 class ConsoleSink:
     """Writes human-readable lines to a text stream (stdout unless told otherwise)."""
 
+    wants_packets = wants_gaps = wants_rtts = False
+    closes_last = True          # its summary shows the other outputs' counters
+    on_failure = None
+
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
@@ -162,8 +166,9 @@ class ConsoleSink:
     def header(self):
         self._write(HEADER + "\n" + LEGEND)
 
-    def packets(self, *args):
-        pass
+    @property
+    def counters(self):
+        return {}
 
     def close(self, timeout=0, counters=None):
         """Print the summary per flow, and the other outputs' counters (InfluxDB: points

@@ -43,40 +43,66 @@ class StdStream:
 
 class Fanout:
     """Hands every record to every sink from one output thread, so a slow terminal or disk
-    never delays a send slot or a receive batch; per-packet data (compat InfluxDB points)
-    goes straight to the sinks that want it, whose own hand-off never blocks.
+    never delays a send slot or a receive batch; per-batch arrays go straight to the sinks
+    that declare they want them (the Sink contract, sinks/__init__.py), whose own hand-off
+    never blocks.
 
     The queue holds at most `capacity` records: when the outputs fall that far behind,
     record() drops new records (counted by type in `dropped`, one warning) instead of
     growing without bound. close(timeout) returns within the timeout even when a sink
-    blocks."""
+    blocks, and the sinks that close last (the console's summary) are closed all the same.
+    A sink that cannot go on calls on_failure(exc), which the run sets to end itself."""
 
     def __init__(self, sinks, capacity=defaults.OUTPUT_QUEUE_RECORDS):
         self.sinks = sinks
-        self.per_packet = [s for s in sinks if getattr(s, "wants_packets", False)]
-        self.per_gap = [s for s in self.per_packet if getattr(s, "wants_gaps", True)]
-        self.per_rtt = [s for s in self.per_packet if hasattr(s, "rtts")]
+        self.per_packet = [s for s in sinks if s.wants_packets]
+        self.per_gap = [s for s in sinks if s.wants_gaps]
+        self.per_rtt = [s for s in sinks if s.wants_rtts]
+        self.first = [s for s in sinks if not s.closes_last]
+        self.last = [s for s in sinks if s.closes_last]
+        self.on_failure = None
+        self.failure = None
+        for sink in sinks:
+            sink.on_failure = self._failed
         self.queue = queue.Queue(capacity)
         self.dropped = collections.Counter()
         self.counters = {}
         self.deadline = 0.0
+        self.busy = None            # the sink the output thread is in
+        self.lock = threading.Lock()
+        self.closed = set()         # ids of the sinks that close last, once closed
         self.thread = threading.Thread(target=self._write, name="outputs", daemon=True)
         self.thread.start()
+
+    def _failed(self, exc):
+        if self.failure is None:
+            self.failure = exc
+            if self.on_failure is not None:
+                self.on_failure(exc)
 
     def _write(self):
         for rec in iter(self.queue.get, None):
             for sink in self.sinks:
+                self.busy = sink
                 try:
                     sink.record(rec)
                 except Exception:       # one broken output must not silence the others
                     log.exception("output %s failed", type(sink).__name__)
-        consoles = [s for s in self.sinks if isinstance(s, ConsoleSink)]
-        for sink in self.sinks:
-            if sink not in consoles:
-                got = sink.close(max(0.0, self.deadline - time.monotonic()))
-                if got:
-                    self.counters[type(sink).__name__] = got
-        for sink in consoles:       # last, so its summary can show the other outputs' counters
+        for sink in self.first:
+            self.busy = sink
+            got = sink.close(max(0.0, self.deadline - time.monotonic()))
+            if got:
+                self.counters[type(sink).__name__] = got
+        self.busy = None
+        self._close_last()
+
+    def _close_last(self):
+        """Close the sinks that close last (once each), with the others' counters so far."""
+        for sink in self.last:
+            with self.lock:
+                if id(sink) in self.closed:
+                    continue
+                self.closed.add(id(sink))
             sink.close(max(0.0, self.deadline - time.monotonic()), dict(self.counters))
 
     def record(self, rec):
@@ -104,7 +130,8 @@ class Fanout:
         """Write the queued records and close every sink, all within `timeout` seconds;
         returns {sink name: its counters} for those that keep any. Sinks still busy at the
         timeout are left to the (daemon) output thread, with a warning of what was not
-        written."""
+        written; when the thread is stuck in a sink that does not close last, this thread
+        closes those that do (the console summary always prints)."""
         self.deadline = time.monotonic() + timeout
         try:
             self.queue.put(None, timeout=timeout)
@@ -117,9 +144,13 @@ class Fanout:
                         sum(self.dropped.values()), self.queue.maxsize,
                         ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
         if self.thread.is_alive():
-            log.warning("outputs did not finish within %.1f s (a blocked stdout or sink): "
+            busy = self.busy
+            log.warning("outputs did not finish within %.1f s (a blocked stdout or sink%s): "
                         "%d queued records not written, sinks not closed", timeout,
+                        f": {type(busy).__name__}" if busy is not None else "",
                         max(0, self.queue.qsize() - ends))
+            if busy is not None and busy not in self.last:
+                self._close_last()
         return dict(self.counters)
 
 

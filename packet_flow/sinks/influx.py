@@ -1,27 +1,25 @@
-"""InfluxDB sink: the writer thread that sends contract records and compat points, off the
-receive path. Line protocol is in lineproto.py, the server link (both write APIs, what an
-answer means) in influxlink.py, the durable spool in spool.py.
+"""InfluxDB sink: the hand-off from the probe's threads and the writer thread. Line protocol
+is in lineproto.py, the server (both write APIs, what an answer means) in influxlink.py, the
+write path's state machine (memory, spool, retries) in influxwriter.py, the spool in spool.py.
 
 Rules:
 - The caller's thread only hands items to a bounded queue (`put_nowait`); it never formats
   a batch, never touches HTTP and never raises. A full queue drops the item and counts it.
-- One background writer thread formats line protocol (lineproto.py; vectorised for
-  per-packet points), joins it into chunks every flush interval and writes each chunk
-  synchronously (influxdb-client's batching mode drops a batch after its retries,
-  REFERENCE.md §5). The write API (1.x or 2.x) is chosen once, before the first write.
-- Nothing the server says is permission to drop points. No answer, 401, 403, 404, 429, 5xx
-  and any other 4xx are an outage: the chunk stays, retries back off, and the cause is
-  logged with the server's own message at most once a minute per cause. Memory holds up to
-  `memory_points` points; older chunks spill to the spool. Spool files are older than memory
-  chunks and are replayed first, oldest first; files an earlier run left for the same server
-  and bucket are replayed at start.
-- 413 splits the chunk in halves; a 400/422 partial write counts exactly the points the
-  server refused (counter `rejected`, log line with the reason) and the rest as written.
-- The spool is capped (`spool_max_bytes`): past it the oldest points go, counted
-  (`spool_evicted`) and logged. A spool write that fails (disk full) keeps the points in
-  memory (`spool_failed`), up to SINK_MEMORY_HARD_FACTOR x `memory_points`, beyond which
-  the oldest are dropped, counted and logged.
-- `close()` flushes within its timeout, spools what it could not write and logs it.
+- One writer thread formats line protocol (vectorised for per-packet points) and hands one
+  chunk per flush interval (--flush-interval, 0 = --interval) to the write path, which
+  writes it synchronously (influxdb-client's batching mode drops a batch after its retries,
+  REFERENCE.md §5).
+- Nothing the server says is permission to drop points (influxwriter.py): memory while the
+  server answers, the spool from the first failed write on; spool files left by an earlier
+  run for the same server, org and bucket are replayed first.
+- `close()` gives the write path one more try within its timeout and spools the rest; when
+  the writer hangs in an HTTP call past the timeout, close() spools everything itself.
+- The writer restarts after an unexpected exception; when the same exception comes
+  SINK_WRITER_FAILURES times in a row it stops, spools what it holds and calls
+  on_failure(SinkError): the run ends with that error (exit 1).
+- Options: --influx-org is passed as given (InfluxDB 1.8+ and VictoriaMetrics ignore it);
+  the `host` tag is the machine's host name; the memory bound is SINK_MEMORY_POINTS
+  (defaults.py), not an option.
 """
 
 import hashlib
@@ -33,123 +31,102 @@ import socket
 import tempfile
 import threading
 import time
-from collections import deque
 
 import numpy as np
 
 from packet_flow import defaults
 from packet_flow.errors import SinkError
-from packet_flow.masking import mask_url
 from packet_flow.sinks import influxlink
+from packet_flow.sinks.influxwriter import CLOSED, FAILED, WritePath
 from packet_flow.sinks.lineproto import MEASUREMENTS, escape, format_int_points, format_record
 from packet_flow.sinks.spool import Spool
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("written", "retried", "spooled", "dropped", "replayed", "rejected", "capped",
-            "failed_requests", "split_requests", "spool_evicted", "spool_failed")
 
-
-class _Chunk:
-    __slots__ = ("data", "points", "failed", "front", "unspooled")
-
-    def __init__(self, data: bytes, points: int, front: bool = False):
-        self.data, self.points, self.failed = data, points, False
-        self.front = front          # a half of a split chunk: written before the spool
-        self.unspooled = False      # counted once in spool_failed
+def _points_of(item) -> int:
+    """Points of a queued item without formatting it (a record: one, plus one per
+    loss-burst length)."""
+    if item[0] == "pts":
+        return len(item[4])
+    hist = item[1].get("loss_burst_hist")
+    return 1 + (sum(1 for v in hist.values() if v) if isinstance(hist, dict) else 0)
 
 
 class InfluxSink:
     """Writes contract records (and optional compat points) to InfluxDB without losing any.
 
-    Public API: record(), packets(), gaps(), close(), counters, api (the chosen write API,
-    None until known), rejected_reasons ({server reason: points}), error (the last problem's
-    log line, None while writes succeed), wants_packets. Raises SinkError at construction
-    only, when the spool directory cannot be created, read or written.
+    Public API: the Sink contract (record, packets, gaps, close, counters), api (the chosen
+    write API, None until known), rejected_reasons ({server reason: points}), error (the last
+    problem's log line, None while writes succeed), state (the write path's), spool_dir.
+    Raises SinkError at construction only, when the spool directory cannot be used.
     """
 
-    def __init__(self, cfg):
-        def opt(name, default=None):
-            return getattr(cfg, name, None) or default
+    wants_rtts = closes_last = False
 
-        self.url = opt("influx_url", defaults.INFLUX_URL)
-        self.database = opt("database", defaults.DATABASE)
-        self.rp = opt("retention_policy", defaults.RETENTION_POLICY)
-        self.username, self.password = opt("username"), opt("password")
-        self.token, self.auth_basic = opt("token"), bool(opt("auth_basic", False))
-        self.org = opt("influx_org", defaults.INFLUX_ORG)
-        if self.username:  # InfluxDB 1.8+ compatibility API on the 2.x path
-            self.org = "-"
-        self.bucket = f"{self.database}/{self.rp}" if self.rp else self.database
-        self.forced_api = opt("influx_api", defaults.INFLUX_API)
-        self.api: str | None = None
-        self._link = None
-        self.host = opt("hostname") or socket.gethostname()
-        self.compat = bool(opt("compat_points", False))
-        self.wants_packets = self.compat  # the run loop hands per-packet arrays only if True
-        self.compat_max_pps = int(getattr(cfg, "compat_max_pps", defaults.COMPAT_MAX_PPS) or 0)
-        self.flush_s = opt("flush_interval", defaults.FLUSH_INTERVAL_S) or opt(
-            "interval", defaults.INTERVAL_S)
-        self.memory_points = opt("memory_points", defaults.SINK_MEMORY_POINTS)
-        max_bytes = getattr(cfg, "spool_max_bytes", None)
-        max_bytes = defaults.SPOOL_MAX_BYTES if max_bytes is None else int(max_bytes)
-        base = opt("spool_dir", defaults.SPOOL_DIR) or os.path.join(tempfile.gettempdir(),
-                                                                    "packet-flow-spool")
-        target = f"{self.url}|{self.org}|{self.bucket}".encode()
+    def __init__(self, cfg):
+        self.url = cfg.influx_url
+        self.host = socket.gethostname()
+        self.compat = bool(cfg.compat_points)
+        self.wants_packets = self.wants_gaps = self.compat
+        self.on_failure = None
+        self.failure: SinkError | None = None
+        self.compat_max_pps = int(cfg.compat_max_pps)
+        self.flush_s = cfg.flush_interval if cfg.flush_interval > 0 else cfg.interval
+        bucket = f"{cfg.database}/{cfg.retention_policy}" if cfg.retention_policy else \
+            cfg.database
+        base = cfg.spool_dir or os.path.join(tempfile.gettempdir(), "packet-flow-spool")
+        target = f"{self.url}|{cfg.influx_org}|{bucket}".encode()
         self.spool_dir = os.path.join(base, hashlib.sha1(target).hexdigest()[:12])
         try:
-            self._spool = Spool(self.spool_dir, max_bytes)
+            spool = Spool(self.spool_dir, int(cfg.spool_max_bytes))
         except OSError as e:
             raise SinkError(f"option --spool-dir: cannot write to {base!r} "
                             f"({e.strerror or e})") from e
-        if self._spool.stale:
-            log.info("removed %d unfinished .tmp files from %s", self._spool.stale,
+        if spool.stale:
+            log.info("removed %d unfinished .tmp files from %s", spool.stale, self.spool_dir)
+        if spool.points:
+            log.info("replaying %d points left in %s by an earlier run", spool.points,
                      self.spool_dir)
-        if self._spool.points:
-            log.info("replaying %d points left in %s by an earlier run",
-                     self._spool.points, self.spool_dir)
-        self._counters = dict.fromkeys(COUNTERS, 0)
-        self.rejected_reasons: dict[str, int] = {}
+        self.server = influxlink.Server(
+            self.url, cfg.database, cfg.retention_policy, cfg.influx_org, cfg.username,
+            cfg.password, cfg.token, bool(cfg.auth_basic), cfg.influx_api,
+            defaults.SINK_HTTP_TIMEOUT_S, f"spool {self.spool_dir}")
+        self.path = WritePath(self.server, spool, defaults.SINK_MEMORY_POINTS)
         self._queue = queue.Queue(maxsize=defaults.SINK_QUEUE_RECORDS)
-        self._pending: deque[_Chunk] = deque()
-        self._pending_points = 0
         self._buf: list[bytes] = []
         self._buf_points = 0
+        self._buf_lock = threading.Lock()   # the formatted points not yet handed to the path
         self._cap_state: dict = {}
         self._warned: set = set()
-        self._warned_at: dict = {}
-        self._lock = threading.Lock()  # counters (both threads; held only briefly)
-        self._state = threading.Lock()  # buffers, memory chunks, spool list (never during HTTP)
-        self._abandoned = False  # set by close() when the writer is stuck in an HTTP call
         self._closing = threading.Event()
         self._deadline = math.inf
-        self._retry_at = 0.0
-        self._spool_retry_at = 0.0
-        self._backoff = defaults.SINK_BACKOFF_MIN_S
-        self._down_since = None
-        self.error: str | None = None
+        self._next_flush = time.monotonic() + self.flush_s
+        self._flushed = False
         self._thread = threading.Thread(target=self._run, name="influx-writer", daemon=True)
         self._thread.start()
 
+    api = property(lambda self: self.server.api)
+    error = property(lambda self: self.path.error)
+    state = property(lambda self: self.path.state)
+    rejected_reasons = property(lambda self: self.path.rejected_reasons)
+
     # ---- caller side: never blocks, never raises -------------------------------------------
 
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._counters[key] += n
+    def _drop(self, points: int) -> None:
+        with self.path.lock:
+            self.path.counters["dropped"] += points
 
     def _warn_once(self, key, msg: str, *args) -> None:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(msg, *args)
 
-    def _put(self, item, points: int | None) -> None:
+    def _put(self, item) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            if points is None:  # a record: one point, plus one per loss-burst length
-                hist = item[1].get("loss_burst_hist")
-                points = 1 + (sum(1 for v in hist.values() if v) if isinstance(hist, dict) else 0)
-            self._count("dropped", points)
+            self._drop(_points_of(item))
             self._warn_once("queue", "InfluxDB sink hand-off queue full (%d items); dropping "
                             "points (the writer cannot keep up)", self._queue.maxsize)
 
@@ -157,7 +134,7 @@ class InfluxSink:
         """Queue one contract record (interval, sender, summary, receiver) for writing."""
         if self._closing.is_set():
             return
-        self._put(("rec", dict(rec)), None)  # a copy: the caller may reuse its dict
+        self._put(("rec", dict(rec)))  # a copy: the caller may reuse its dict
 
     def _cap(self, key, rx_ns: np.ndarray) -> np.ndarray:
         """Mask of points kept under `compat_max_pps` per flow per second of rx time."""
@@ -184,7 +161,8 @@ class InfluxSink:
             keep = self._cap((kind, source, destination), rx_ns)
             capped = len(keep) - int(keep.sum())
             if capped:
-                self._count("capped", capped)
+                with self.path.lock:
+                    self.path.counters["capped"] += capped
                 self._warn_once("cap", "compat points capped at %d/s per flow (first: %s %s -> "
                                 "%s); the counter `capped` has the total",
                                 self.compat_max_pps, kind.decode(), source, destination)
@@ -194,7 +172,7 @@ class InfluxSink:
         else:
             rx_ns, values = rx_ns.copy(), values.copy()  # the caller may reuse its arrays
         if len(rx_ns):
-            self._put(("pts", kind, source, destination, rx_ns, values, scale), len(rx_ns))
+            self._put(("pts", kind, source, destination, rx_ns, values, scale))
 
     def packets(self, source: str, destination: str, rx_ns: np.ndarray,
                 owd_ns: np.ndarray) -> None:
@@ -207,16 +185,16 @@ class InfluxSink:
 
     @property
     def counters(self) -> dict:
-        """COUNTERS (points unless named otherwise: failed_requests and split_requests are
-        requests), `queued` (points in memory plus items still in the hand-off queue) and
-        `spool_points` (points in spool files)."""
-        with self._lock:
-            out = dict(self._counters)
-            out["queued"] = self._pending_points + self._buf_points + self._queue.qsize()
-            out["spool_points"] = self._spool.points
+        """influxwriter.COUNTERS (points unless named otherwise: failed_requests and
+        split_requests are requests), `queued` (points in memory, formatted and still in the
+        hand-off queue) and `spool_points` (points in spool files)."""
+        with self.path.lock:
+            out = dict(self.path.counters)
+            out["queued"] = self.path.held + self._buf_points + self._queue.qsize()
+            out["spool_points"] = self.path.spool.points
         return out
 
-    def close(self, timeout: float = defaults.SHUTDOWN_FLUSH_S) -> dict:
+    def close(self, timeout: float = defaults.SHUTDOWN_FLUSH_S, counters=None) -> dict:
         """Flush within `timeout` s; spool and log what could not be written; return counters."""
         if not self._closing.is_set():
             self._deadline = time.monotonic() + timeout
@@ -225,9 +203,11 @@ class InfluxSink:
                 self._queue.put_nowait(None)  # wake the writer
             except queue.Full:
                 pass
-        self._thread.join(max(0.0, self._deadline - time.monotonic()) + 0.2)
-        if self._thread.is_alive():
-            self._abandon()
+        self._thread.join(max(0.0, self._deadline - time.monotonic()))
+        if self.failure is not None:    # the writer gave up: spool what came since
+            self._hand_over(FAILED, timeout=0.5)
+        elif self._thread.is_alive():   # in an HTTP call that does not end: spool from here
+            self._hand_over(CLOSED, timeout=0.5)
         c = self.counters
         if c["queued"]:
             log.error("InfluxDB at %s: %d points neither written nor spooled at shutdown",
@@ -236,47 +216,34 @@ class InfluxSink:
             log.warning("InfluxDB at %s: %d points not written at shutdown; kept in %s for the "
                         "next start", self.url, c["spool_points"], self.spool_dir)
         for reason, n in self.rejected_reasons.items():
-            log.warning("InfluxDB at %s refused %d points: %s", mask_url(self.url), n, reason)
+            log.warning("InfluxDB at %s refused %d points: %s", self.server.shown_url, n, reason)
         log.info("InfluxDB sink: written %(written)d, retried %(retried)d, spooled %(spooled)d, "
                  "dropped %(dropped)d, rejected %(rejected)d, capped %(capped)d", c)
-        if self._link is not None:
-            self._link.close()
+        self.server.close()
         return c
 
-    def _abandon(self) -> None:
-        """close() timed out with the writer inside an HTTP call: spool everything from here.
-
-        The writer touches no state once `_abandoned` is set. A chunk whose write was in
-        flight is spooled too; if that write succeeds it is written again at the next start
-        (InfluxDB keeps one point per series and timestamp).
-        """
-        if not self._state.acquire(timeout=1.0):
+    def _hand_over(self, state: str, timeout: float) -> None:
+        """Format what is queued and give it, with everything the path holds, to the spool;
+        the path ends in `state` (closed, or failed)."""
+        if not self._buf_lock.acquire(timeout=timeout):
             return
         try:
-            self._abandoned = True
             while True:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is not None:
-                    self._add(item)
-            self._seal()
-            self._spool_retry_at = 0.0
-            self._spill(0)
+                    try:
+                        self._add(item)
+                    except Exception:   # noqa: BLE001 - the formatting is what fails
+                        self._drop(_points_of(item))
+            data, points = self._take()
+            self.path.abandon(state, timeout, (data, points))
         finally:
-            self._state.release()
+            self._buf_lock.release()
 
-    # ---- writer thread ------------------------------------------------------------------
-
-    def _warn_every(self, key, msg: str, *args, level=logging.WARNING) -> bool:
-        """Log at most once per SINK_WARN_EVERY_S per key; True when it logged."""
-        now = time.monotonic()
-        if now - self._warned_at.get(key, -math.inf) < defaults.SINK_WARN_EVERY_S:
-            return False
-        self._warned_at[key] = now
-        log.log(level, msg, *args)
-        return True
+    # ---- writer thread ----------------------------------------------------------------------
 
     def _format(self, item) -> tuple[bytes | None, int]:
         if item[0] == "rec":
@@ -291,11 +258,17 @@ class InfluxSink:
         return format_int_points(prefix.encode(), values // scale, rx_ns), len(rx_ns)
 
     def _add(self, item) -> None:
+        """Format one item into the buffer (buffer lock held)."""
         data, n = self._format(item)
         if n:
             self._buf.append(data)
-            with self._lock:
-                self._buf_points += n
+            self._buf_points += n
+
+    def _take(self) -> tuple[bytes, int]:
+        """The buffer's points as one chunk (buffer lock held)."""
+        data, points = b"".join(self._buf), self._buf_points
+        self._buf, self._buf_points = [], 0
+        return data, points
 
     def _drain(self, wait: float) -> None:
         """Wait up to `wait` s for items, then format what is queued (up to one chunk)."""
@@ -303,13 +276,14 @@ class InfluxSink:
             item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
         except queue.Empty:
             return
-        with self._state:
+        with self._buf_lock:
             while True:
-                if self._abandoned:
-                    self._count("dropped", self._format(item)[1] if item else 0)
-                    return
                 if item is not None:
-                    self._add(item)
+                    try:
+                        self._add(item)
+                    except Exception:
+                        self._drop(_points_of(item))
+                        raise
                 if self._buf_points >= defaults.SINK_CHUNK_POINTS:
                     return
                 try:
@@ -317,256 +291,64 @@ class InfluxSink:
                 except queue.Empty:
                     return
 
-    def _seal(self) -> None:
-        if not self._buf:
-            return
-        chunk = _Chunk(b"".join(self._buf), self._buf_points)
-        self._buf = []
-        with self._lock:
-            self._pending.append(chunk)
-            self._pending_points += chunk.points
-            self._buf_points = 0
-        if self._pending_points > self.memory_points:
-            self._spill(self.memory_points // 2)
-        hard = self.memory_points * defaults.SINK_MEMORY_HARD_FACTOR
-        while self._pending_points > hard and len(self._pending) > 1:
-            with self._lock:
-                old = self._pending.popleft()
-                self._pending_points -= old.points
-                self._counters["dropped"] += old.points
-            self._warn_every("memory", "InfluxDB sink: %d points in memory and the spool "
-                             "cannot take more; dropping the oldest (counter `dropped`)",
-                             hard, level=logging.ERROR)
+    def _flush(self) -> None:
+        with self._buf_lock:
+            data, points = self._take()
+        self.path.add(data, points)
+        self._flushed = self._flushed or points > 0
 
-    def _spill(self, keep_points: int) -> None:
-        """Move the oldest memory chunks to spool files until at most keep_points remain.
-
-        A failed spool write keeps the chunks in memory and pauses spilling for a while."""
-        while self._pending and self._pending_points > keep_points:
-            if time.monotonic() < self._spool_retry_at:
-                return
-            group = []
-            with self._lock:
-                while (self._pending and self._pending_points > keep_points
-                       and sum(c.points for c in group) < defaults.SINK_CHUNK_POINTS):
-                    chunk = self._pending.popleft()
-                    self._pending_points -= chunk.points
-                    group.append(chunk)
-            points = sum(c.points for c in group)
-            try:
-                evicted = self._spool.add(b"".join(c.data for c in group))
-            except OSError as e:
-                fresh = sum(c.points for c in group if not c.unspooled)
-                for c in group:
-                    c.unspooled = True
-                with self._lock:
-                    self._pending.extendleft(reversed(group))
-                    self._pending_points += points
-                    self._counters["spool_failed"] += fresh
-                self._spool_retry_at = time.monotonic() + defaults.SINK_SPOOL_RETRY_S
-                self._warn_every("spool-write", "cannot write to the spool (--spool-dir %s: "
-                                 "%s); keeping %d points in memory (counter `spool_failed`)",
-                                 self.spool_dir, e.strerror or e, self._pending_points,
-                                 level=logging.ERROR)
-                return
-            with self._lock:
-                self._counters["spooled"] += points
-                if evicted:
-                    self._counters["spool_evicted"] += evicted
-                    self._counters["dropped"] += evicted
-            if evicted:
-                self._warn_every("spool-cap", "spool %s reached --spool-max-bytes %d: dropped "
-                                 "the %d oldest points (counter `spool_evicted` has the total)",
-                                 self.spool_dir, self._spool.max_bytes, evicted)
-
-    def _connect(self) -> bool:
-        """Choose the write API (once) and open its link; False while the server is silent."""
-        headers = influxlink.auth_headers(self.username, self.password, self.token,
-                                          self.auth_basic)
-        api, why = influxlink.choose_api(self.forced_api, self.url, headers,
-                                         defaults.SINK_HTTP_TIMEOUT_S)
-        if api is None:
-            self._trouble("unreachable", f"InfluxDB at {self.url} {why}; keeping points "
-                          f"(memory up to {self.memory_points}, then spool {self.spool_dir}) "
-                          "and retrying")
-            return False
-        if api == "v1":
-            self._link = influxlink.V1Link(self.url, self.database, self.rp, self.username,
-                                           self.password, self.token, self.auth_basic,
-                                           defaults.SINK_HTTP_TIMEOUT_S)
-        else:
-            token = f"{self.username}:{self.password or ''}" if self.username else self.token
-            self._link = influxlink.V2Link(self.url, self.bucket, self.org, token,
-                                           self.auth_basic, defaults.SINK_HTTP_TIMEOUT_S)
-        self.api = api
-        log.info("InfluxDB at %s: %s; writing with the %s API (%s)", mask_url(self.url), why,
-                 "1.x" if api == "v1" else "2.x", self._link.where)
-        return True
-
-    def _trouble(self, key, msg: str) -> None:
-        """A write that must be tried again: count it, log it at most once a minute."""
-        self._count("failed_requests")
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-        self.error = msg
-        self._warn_every(key, "%s", msg)
-
-    def _explain(self, answer) -> tuple[str, str]:
-        """(key, log line) for an answer that is an outage."""
-        status, text = answer.status, answer.message
-        keep = "; keeping points and retrying"
-        if status is None:
-            return "unreachable", (
-                f"InfluxDB at {self.url} unreachable ({text}); keeping points (memory up to "
-                f"{self.memory_points}, then spool {self.spool_dir}) and retrying")
-        if status in (401, 403):
-            return status, (
-                f"InfluxDB at {self.url} refused the credentials ({status}: {text}); check "
-                "--token, or --username/--password (and --auth-basic for Basic auth)" + keep)
-        if status == 404:
-            return status, (
-                f"InfluxDB at {self.url} has no {self._link.target} ({status}: {text}); check "
-                "--database, --retention-policy and --influx-org, or create it" + keep)
-        return status, f"InfluxDB at {self.url} answers HTTP {status} ({text})" + keep
-
-    def _next(self):
-        """(data, points, chunk or None, spool path or None) of the oldest held data;
-        halves of a split chunk go first."""
-        if self._pending and self._pending[0].front:
-            chunk = self._pending[0]
-            return chunk.data, chunk.points, chunk, None
-        while len(self._spool):
-            path, data, points = self._spool.oldest()
-            if data is not None:
-                return data, points, None, path
-            log.error("cannot read spool file %s; skipped (%d points)", path, points)
-            self._count("dropped", points)
-            try:
-                self._spool.remove(path)
-            except OSError:
-                pass
-        chunk = self._pending[0]
-        return chunk.data, chunk.points, chunk, None
-
-    def _take(self, chunk, path, points) -> None:
-        """Remove the data just answered from memory or the spool (lock held)."""
-        if chunk is None:
-            try:
-                self._spool.remove(path)
-            except OSError as e:
-                log.error("cannot remove spool file %s (%s); it will be written again", path, e)
-        else:
-            with self._lock:
-                self._pending.remove(chunk)
-                self._pending_points -= points
-
-    def _send(self) -> None:
-        """Write the held data (split halves, spool files oldest first, then memory chunks)
-        until a write must be retried later."""
-        while True:
-            with self._state:
-                if self._abandoned or not (len(self._spool) or self._pending):
-                    return
-                if self._closing.is_set() and time.monotonic() >= self._deadline:
-                    return
-                data, points, chunk, path = self._next()
-            # the only steps without the lock: HTTP
-            if self._link is None and not self._connect():
-                answer = None
-            else:
-                answer = self._link.write(data) if points else influxlink.Answer(204, "")
-            verdict = influxlink.classify(answer, points) if answer else influxlink.Verdict(
-                "retry")
-            with self._state:
-                if self._abandoned:
-                    return
-                if verdict.action == "retry":
-                    if answer is not None:
-                        retry_after = answer.retry_after
-                        self._trouble(*self._explain(answer))
-                    else:
-                        retry_after = 0.0
-                    if chunk is None or not chunk.failed:
-                        self._count("retried", points)
-                        if chunk is not None:
-                            chunk.failed = True
-                    self._retry_at = time.monotonic() + max(retry_after, self._backoff)
-                    self._backoff = min(self._backoff * 2, defaults.SINK_BACKOFF_MAX_S)
-                    return
-                self._backoff = defaults.SINK_BACKOFF_MIN_S
-                self._recovered()
-                self._take(chunk, path, points)
-                if verdict.action == "split":
-                    halves = [_Chunk(h, h.count(b"\n"), front=True)
-                              for h in influxlink.split(data)]
-                    with self._lock:
-                        self._pending.extendleft(reversed(halves))
-                        self._pending_points += points
-                        self._counters["split_requests"] += 1
-                    if answer.status == 413:
-                        self._warn_once("413", "InfluxDB at %s: request too large (413) for %d "
-                                        "points; splitting chunks", self.url, points)
-                    continue
-                refused = verdict.refused
-                with self._lock:
-                    self._counters["written"] += points - refused
-                    if chunk is None:
-                        self._counters["replayed"] += points - refused
-                    self._counters["rejected"] += refused
-                    self._counters["dropped"] += refused
-                if refused:
-                    reasons = self.rejected_reasons
-                    reasons[verdict.reason] = reasons.get(verdict.reason, 0) + refused
-                    self._warn_every(("refused", verdict.reason), "InfluxDB at %s refused %d "
-                                     "of %d points (%s); the counter `rejected` has the total",
-                                     self.url, refused, points, verdict.reason)
-
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            log.warning("InfluxDB at %s is back after %.1f s; replaying held points", mask_url(self.url),
-                        time.monotonic() - self._down_since)
-            self._down_since = None
-            self._warned_at = {k: v for k, v in self._warned_at.items()
-                               if not isinstance(k, int) and k != "unreachable"}
-        self.error = None
+    def _cycle(self) -> bool:
+        """One turn of the writer: wait, format, flush, write. True when the writer is done."""
+        if self.path.state in (CLOSED, FAILED):
+            return True
+        closing = self._closing.is_set()
+        now = time.monotonic()
+        wake = self._next_flush
+        if self.path.held or len(self.path.spool):
+            wake = min(wake, self.path.retry_at)
+        self._drain(0 if closing else wake - now)
+        now = time.monotonic()
+        if closing or now >= self._next_flush or self._buf_points >= defaults.SINK_CHUNK_POINTS:
+            self._flush()
+            if now >= self._next_flush:
+                self._next_flush = now + self.flush_s
+        if closing:
+            if not self._queue.empty():
+                return False
+            self.path.finish(self._deadline)
+            return True
+        if self.path.due():
+            self.path.pump()
+        return False
 
     def _run(self) -> None:
+        if not self._closing.is_set():
+            self.path.connect()     # the API choice is logged at start, not at the first flush
+        last, streak = None, 0
         while True:
             try:
-                self._loop()
-                return
-            except Exception:  # a bug must not stop the writing for the rest of the run
-                log.exception("InfluxDB writer failed; restarting it")
-                time.sleep(0.5)
+                self._flushed = False
+                if self._cycle():
+                    return
+                if self._flushed:   # points went through: whatever failed before is past
+                    streak = 0
+            except Exception as exc:
+                why = (type(exc).__name__, str(exc))
+                streak = streak + 1 if why == last else 1
+                last = why
+                if streak >= defaults.SINK_WRITER_FAILURES:
+                    self._give_up(exc, streak)
+                    return
+                log.exception("InfluxDB writer failed (%d of %d times in a row for this "
+                              "reason); restarting it", streak, defaults.SINK_WRITER_FAILURES)
+                time.sleep(defaults.SINK_WRITER_RESTART_S)
 
-    def _loop(self) -> None:
-        if self._link is None and not self._closing.is_set():
-            self._connect()  # the API choice is logged at start, not at the first flush
-        next_flush = time.monotonic() + self.flush_s
-        while not self._abandoned:
-            now = time.monotonic()
-            closing = self._closing.is_set()
-            backlog = bool(len(self._spool) or self._pending)
-            if closing:
-                wake = max(self._retry_at, now) if backlog else now
-                wake = min(wake, self._deadline)
-            else:
-                wake = min(next_flush, self._retry_at) if backlog else next_flush
-            self._drain(wake - now)
-            now = time.monotonic()
-            if closing or now >= next_flush or self._buf_points >= defaults.SINK_CHUNK_POINTS:
-                with self._state:
-                    if not self._abandoned:
-                        self._seal()
-                if now >= next_flush:
-                    next_flush = now + self.flush_s
-            if now >= self._retry_at:
-                self._send()
-            if closing and self._queue.empty() and not self._buf:
-                with self._state:
-                    if self._abandoned or not (len(self._spool) or self._pending):
-                        return
-                    if time.monotonic() >= self._deadline:
-                        self._spool_retry_at = 0.0
-                        self._spill(0)
-                        return
+    def _give_up(self, exc: Exception, times: int) -> None:
+        """The writer keeps failing the same way: spool what it holds and end the run."""
+        self._hand_over(FAILED, timeout=1.0)
+        self.failure = SinkError(
+            f"InfluxDB writer failed {times} times in a row with {type(exc).__name__}: {exc}; "
+            f"stopped ({self.path.spool.points} points kept in {self.spool_dir})")
+        log.error("%s", self.failure, exc_info=exc)
+        if self.on_failure is not None:
+            self.on_failure(self.failure)

@@ -22,12 +22,17 @@ Rules:
 
 import base64
 import json
+import logging
 import re
 import urllib.parse
 from http.client import HTTPException
 from typing import NamedTuple
 
 import urllib3
+
+from packet_flow.masking import mask_url
+
+log = logging.getLogger("packet_flow.sinks.influx")
 
 _PARTIAL = re.compile(r"partial write:\s*(.*?)\s*dropped=(\d+)", re.S)
 _VERSION = re.compile(r"v?(\d+)\.")
@@ -200,3 +205,66 @@ class V2Link:
             self._client.close()
         except Exception:  # noqa: BLE001 - closing a pool must not fail shutdown
             pass
+
+
+class Server:
+    """One InfluxDB server as the writer sees it: the write API is chosen (once) at the first
+    write; until the server answers /ping, write() answers "no answer". `explain(answer)`
+    gives (key, log line) for an answer that is an outage."""
+
+    def __init__(self, url, database, rp, org, username, password, token, auth_basic,
+                 forced_api, timeout, keeping: str):
+        self.url, self.shown_url = url, mask_url(url)
+        self.database, self.rp, self.org = database, rp, org
+        self.username, self.password, self.token = username, password, token
+        self.auth_basic, self.forced_api, self.timeout = auth_basic, forced_api, timeout
+        self.bucket = f"{database}/{rp}" if rp else database
+        self.keeping = keeping      # where the points wait, for the log lines
+        self.api: str | None = None
+        self.link = None
+
+    def connect(self) -> str | None:
+        """Choose the write API and open its link; None on success, else the cause."""
+        headers = auth_headers(self.username, self.password, self.token, self.auth_basic)
+        api, why = choose_api(self.forced_api, self.url, headers, self.timeout)
+        if api is None:
+            return why.removeprefix("unreachable (").removesuffix(")")
+        if api == "v1":
+            self.link = V1Link(self.url, self.database, self.rp, self.username, self.password,
+                               self.token, self.auth_basic, self.timeout)
+        else:
+            token = f"{self.username}:{self.password or ''}" if self.username else self.token
+            self.link = V2Link(self.url, self.bucket, self.org, token, self.auth_basic,
+                               self.timeout)
+        self.api = api
+        log.info("InfluxDB at %s: %s; writing with the %s API (%s)", self.shown_url, why,
+                 "1.x" if api == "v1" else "2.x", self.link.where)
+        return None
+
+    def write(self, data: bytes) -> Answer:
+        if self.link is None:
+            why = self.connect()
+            if why is not None:
+                return Answer(None, why)
+        return self.link.write(data)
+
+    def explain(self, answer: Answer) -> tuple:
+        """(key, log line) for an answer that is an outage."""
+        status, text = answer.status, answer.message
+        keep = "; keeping points and retrying"
+        if status is None:
+            return "unreachable", (f"InfluxDB at {self.url} unreachable ({text}); keeping "
+                                   f"points ({self.keeping}) and retrying")
+        if status in (401, 403):
+            return status, (
+                f"InfluxDB at {self.url} refused the credentials ({status}: {text}); check "
+                "--token, or --username/--password (and --auth-basic for Basic auth)" + keep)
+        if status == 404:
+            return status, (
+                f"InfluxDB at {self.url} has no {self.link.target} ({status}: {text}); check "
+                "--database, --retention-policy and --influx-org, or create it" + keep)
+        return status, f"InfluxDB at {self.url} answers HTTP {status} ({text})" + keep
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()

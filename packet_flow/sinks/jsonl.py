@@ -18,6 +18,9 @@ def rfc3339(ns: int) -> str:
 class JsonlSink:
     """Appends records to PATH (`-` = stdout), flushing after each interval's records."""
 
+    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    on_failure = None
+
     def __init__(self, path, stream=None):
         self.path = path
         if stream is None:
@@ -33,10 +36,11 @@ class JsonlSink:
             self.stream.write(line)
             self.stream.flush()
 
-    def packets(self, *args):
-        pass
+    @property
+    def counters(self):
+        return {}
 
-    def close(self, timeout=0):
+    def close(self, timeout=0, counters=None):
         with self.lock:
             self.stream.flush()
             if self.path != "-":

@@ -187,7 +187,10 @@ class PrometheusSink:
     ConfigError (exit status 2) when the address cannot be bound (in use, not local)."""
 
     wants_packets = True     # per-batch delay arrays for the one-way delay histograms
-    wants_gaps = False
+    wants_rtts = True        # per-batch round-trip times for the RTT histograms
+    wants_gaps = closes_last = False
+    on_failure = None
+    counters = property(lambda self: {})
 
     def __init__(self, cfg):
         self.forget_s = cfg.forget_timeout
@@ -249,8 +252,15 @@ class PrometheusSink:
         """One batch of round-trip times of the sender's flow (sender thread)."""
         self._pend(self.pending_rtt, source, destination, rtt_ns)
 
-    def gaps(self, *args):
-        pass
+    def _fold_pending(self):
+        """Fold the histograms handed over since each flow's last record into its series
+        (state lock held), so a page does not depend on the order records arrive in; a flow
+        without a series yet keeps them until its first record."""
+        with self.pending_lock:
+            for table, pending in ((self.rx, self.pending_owd), (self.tx, self.pending_rtt)):
+                by_pair = {key[:2]: s for key, s in table.series.items()}
+                for pair in [p for p in pending if p in by_pair]:
+                    by_pair[pair].fold(pending.pop(pair))
 
     # --- records (output thread) -------------------------------------------------------------
 
@@ -298,6 +308,7 @@ class PrometheusSink:
         """Every family as plain data (see render_page), forgetting idle label sets first."""
         p = "packet_flow_"
         now = time.monotonic()
+        self._fold_pending()
         self.rx.forget(now, self.forget_s)
         self.tx.forget(now, self.forget_s)
         rx, tx = list(self.rx.series.items()), list(self.tx.series.items())
@@ -399,7 +410,7 @@ class PrometheusSink:
 
     # --- end -------------------------------------------------------------------------------------
 
-    def close(self, timeout=defaults.SHUTDOWN_FLUSH_S):
+    def close(self, timeout=defaults.SHUTDOWN_FLUSH_S, counters=None):
         """Render the final counts; when a scraper comes regularly and its next scrape is
         due within `timeout`, wait for it to collect them. Then stop serving."""
         final, start = self._render(wait=True), time.monotonic()

@@ -81,6 +81,10 @@ def test_sender_error_stops_the_receiver_before_its_socket_closes(tmp_path):
 class Stuck:
     """A sink whose record() blocks until released."""
 
+    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    on_failure = None
+    counters = property(lambda self: {})
+
     def __init__(self):
         self.release = threading.Event()
         self.got = []
@@ -89,7 +93,7 @@ class Stuck:
         self.got.append(rec)
         self.release.wait(10)
 
-    def close(self, timeout):
+    def close(self, timeout, counters=None):
         return {}
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from packet_flow import config, discovery, peers
+from packet_flow import config, discovery, names, peers
 from packet_flow.addresses import Addr
 from packet_flow.discovery import LookupFailed, PeerSource
 from packet_flow.errors import ConfigError
@@ -90,20 +90,20 @@ def test_file_entries_comments_and_bad_lines(tmp_path):
 # --- names ----------------------------------------------------------------------------------
 
 
-def test_name_layers():
+def test_name_option():
     cfg = config.load(["--name", "edge-1"], {"NODE_NAME": "k8s-node"})
     assert (cfg.name, cfg.sources["name"]) == ("edge-1", "cli")
-    cfg = config.load([], {"NODE_NAME": "k8s-node"})
-    assert (cfg.name, cfg.sources["name"]) == ("k8s-node", "env NODE_NAME")
-    cfg = config.load([], {"PACKET_FLOW_NAME": "p1", "NODE_NAME": "k8s-node"})
+    assert names.node_name(cfg, {"NODE_NAME": "k8s-node"}) == "edge-1"
+    cfg = config.load([], {"PACKET_FLOW_NAME": "p1"})
     assert (cfg.name, cfg.sources["name"]) == ("p1", "env PACKET_FLOW_NAME")
-    cfg = config.load([], {})
-    assert (cfg.name, cfg.sources["name"]) == (socket.gethostname(), "host name")
-    assert error(["--name", "a,b"]) == ("option --name: value 'a,b' from cli: must not "
-                                        "contain blanks, commas or control characters")
-    assert error([], {"NODE_NAME": "a b"}).startswith(
-        "option --name: value 'a b' from env NODE_NAME: must not contain blanks")
-    assert "at most 253 bytes" in error(["--name", "x" * 254])
+    cfg = config.load([], {"NODE_NAME": "k8s-node"})                # not given: names.py decides
+    assert cfg.name is None and names.node_name(cfg, {"NODE_NAME": "k8s-node"}) == "k8s-node"
+    assert names.node_name(cfg, {}) == names.clean(socket.gethostname())
+    assert error(["--name", "a,b"]) == ("option --name: value 'a,b' from cli: must be printable "
+                                        "ASCII without blanks, quotes, backslashes, commas or =")
+    assert "must be printable ASCII" in error(["--name", "a b"])
+    assert "must be printable ASCII" in error(["--name", "nœud"])
+    assert "at most 63 bytes" in error(["--name", "x" * 64])
 
 
 # --- self-exclusion -------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def make_cfg(url: str, spool: str, **kw):
         influx_url=url, database="packet_flow", influx_org="-", retention_policy="",
         token="test-token", username=None, password=None, auth_basic=False,
         compat_points=False, compat_max_pps=10_000, flush_interval=0.2, interval=1.0,
-        spool_dir=spool, hostname="probe-host")
+        spool_dir=spool, spool_max_bytes=1 << 30, influx_api="auto")
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -163,7 +163,7 @@ def test_points_land_with_tags_fields_timestamps(vm, tmp_path):
 
     got = samples(vm, "packet_flow_received", 5, settle=1.0)
     labels = frozenset({"source": "127.0.0.1:4000", "destination": "[::1]:8000",
-                        "session": "00112233aabbccdd", "host": "probe-host"}.items())
+                        "session": "00112233aabbccdd", "host": socket.gethostname()}.items())
     assert list(got) == [labels]
     # VictoriaMetrics trims timestamps to milliseconds (REFERENCE.md §4)
     assert got[labels] == [(ns // 1_000_000, 1000 + i) for i, ns in enumerate(times)]
@@ -209,8 +209,7 @@ def test_wrong_password_gives_clear_error_and_keeps_accepting(tmp_path, caplog):
 @needs_vm
 def test_outage_of_20s_loses_nothing_and_duplicates_nothing(vm, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="packet_flow.sinks.influx")
-    # a small memory bound so the outage also goes through the spool files
-    sink = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool"), memory_points=8))
+    sink = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool")))
     sent, stop = [], threading.Event()
     rng = np.random.default_rng(7)
 
@@ -368,6 +367,10 @@ def test_5xx_and_429_are_retried_in_order(tmp_path, script):
         for i in range(6):
             sink.record(interval(1795545715000000000 + i * 1000, i))
             time.sleep(0.1)
+        # close() spools at the first failure instead of retrying: wait for the retries
+        end = time.monotonic() + 5.0
+        while sink.counters["written"] < 6 and time.monotonic() < end:
+            time.sleep(0.05)
         c = sink.close(timeout=5.0)
     finally:
         server.shutdown()

@@ -64,7 +64,7 @@ def sink_cfg(server, spool, database, **kw):
         influx_url=server.url, database=database, influx_org="-", retention_policy="",
         token=None, username=server.username, password=server.password, auth_basic=False,
         influx_api="auto", compat_points=False, compat_max_pps=0, flush_interval=0.05,
-        interval=1.0, spool_dir=str(spool), spool_max_bytes=1 << 30, hostname="probe-host")
+        interval=1.0, spool_dir=str(spool), spool_max_bytes=1 << 30)
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -288,7 +288,7 @@ def test_spool_is_atomic_removes_stale_tmp_and_caps_oldest_first(tmp_path):
 def test_spool_cap_in_the_sink_drops_oldest_counted_and_logged(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
     cfg = sink_cfg(types.SimpleNamespace(url="http://127.0.0.1:9", username=None,
-                                         password=None), tmp_path, "capped", memory_points=10,
+                                         password=None), tmp_path, "capped",
                    spool_max_bytes=4000, token="t")
     sink = InfluxSink(cfg)
     t0 = time.time_ns()
@@ -345,7 +345,7 @@ def test_full_disk_keeps_points_in_memory_then_writes_them_once(influx1, tmpfs, 
     caplog.set_level(logging.WARNING, logger="packet_flow.sinks.influx")
     small = tmpfs("size=96k")
     # no database yet (404 = an outage): points go to memory, then to the 96 KiB spool
-    sink = InfluxSink(sink_cfg(influx1, small, "full", memory_points=250))
+    sink = InfluxSink(sink_cfg(influx1, small, "full"))
     t0 = time.time_ns() - 100_000_000_000
     for i in range(1000):
         sink.record(interval(t0 + i * 1_000_000, i))
