@@ -49,7 +49,8 @@ import numpy as np
 
 from packet_flow import _io, defaults
 from packet_flow.addresses import address
-from packet_flow.analysis import FlowStats, local_part
+from packet_flow.analysis import FlowStats
+from packet_flow.lossruns import local_part
 from packet_flow.seqspace import counter_delta, highest_before
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,13 @@ Rules:
 - `null` and missing numbers are NaN in the figure (gaps in the lines) and `-` in the text.
 - matplotlib is optional and imported only to draw; the figure is a bare Figure on the Agg
   canvas, never pyplot, so no global backend state is touched.
-- The text summary fits 80 columns: flows are listed once by number, then one table row each.
+- Runs: every record a run writes carries its `run` id (sinks/fanout.py), so one file may hold
+  several runs (`jsonl:` appends). A report shows one run: the latest by default, another with
+  `--run N|ID`; `--list-runs` lists them. Records without a `run` (files written before run ids)
+  form one run of their own.
+- A sender `--rtt` flow without receiver records is reported by its round trip: RTT, loss
+  forward and backward, and what the reflector did (resets, loss after the last reply).
+- This module reads, groups and totals; report_text.py writes the text, report_figure.py draws.
 """
 
 import argparse
@@ -38,7 +44,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "packet-flow report: drawing a figure needs matplotlib; "
-    "install it with: pip install 'packet-flow[plot]'"
+    "install it with: pip install '.[plot]' (in the clone) or: pip install matplotlib"
 )
 KNOWN_TYPES = ("interval", "sender", "summary")
 _UNSET_SESSIONS = ("", None, "legacy")
@@ -261,13 +267,25 @@ def receiver_totals(flow: Flow) -> dict | None:
 
 
 def sender_totals(flow: Flow) -> dict | None:
-    """The flow's sender totals: its sender summary, else summed from `sender` records."""
+    """The flow's sender totals: its sender summary, else summed from `sender` records (with
+    --rtt: the round-trip fields too, p50 and p99 approximate as for receiver flows)."""
     if flow.sender_summary is not None:
         return dict(flow.sender_summary, estimated=False)
     if not flow.senders:
         return None
     tot = {k: int(np.nansum(flow.column(k, True)))
            for k in ("sent", "missed_slots", "skipped_slots")}
+    if has_rtt(flow):
+        tot.update((k, int(np.nansum(flow.column(k, True)))) for k in RTT_COUNTS)
+        n = tot["reflected"] + tot["lost"]
+        tot["loss_percent"] = 100.0 * tot["lost"] / n if n else 0.0
+        tot["rtt_min_us"] = _nanmin(flow.column("rtt_min_us", True))
+        tot["rtt_max_us"] = _nanmax(flow.column("rtt_max_us", True))
+        tot["rtt_p50_us"] = _weighted_median(flow.column("rtt_p50_us", True),
+                                             flow.column("reflected", True))
+        tot["rtt_p99_us"] = _nanmax(flow.column("rtt_p99_us", True))
+        jitter = flow.column("rtt_jitter_us", True)
+        tot["rtt_jitter_us"] = float(jitter[-1]) if np.isfinite(jitter[-1]) else None
     tot["timer_late_p50_us"] = _weighted_median(flow.column("timer_late_p50_us", True),
                                                 flow.column("sent", True))
     tot["timer_late_p99_us"] = _nanmax(flow.column("timer_late_p99_us", True))
@@ -296,13 +314,76 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float | None:
     return float(v[order][np.searchsorted(cum, cum[-1] / 2)])
 
 
+RTT_COUNTS = ("reflected", "lost", "forward_lost", "backward_lost", "forward_late",
+              "backward_late", "forward_duplicates", "backward_duplicates", "reflector_resets")
+
+
+def has_rtt(flow: Flow) -> bool:
+    """True when the flow's sender records carry round-trip times (a --rtt sender)."""
+    recs = flow.senders + ([flow.sender_summary] if flow.sender_summary else [])
+    return any("rtt_p50_us" in r for r in recs)
+
+
 def _delay_prefix(flow: Flow) -> str:
     """`rtt` when the flow's records carry round-trip times, else `owd`."""
     recs = flow.intervals + ([flow.summary] if flow.summary else [])
     return "rtt" if any(r.get("rtt_p50_us") is not None for r in recs) else "owd"
 
 
-# ---------------------------------------------------------------- text
+# ---------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """The records one run wrote; `id` None for records without a run id."""
+
+    id: str | None
+    records: list[dict]
+
+    def describe(self) -> tuple[str, float, float, int]:
+        """(id or "-", start, duration in s, number of flows)."""
+        flows = group_flows(self.records)
+        start, end = _run_span(flows)
+        return self.id or "-", start, end - start, len(flows)
+
+
+def split_runs(records: list[dict]) -> list[Run]:
+    """The file's runs in the order they start (module rules); runs without interval, sender
+    or summary records (a receiver that rejected everything) are left out."""
+    runs: dict = {}
+    for rec in records:
+        runs.setdefault(rec.get("run"), []).append(rec)
+    return [Run(k, v) for k, v in runs.items() if any(r["type"] in KNOWN_TYPES for r in v)]
+
+
+def pick_run(runs: list[Run], choice: str | None, name: str) -> int:
+    """The index of the run `choice` names: its number (1 = the first in the file), its id or
+    a unique start of it; None = the latest."""
+    if choice is None:
+        return len(runs) - 1
+    if choice.isdigit() and 1 <= int(choice) <= len(runs):
+        return int(choice) - 1
+    found = [i for i, r in enumerate(runs) if r.id and r.id.startswith(choice)]
+    if len(found) == 1:
+        return found[0]
+    why = "matches several runs" if found else "is not a run of this file"
+    raise ReportError(f"{name}: --run {choice!r} {why}; --list-runs lists them "
+                      f"(numbers 1..{len(runs)} or ids)")
+
+
+def list_runs(runs: list[Run]) -> str:
+    """One line per run: number, id, start, duration, flows (at most 80 columns)."""
+    out = [f"{'#':>3}  {'run':24} {'start (UTC)':19} {'duration':>10} {'flows':>6}"]
+    for i, run in enumerate(runs, 1):
+        rid, start, span, n = run.describe()
+        t0 = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        out.append(f"{i:>3}  {rid[:24]:24} {t0:19} {span:>8.1f} s {n:>6}")
+    if any(r.id is None for r in runs):
+        out.append("  - = records without a run id (written before packet-flow had them)")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- text helpers
 
 
 def _count(v) -> str:
@@ -326,276 +407,60 @@ def _dur(us, approx: bool = False) -> str:
     return ("~" if approx else "") + text
 
 
-def _flow_lines(i: int, flow: Flow, width: int = 80) -> list[str]:
-    state = []
-    rx = receiver_totals(flow)
-    if rx and rx.get("closed"):
-        state.append("closed")
-    if rx and rx.get("stalled"):
-        state.append("stalled")
-    if rx and rx.get("outcome") in ("unknown", "restarted"):
-        state.append(rx["outcome"])
-    if rx and rx["estimated"]:
-        state.append("*")
-    tail = f"  session {flow.session}" + (f" [{' '.join(state)}]" if state else "")
-    head = f"{i:>2}  {flow.label}"
-    if len(head) > width:
-        return [f"{i:>2}  {flow.source}", f"      -> {flow.destination}", "    " + tail.strip()]
-    if len(head + tail) > width:
-        return [head, "    " + tail.strip()]
-    return [head + tail]
-
-
-def text_summary(records: list[dict]) -> str:
-    """A compact per-flow text summary of a run, at most 80 columns wide.
-
-    Counters and delays are the `summary` records' values; flows without one are summed from
-    their intervals and marked `*` (module rules).
-    """
-    flows = group_flows(records)
-    if not flows:
-        raise ReportError("no interval, sender or summary records")
-    start, end = _run_span(flows)
-    t0 = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    out = [f"packet-flow run {t0}, {end - start:.1f} s, {len(flows)} flow(s)", ""]
-    for i, f in enumerate(flows, 1):
-        out += _flow_lines(i, f)
-    rx = [(i, f, receiver_totals(f)) for i, f in enumerate(flows, 1)]
-    rx = [(i, f, t) for i, f, t in rx if t is not None]
-    if rx:
-        out += ["", f"{'#':>2}  {'received':>14} {'lost':>11} {'loss %':>7} {'late':>10} "
-                    f"{'dup':>9} {'bursts':>9} {'max burst':>9}"]
-        for i, _, t in rx:
-            out.append(f"{i:>2}  {_count(t.get('received')):>14} {_count(t.get('lost')):>11} "
-                       f"{_pct(t.get('loss_percent')):>7} {_count(t.get('late')):>10} "
-                       f"{_count(t.get('duplicates')):>9} {_count(t.get('loss_bursts')):>9} "
-                       f"{_count(t.get('max_loss_burst')):>9}")
-        out += ["", f"{'#':>2}  {'delay':>5} {'min':>9} {'p50':>9} {'p99':>9} {'max':>9} "
-                    f"{'neg':>6} {'jitter':>9} {'ipdv p99':>9}"]
-        for i, f, t in rx:
-            p, est = _delay_prefix(f), t["estimated"]
-            out.append(f"{i:>2}  {p.upper():>5} {_dur(t.get(f'{p}_min_us')):>9} "
-                       f"{_dur(t.get(f'{p}_p50_us'), est):>9} "
-                       f"{_dur(t.get(f'{p}_p99_us'), est):>9} {_dur(t.get(f'{p}_max_us')):>9} "
-                       f"{_count(t.get('negative_owd')):>6} {_dur(t.get('jitter_us')):>9} "
-                       f"{_dur(t.get('ipdv_p99_us'), est):>9}")
-    tx = [(i, sender_totals(f)) for i, f in enumerate(flows, 1)]
-    tx = [(i, t) for i, t in tx if t is not None]
-    if tx:
-        out += ["", f"{'#':>2}  {'sent':>14} {'missed':>10} {'skipped':>10} "
-                    f"{'timer p50':>10} {'timer p99':>10} {'timer max':>10}"]
-        for i, t in tx:
-            est = t["estimated"]
-            out.append(f"{i:>2}  {_count(t.get('sent')):>14} {_count(t.get('missed_slots')):>10} "
-                       f"{_count(t.get('skipped_slots')):>10} "
-                       f"{_dur(t.get('timer_late_p50_us'), est):>10} "
-                       f"{_dur(t.get('timer_late_p99_us'), est):>10} "
-                       f"{_dur(t.get('timer_late_max_us')):>10}" + ("  *" if est else ""))
-    if any(t["estimated"] for _, _, t in rx) or any(t["estimated"] for _, t in tx):
-        out += ["", "* no summary record (run cut short): totals summed from intervals,",
-                "  ~ approximate (p50: weighted median of intervals, p99: worst interval)"]
-    return "\n".join(out) + "\n"
-
-
-# ---------------------------------------------------------------- figure
-
-
-def _unit(values_us: np.ndarray) -> tuple[float, str]:
-    """(divisor, unit) that shows these µs values with few digits."""
-    top = np.nanmax(np.abs(values_us)) if np.isfinite(values_us).any() else 0.0
-    return (1.0, "µs") if top < 1e3 else (1e3, "ms") if top < 1e6 else (1e6, "s")
-
-
-def _maybe_log(ax, *arrays: np.ndarray) -> None:
-    """Log y axis when all values are positive and span more than a factor 30 (spikes)."""
-    v = np.concatenate([a[np.isfinite(a)] for a in arrays])
-    if len(v) and v.min() > 0 and v.max() / v.min() > 30:
-        ax.set_yscale("log")
-
-
-def _note(ax, text: str) -> None:
-    ax.text(0.99, 0.97, text, ha="right", va="top", transform=ax.transAxes,
-            fontsize="x-small", bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})
-
-
-def _no_data(ax, what: str) -> None:
-    ax.text(0.5, 0.5, f"no {what} records", ha="center", va="center",
-            transform=ax.transAxes, color="0.5")
-    ax.tick_params(left=False, labelleft=False)
-
-
-def _band_panel(ax, t, p50, p99, mx, color: str, what: str) -> str:
-    """p50 line, p50-p99 band and max points, all in µs scaled to one unit; returns the unit."""
-    div, unit = _unit(np.concatenate([p50, p99, mx]))
-    ok = np.isfinite(p50) & np.isfinite(p99)
-    ax.fill_between(t, p50 / div, p99 / div, where=ok, color=color, alpha=0.25, lw=0,
-                    label=f"{what} p50–p99")
-    ax.plot(t, p50 / div, color=color, lw=1.2, label=f"{what} p50")
-    ax.plot(t, mx / div, ".", color=color, ms=3, alpha=0.7, label=f"{what} max")
-    _maybe_log(ax, p50, p99, mx)
-    return unit
-
-
-def _delay(ax, flow: Flow, t: np.ndarray) -> None:
-    prefix = _delay_prefix(flow)
-    what = "RTT" if prefix == "rtt" else "OWD"
-    unit = _band_panel(ax, t, flow.column(f"{prefix}_p50_us"), flow.column(f"{prefix}_p99_us"),
-                       flow.column(f"{prefix}_max_us"), "tab:blue", what)
-    neg = int(np.nansum(flow.column("negative_owd"))) if prefix == "owd" else 0
-    if neg:
-        _note(ax, f"{neg:,} negative OWD: clocks not in sync")
-    ax.set_title("round-trip time" if prefix == "rtt" else "one-way delay")
-    ax.set_ylabel(f"{what} ({unit})")
-
-
-def _loss(ax, flow: Flow, t: np.ndarray) -> None:
-    width = np.nan_to_num(flow.column("interval_s"), nan=1.0)
-    pct = np.nan_to_num(flow.column("loss_percent"), nan=0.0)
-    burst = np.nan_to_num(flow.column("max_loss_burst"), nan=0.0)
-    ax.bar(t, pct, width=0.9 * width, color="tab:red", alpha=0.6, label="loss %")
-    hit = burst > 0
-    if hit.any():
-        size = 15 + 120 * np.sqrt(burst[hit] / burst.max())
-        ax.scatter(t[hit], pct[hit], s=size, marker="v", facecolor="none",
-                   edgecolor="darkred", lw=1, label="longest burst (marker size)", zorder=3)
-        k = int(np.argmax(burst))
-        if burst[k] > 1:
-            ax.annotate(f"burst {int(burst[k]):,}", (t[k], pct[k]), xytext=(4, 6),
-                        textcoords="offset points", fontsize="x-small", color="darkred")
-    stalled = np.array([bool(r.get("stalled")) for r in flow.intervals])
-    for x, w in zip(t[stalled], width[stalled], strict=True):
-        ax.axvspan(x - w / 2, x + w / 2, color="0.6", alpha=0.25, lw=0)
-    if stalled.any():
-        ax.plot([], [], "s", color="0.6", alpha=0.4, label="stalled")
-    ax.set_ylim(0, max(1.0, pct.max() * 1.25))
-    ax.set_title("loss per interval")
-    ax.set_ylabel("loss (%)")
-
-
-def _jitter(ax, flow: Flow, t: np.ndarray) -> None:
-    jit = flow.column("jitter_us")
-    mean, p99 = flow.column("ipdv_mean_us"), flow.column("ipdv_p99_us")
-    div, unit = _unit(np.concatenate([jit, mean, p99]))
-    ax.plot(t, jit / div, color="tab:purple", lw=1.2, label="jitter (RFC 3550)")
-    ax.plot(t, mean / div, color="tab:green", lw=1, label="|IPDV| mean")
-    ax.plot(t, p99 / div, color="tab:green", lw=1, ls="--", label="|IPDV| p99")
-    _maybe_log(ax, jit, mean, p99)
-    ax.set_title("jitter")
-    ax.set_ylabel(f"jitter ({unit})")
-
-
-def _timer(ax, flow: Flow, t: np.ndarray) -> None:
-    unit = _band_panel(ax, t, flow.column("timer_late_p50_us", True),
-                       flow.column("timer_late_p99_us", True),
-                       flow.column("timer_late_max_us", True), "tab:orange", "late")
-    missed = int(np.nansum(flow.column("missed_slots", True)))
-    skipped = int(np.nansum(flow.column("skipped_slots", True)))
-    if missed or skipped:
-        _note(ax, f"slots missed {missed:,}, skipped {skipped:,}")
-    ax.set_title("sender timer lateness")
-    ax.set_ylabel(f"lateness ({unit})")
-
-
-def _flow_title(flow: Flow) -> str:
-    parts = [f"{flow.label}   session {flow.session}"]
-    rx = receiver_totals(flow)
-    if rx:
-        parts.append(f"{_count(rx.get('received'))} received, {_count(rx.get('lost'))} lost "
-                     f"({_pct(rx.get('loss_percent'))} %), longest burst "
-                     f"{_count(rx.get('max_loss_burst'))}"
-                     + (" (no summary record: summed from intervals)" if rx["estimated"] else ""))
-    tx = sender_totals(flow)
-    if tx:
-        parts.append(f"{_count(tx.get('sent'))} sent")
-    return "   |   ".join(parts)
-
-
-def figure_size_px(n_flows: int) -> tuple[int, int]:
-    """(width, height) in pixels of the figure build_figure draws for n_flows flows."""
-    h = defaults.REPORT_HEADER_IN + defaults.REPORT_ROW_IN * n_flows
-    return (round(defaults.REPORT_WIDTH_IN * defaults.REPORT_DPI),
-            round(h * defaults.REPORT_DPI))
-
-
-def build_figure(records: list[dict]):
-    """Draw the run: one row per flow of panels delay | loss | jitter [| sender timer].
-
-    Time on x, seconds since the run start, shared by all panels. The timer panel column exists
-    when any flow has `sender` records. Returns a matplotlib Figure on the Agg canvas; raises
-    ImportError without matplotlib and ReportError when there is nothing to draw.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    flows = group_flows(records)
-    if not flows:
-        raise ReportError("no interval, sender or summary records to draw")
-    start, end = _run_span(flows)
-    panels = [_delay, _loss, _jitter]
-    if any(f.senders for f in flows):
-        panels.append(_timer)
-    w, h = figure_size_px(len(flows))
-    fig = Figure(figsize=(w / defaults.REPORT_DPI, h / defaults.REPORT_DPI),
-                 dpi=defaults.REPORT_DPI, layout="constrained")
-    t0 = datetime.fromtimestamp(start, UTC)
-    fig.suptitle(f"packet-flow run {t0:%Y-%m-%d %H:%M:%S} UTC, {end - start:.1f} s, "
-                 f"{len(flows)} flow(s)", fontsize="large", fontweight="bold")
-    rows = fig.subfigures(len(flows), 1, squeeze=False)[:, 0]
-    shared = None
-    for r, (row, flow) in enumerate(zip(rows, flows, strict=True)):
-        row.suptitle(_flow_title(flow), fontsize="medium", x=0.01, ha="left")
-        for c, panel in enumerate(panels):
-            ax = row.add_subplot(1, len(panels), c + 1, sharex=shared)
-            shared = shared or ax
-            sender = panel is _timer
-            if sender and not flow.senders:
-                ax.set_title("sender timer lateness")
-                _no_data(ax, "sender")
-            elif not sender and not flow.intervals:
-                ax.set_title(["one-way delay", "loss per interval", "jitter"][c])
-                _no_data(ax, "receiver")
-            else:
-                panel(ax, flow, flow.times(sender) - start)
-                ax.legend(fontsize="x-small", loc="upper left", framealpha=0.7)
-            ax.grid(True, alpha=0.3)
-            if r == len(flows) - 1:
-                ax.set_xlabel(f"time since {t0:%H:%M:%S} UTC (s)")
-    shared.set_xlim(0, max(end - start, 1e-3))
-    # Attach the canvas last: with it, every limit change above would redraw the whole figure.
-    FigureCanvasAgg(fig)
-    return fig
-
-
 # ---------------------------------------------------------------- command
+
+EXAMPLES = """examples:
+  packet-flow -m sender --remote-addr 127.0.0.1:8000 --duration 10 --output jsonl:run.jsonl
+  packet-flow report run.jsonl                 text summary of the latest run in the file
+  packet-flow report run.jsonl -o run.png      the same run as a figure (needs matplotlib)
+  packet-flow report run.jsonl --list-runs     the runs the file holds (jsonl: appends)
+  packet-flow report run.jsonl --run 1         the first run (or --run ID, or its start)
+  packet-flow -m receiver --output jsonl:- | tee run.jsonl   (then: report run.jsonl)
+"""
 
 
 def main(argv: list[str]) -> int:
-    """`packet-flow report RUN.jsonl [-o FILE] [--strict]`; returns the exit code.
+    """`packet-flow report RUN.jsonl [-o FILE] [--run N|ID] [--list-runs] [--strict]`;
+    returns the exit code.
 
     Without -o prints the text summary; with -o writes the figure (PNG, or any format matplotlib
     knows from the suffix). Returns 2 with an install hint when matplotlib is missing; raises
     ReportError for unusable input (the CLI maps it to exit 2).
     """
     p = argparse.ArgumentParser(
-        prog="packet-flow report",
-        description="Summarise or plot a run recorded with --output jsonl:PATH.")
-    p.add_argument("run", help="JSON-lines run file ('-' = stdin)")
+        prog="packet-flow report", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Summarise or plot a run recorded with --output jsonl:PATH.",
+        epilog=EXAMPLES)
+    p.add_argument("run_file", metavar="RUN.jsonl", help="JSON-lines run file ('-' = stdin)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write the figure to FILE (e.g. report.png) instead of printing text")
+    p.add_argument("--run", metavar="N|ID",
+                   help="the run to show when the file holds several: its number in "
+                        "--list-runs, its id or the start of it; default: the latest")
+    p.add_argument("--list-runs", action="store_true", help="list the runs in the file and exit")
     p.add_argument("--strict", action="store_true",
                    help="fail on a truncated last line instead of dropping it with a warning")
     args = p.parse_args(argv)
-    if args.output:
+    if args.output and not args.list_runs:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             print(INSTALL_HINT, file=sys.stderr)
             return 2
-    records = load_records(args.run, strict=args.strict)
-    if not args.output:
-        sys.stdout.write(text_summary(records))
+    records = load_records(args.run_file, strict=args.strict)
+    runs = split_runs(records)
+    if args.list_runs:
+        sys.stdout.write(list_runs(runs))
         return 0
-    fig = build_figure(records)
+    name = "<stdin>" if args.run_file == "-" else args.run_file
+    index = pick_run(runs, args.run, name)
+    chosen = runs[index].records
+    if not args.output:
+        from .report_text import text_summary
+        sys.stdout.write(text_summary(chosen, (index + 1, len(runs), runs[index].id)))
+        return 0
+    from .report_figure import build_figure
+    fig = build_figure(chosen, (index + 1, len(runs), runs[index].id))
     try:
         fig.savefig(args.output, dpi=defaults.REPORT_DPI)
     except OSError as e:

@@ -68,6 +68,8 @@ class Fanout:
         self.dropped = collections.Counter()
         self.counters = {}
         self.deadline = 0.0
+        # every record carries the run's id, so `report` tells runs appended to one file apart
+        self.run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(2).hex()
         self.busy = None            # the sink the output thread is in
         self.lock = threading.Lock()
         self.closed = set()         # ids of the sinks that close last, once closed
@@ -106,6 +108,7 @@ class Fanout:
             sink.close(max(0.0, self.deadline - time.monotonic()), dict(self.counters))
 
     def record(self, rec):
+        rec["run"] = self.run
         try:
             self.queue.put_nowait(rec)
         except queue.Full:

@@ -82,8 +82,8 @@ def check_compose(example: dict[str, str]) -> dict:
     check(services["influxdb"]["image"].startswith("influxdb:2"), "influxdb image is influxdb:2")
     top_secrets = compose.get("secrets", {})
     for name, spec in top_secrets.items():
-        source = spec.get("environment")
-        check(source in example, f"secret {name}: its variable {source} is in deploy/.env.example")
+        check(spec == {"file": f"./secrets/{name}"},
+              f"secret {name} comes from ./secrets/{name} (deploy/make-secrets.sh)")
     for var in re.findall(r"\$\{([A-Z0-9_]+)", text):
         check(var in example, f"compose variable {var} is documented in deploy/.env.example")
     for key, value in example.items():
@@ -126,8 +126,8 @@ def check_grafana(grafana: dict) -> str:
     check(set(by_type) == {"influxdb", "prometheus"}, f"datasources: {sorted(by_type)}")
     ds = by_type["influxdb"]
     check(ds["jsonData"]["version"] == "Flux", "datasource is InfluxDB with Flux")
-    check(by_type["prometheus"]["url"] == "http://prometheus:9090",
-          "the Prometheus datasource is the compose prometheus service")
+    check(by_type["prometheus"]["url"] == "http://127.0.0.1:9090",
+          "the Prometheus datasource is the compose prometheus service (host network)")
     env = grafana["environment"]
     for f in files:
         body = re.sub(r"#.*", "", f.read_text())
@@ -191,7 +191,7 @@ def check_prometheus(uid: str) -> None:
     compose = (ROOT / "docker-compose.yml").read_text()
     for target in targets:
         port = target.rpartition(":")[2]
-        check(f"0.0.0.0:{port}}}" in compose, f"scrape target {target}: a probe listens there")
+        check(f"127.0.0.1:{port}}}" in compose, f"scrape target {target}: a probe listens there")
 
 
 def main() -> int:

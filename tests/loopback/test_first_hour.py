@@ -2,6 +2,8 @@
 command as a user would, on loopback, and asserts the line printed."""
 
 import re
+import subprocess
+import sys
 
 from probe import finish, free_port, pf, records, wait_bound
 
@@ -59,3 +61,40 @@ def test_both_with_rtt_is_refused_at_start():
     assert proc.returncode == 2 and stdout == ""
     assert stderr == ("packet-flow: error: option --rtt from cli: works in --mode sender only, "
                       "not --mode both (cli): run the peer with --mode reflector\n")
+
+
+def _report(*args):
+    proc = subprocess.run([sys.executable, "-m", "packet_flow", "report", *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_report_shows_rtt_and_each_run_apart(tmp_path):
+    out, refl, both = tmp_path / "runs.jsonl", free_port(), free_port()
+    rx = pf("-m", "reflector", "--local-addr", f"127.0.0.1:{refl}", "--duration", "4")
+    wait_bound(refl)
+    finish(pf("-m", "both", "--local-addr", f"127.0.0.1:{both}", "--remote-addr",
+              f"127.0.0.1:{both}", "--count", "20", "--rate", "10", "--output", f"jsonl:{out}"))
+    finish(pf("-m", "sender", "--rtt", "--remote-addr", f"127.0.0.1:{refl}", "--count", "30",
+              "--rate", "10", "--output", f"jsonl:{out}"))
+    finish(rx)
+    ids = list(dict.fromkeys(r["run"] for r in records(out)))
+    assert len(ids) == 2
+    text = _report(out)
+    lines = text.splitlines()
+    assert lines[1] == (f"run 2 of 2 in this file ({ids[1]}): --list-runs lists them, --run N "
+                        "picks one")
+    assert "received" not in text           # the first run is not mixed in
+    assert re.search(r"^ 1    RTT +\S+us +\S+us +\S+us +\S+us +\S+us$", text, re.M), text
+    assert " 1            30         0   0.000         0         0       0/0       0/0" in lines
+    assert " 1  reflector resets 0" in lines
+    listed = _report(out, "--list-runs").splitlines()
+    assert listed[0].split() == ["#", "run", "start", "(UTC)", "duration", "flows"]
+    assert [line.split()[:2] for line in listed[1:]] == [["1", ids[0]], ["2", ids[1]]]
+    first = _report(out, "--run", "1")
+    assert first.splitlines()[1].startswith(f"run 1 of 2 in this file ({ids[0]})")
+    assert re.search(r"^ 1 +20 +0 +0\.000 ", first, re.M), first
+    assert _report(out, "--run", ids[0]) == first
+    png = tmp_path / "rtt.png"
+    assert _report(out, "-o", png) == f"wrote {png} (1600x380 px, 1 flow(s))\n"

@@ -25,3 +25,14 @@ def test_help_names_report():
     assert out.startswith("usage: packet-flow [options]\n       packet-flow report [-h] "
                           "RUN.jsonl ...\n")
     assert "see `packet-flow report -h`" in " ".join(out.split())
+
+
+def test_report_help_has_examples():
+    proc = run("report", "-h")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: packet-flow report [-h] [-o FILE] [--run N|ID] "
+                                  "[--list-runs] [--strict]")
+    examples = proc.stdout.split("\nexamples:\n")[1].splitlines()
+    assert examples[1] == ("  packet-flow report run.jsonl                 text summary of the "
+                           "latest run in the file")
+    assert len(examples) == 6

@@ -29,7 +29,8 @@ def marked_line(tag):
 def test_readme_lists_the_packages_make_test_installs():
     makefile = re.search(r"^APT_TEST_PACKAGES\s*:=\s*(.*)$", read("Makefile"), re.M).group(1)
     listed = marked_line("apt-test-packages").strip().strip("`.").split()
-    assert listed == makefile.split()
+    assert listed == makefile.split(), (
+        f"README.md's list after <!-- apt-test-packages --> must be `{makefile.strip()}`.")
 
 
 def test_readme_build_line_names_every_package_check_build_asks_for():

@@ -15,6 +15,7 @@ import pytest
 from probe import free_port, pf, wait_bound  # noqa: E402
 
 from packet_flow import _io, clock_error, config, sockets
+from packet_flow.analysis import FlowStats
 from packet_flow.reflector import ReflectorLoop
 from packet_flow.rtt import RttStats
 from packet_flow.sender import SenderLoop
@@ -100,7 +101,7 @@ def test_tail_is_unattributed_and_wraps_stamp_sequences():
     r = RttStats(seq_bits=32)
     top = (1 << 32) - 2
     seq = np.array([top, top + 1, 0, 1], np.uint64) & np.uint64(0xFFFFFFFF)
-    r.total._low = top                 # a long run: start just below the 32-bit wrap
+    r.total = FlowStats(seq_bits=32, start=top)    # a long run: start just below the 32-bit wrap
     r.update(*_replies(seq, [0, 1, 2, 3]))
     r.close()
     s = r.summary(sent=top + 4 + 3)    # three more sent after the last reply

@@ -451,7 +451,7 @@ def test_growing_window_equals_full_window(seed, data, batch):
     full.close()
     grown.close()
     assert grown.summary() == full.summary()
-    assert grown._w <= 1 << 14
+    assert grown.window <= 1 << 14
 
 
 def test_growing_window_treats_history_it_never_had_as_too_old():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packet_flow import report
+from packet_flow import report, report_figure, report_text
 from packet_flow.errors import ReportError
 
 DATA = Path(__file__).parent.parent / "data"
@@ -56,10 +56,10 @@ def table(text, header_start):
 
 
 def test_figure_has_a_row_of_panels_per_flow(tmp_path):
-    fig = report.build_figure(records())
+    fig = report_figure.build_figure(records())
     assert len(fig.subfigs) == 3
     assert len(fig.axes) == 3 * 4
-    w, h = report.figure_size_px(3)
+    w, h = report_figure.figure_size_px(3)
     assert (w, h) == (1600, 1020)
     assert tuple(round(x) for x in fig.get_size_inches() * fig.dpi) == (w, h)
     for row in fig.subfigs:
@@ -79,7 +79,7 @@ def test_figure_has_a_row_of_panels_per_flow(tmp_path):
 
 def test_figure_draws_the_interval_values():
     recs = records()
-    fig = report.build_figure(recs)
+    fig = report_figure.build_figure(recs)
     flow3 = [r for r in recs if r["type"] == "interval" and r["source"] == "10.0.0.2:5555"]
     delay, loss, jitter, timer = fig.subfigs[2].axes
     p50 = next(ln for ln in delay.get_lines() if ln.get_label() == "OWD p50")
@@ -108,15 +108,15 @@ def test_figure_draws_the_interval_values():
 
 def test_figure_without_sender_records_has_three_panels():
     recs = [r for r in records() if r["role"] != "sender"]
-    fig = report.build_figure(recs)
+    fig = report_figure.build_figure(recs)
     assert len(fig.axes) == 3 * 3
     assert [ax.get_title() for ax in fig.subfigs[0].axes] == PANELS[:3]
 
 
 def test_figure_sender_only_run():
-    fig = report.build_figure(records(SENDER_ONLY))
+    fig = report_figure.build_figure(records(SENDER_ONLY))
     assert len(fig.axes) == 4
-    assert tuple(round(x) for x in fig.get_size_inches() * fig.dpi) == report.figure_size_px(1)
+    assert tuple(round(x) for x in fig.get_size_inches() * fig.dpi) == report_figure.figure_size_px(1)
     assert [t.get_text() for ax in fig.axes[:3] for t in ax.texts] == ["no receiver records"] * 3
 
 
@@ -125,7 +125,7 @@ def test_figure_uses_rtt_fields_when_present():
     for r in recs:
         for q in ("min", "p50", "p99", "max"):
             r[f"rtt_{q}_us"] = None if r.get(f"owd_{q}_us") is None else 2 * r[f"owd_{q}_us"] + 50
-    ax = report.build_figure(recs).axes[0]
+    ax = report_figure.build_figure(recs).axes[0]
     assert ax.get_title() == "round-trip time"
     assert ax.get_ylabel().startswith("RTT")
 
@@ -144,7 +144,7 @@ def test_sender_records_join_their_flow_by_session():
 def test_main_writes_png(tmp_path, capsys):
     out = tmp_path / "report.png"
     assert report.main([str(RUN), "-o", str(out)]) == 0
-    assert png_size(out) == report.figure_size_px(3)
+    assert png_size(out) == report_figure.figure_size_px(3)
     assert "1600x1020 px, 3 flow(s)" in capsys.readouterr().out
 
 
@@ -153,7 +153,7 @@ def test_main_writes_png(tmp_path, capsys):
 
 def test_text_summary_matches_summary_totals():
     recs = records()
-    text = report.text_summary(recs)
+    text = report_text.text_summary(recs)
     rx = [r for r in recs if r["type"] == "summary" and r["role"] == "receiver"]
     rows = table(text, "received")
     assert len(rows) == len(rx) == 3
@@ -179,7 +179,7 @@ def test_text_summary_takes_totals_from_summary_not_intervals():
     recs = records()
     s = next(r for r in recs if r["type"] == "summary")
     s["received"], s["lost"], s["loss_percent"] = 123_456_789, 1_000, 0.000809
-    row = table(report.text_summary(recs), "received")[0]
+    row = table(report_text.text_summary(recs), "received")[0]
     assert row[1:4] == ["123,456,789", "1,000", "8.1e-04"]   # tiny loss is not shown as 0.000
 
 
@@ -188,7 +188,7 @@ def test_text_summary_of_killed_run_sums_intervals(caplog):
         recs = records(KILLED)
     assert len(recs) == 8
     assert "killed.jsonl:9: dropped a truncated last line" in caplog.text
-    text = report.text_summary(recs)
+    text = report_text.text_summary(recs)
     row = table(text, "received")[0]
     rec, lost = sum(r["received"] for r in recs), sum(r["lost"] for r in recs)
     assert row[1:3] == [f"{rec:,}", f"{lost:,}"]
@@ -198,7 +198,7 @@ def test_text_summary_of_killed_run_sums_intervals(caplog):
 
 
 def test_text_summary_sender_only():
-    text = report.text_summary(records(SENDER_ONLY))
+    text = report_text.text_summary(records(SENDER_ONLY))
     s = records(SENDER_ONLY)[-1]
     assert table(text, "sent")[0][:4] == ["1", f"{s['sent']:,}", "8", "5"]
     assert "received" not in text
@@ -228,7 +228,7 @@ def _ten_flows():
 
 
 def test_text_summary_fits_80_columns_with_10_flows():
-    text = report.text_summary(_ten_flows())
+    text = report_text.text_summary(_ten_flows())
     assert max(len(ln) for ln in text.splitlines()) <= 80
     assert len(table(text, "received")) == len(table(text, "delay")) == 10
     assert len(table(text, "sent")) == 10
@@ -282,7 +282,7 @@ def test_missing_file_and_bad_number(tmp_path):
     rec = json.loads(RUN.read_text().splitlines()[0])
     rec["owd_p50_us"] = "fast"
     with pytest.raises(ReportError, match="'owd_p50_us' is not a number"):
-        report.build_figure([rec])
+        report_figure.build_figure([rec])
 
 
 def test_unwritable_output(tmp_path):
@@ -296,7 +296,7 @@ def test_unwritable_output(tmp_path):
 def test_main_prints_text_summary(capsys):
     assert report.main([str(RUN)]) == 0
     out = capsys.readouterr().out
-    assert out == report.text_summary(records())
+    assert out == report_text.text_summary(records())
     assert out.startswith("packet-flow run 2026-11-24 18:41:00 UTC, 30.0 s, 3 flow(s)")
 
 
@@ -311,10 +311,11 @@ def test_without_matplotlib_returns_2_with_install_hint(tmp_path, monkeypatch, c
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     out = tmp_path / "report.png"
     assert report.main([str(RUN), "-o", str(out)]) == 2
-    assert "pip install 'packet-flow[plot]'" in capsys.readouterr().err
+    assert "pip install '.[plot]' (in the clone) or: pip install matplotlib" in \
+        capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(ImportError):
-        report.build_figure(records())
+        report_figure.build_figure(records())
     # the text summary does not need matplotlib
     assert report.main([str(RUN)]) == 0
 
@@ -323,12 +324,12 @@ def test_recorded_loopback_run_with_injected_loss(tmp_path):
     """A real run (both mode, SIGUSR1 bursts; the README's example figure)."""
     path = Path(__file__).parent.parent / "data" / "loopback_injected_loss.jsonl"
     records = report.load_records(str(path), strict=True)
-    fig = report.build_figure(records)
+    fig = report_figure.build_figure(records)
     assert len(fig.axes) == 4
     w, h = (fig.get_size_inches() * fig.dpi).round().astype(int)
-    assert (w, h) == report.figure_size_px(1)
+    assert (w, h) == report_figure.figure_size_px(1)
     (rx,) = [r for r in records if r["type"] == "summary" and r["role"] == "receiver"]
-    text = report.text_summary(records)
+    text = report_text.text_summary(records)
     assert f"{rx['received']:,}" in text and f"{rx['lost']:,}" in text
     assert rx["lost"] > 0 and rx["late"] == 0 and rx["max_loss_burst"] > 1
     out = tmp_path / "r.png"

@@ -1,0 +1,175 @@
+"""What turns a flow's counts into records: the tally of an interval and of the flow's life,
+their record fields, and the frozen record a forgotten flow keeps (irtt's result.go to the
+online bookkeeping of analysis.py, its recorder.go).
+
+Rules (field names of README.md's JSON-lines records):
+- Counters are Python ints; output floats are µs rounded to 3 decimals (ns); no data gives
+  None, never NaN. ``loss_percent`` is ``lost / (received + local_drops + lost)``.
+- Interval percentiles are exact (numpy's default linear interpolation over the interval's
+  delay arrays); summary percentiles come from LogHistogram (at most 0.2 % relative error);
+  summary min, max and mean are exact.
+- ``bursts`` maps a loss-burst length to its count; a count that nets to 0 is dropped.
+"""
+
+import math
+import struct
+
+import numpy as np
+
+from packet_flow.histogram import LogHistogram
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def _us(ns):
+    """ns (int or float) to µs rounded to 3 decimals; None stays None."""
+    return None if ns is None else round(float(ns / 1000), 3)
+
+
+def percentiles(parts: list, percents) -> list:
+    """Exact percentiles of the concatenated arrays, as numpy's default (linear) method."""
+    a = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+    r = np.asarray(percents, np.float64) / 100 * (a.size - 1)
+    lo = np.floor(r).astype(np.int64)
+    hi = np.ceil(r).astype(np.int64)
+    a.partition(np.unique(np.concatenate([lo, hi])))
+    x, y, t = a[lo].astype(np.float64), a[hi].astype(np.float64), r - lo
+    d = y - x
+    return np.where(t >= 0.5, y - d * (1 - t), x + d * t).tolist()  # numpy's _lerp
+
+
+class Tally:
+    """The counts of one interval (raw delay arrays) or of the whole flow (histograms)."""
+
+    def __init__(self, interval: bool):
+        self.interval = interval
+        self.received = self.lost = self.late = self.duplicates = self.negative_owd = 0
+        self.local_drops = self.unsure = self.coalesced = 0
+        self.bursts: dict[int, int] = {}
+        self.owd_n = self.owd_sum = 0
+        self.owd_min = self.owd_max = None
+        self.ipdv_n = self.ipdv_sum = 0
+        self.jitter_n = 0
+        self.parts_bytes = 0  # bytes of the interval's delay arrays
+        if interval:
+            self.owd_parts: list[np.ndarray] = []
+            self.ipdv_parts: list[np.ndarray] = []
+        else:
+            self.owd_hist = LogHistogram()
+            self.ipdv_hist = LogHistogram()
+
+    def burst(self, length: int, count: int) -> None:
+        c = self.bursts.get(length, 0) + count
+        if c:
+            self.bursts[length] = c
+        else:
+            self.bursts.pop(length, None)
+
+    def record(self, jitter_ns: float) -> dict:
+        lost, rcv, local = self.lost, self.received, self.local_drops
+        if self.owd_n and self.interval:
+            pct = percentiles(self.owd_parts, PERCENTILES)
+        elif self.owd_n:
+            pct = self.owd_hist.quantiles(PERCENTILES, self.owd_min, self.owd_max)
+        else:
+            pct = [None] * len(PERCENTILES)
+        if self.ipdv_n and self.interval:
+            ipdv_p99 = percentiles(self.ipdv_parts, [99.0])[0]
+        elif self.ipdv_n:
+            ipdv_p99 = self.ipdv_hist.quantiles([99.0], 0, 1 << 63)[0]
+        else:
+            ipdv_p99 = None
+        return {
+            "received": rcv,
+            "lost": lost,
+            "late": self.late,
+            "duplicates": self.duplicates,
+            "loss_bursts": sum(self.bursts.values()),
+            "max_loss_burst": max((k for k, v in self.bursts.items() if v > 0), default=0),
+            "loss_burst_hist": {str(k): v for k, v in sorted(self.bursts.items())},
+            "loss_percent": round(max(0.0, 100 * lost / (rcv + local + lost)), 3)
+            if rcv + local + lost > 0 else 0.0,
+            "local_drops": local,
+            "local_drops_exact": not self.unsure,
+            "coalesced": self.coalesced,
+            "owd_min_us": _us(self.owd_min),
+            "owd_mean_us": _us(self.owd_sum / self.owd_n) if self.owd_n else None,
+            "owd_p50_us": _us(pct[0]),
+            "owd_p90_us": _us(pct[1]),
+            "owd_p99_us": _us(pct[2]),
+            "owd_p999_us": _us(pct[3]),
+            "owd_max_us": _us(self.owd_max),
+            "negative_owd": self.negative_owd,
+            "jitter_us": _us(jitter_ns) if self.jitter_n else None,
+            "ipdv_mean_us": _us(self.ipdv_sum / self.ipdv_n) if self.ipdv_n else None,
+            "ipdv_p99_us": _us(ipdv_p99),
+        }
+
+
+class Tallies:
+    """The current interval's tally and the flow's life tally: every count goes to both."""
+
+    __slots__ = ("interval", "total")
+
+    def __init__(self):
+        self.interval, self.total = Tally(True), Tally(False)
+
+    def count(self, name: str, n: int) -> None:
+        for t in (self.interval, self.total):
+            setattr(t, name, getattr(t, name) + n)
+
+    def burst(self, length: int, count: int) -> None:
+        self.interval.burst(length, count)
+        self.total.burst(length, count)
+
+    def take_interval(self, jitter_ns: float) -> dict:
+        """The interval's record fields; a new interval starts."""
+        rec = self.interval.record(jitter_ns)
+        self.interval = Tally(True)
+        return rec
+
+
+TOTALS = ("received", "lost", "late", "duplicates", "negative_owd", "local_drops", "unsure",
+          "coalesced", "owd_n", "owd_sum", "owd_min", "owd_max", "ipdv_n", "ipdv_sum",
+          "jitter_n")
+FROZEN_STATS = ("owd_p50_us", "owd_p90_us", "owd_p99_us", "owd_p999_us", "jitter_us",
+                "ipdv_p99_us")
+_FROZEN = struct.Struct(f"<{len(TOTALS)}q{len(FROZEN_STATS)}d")
+_NONE_INT = -(1 << 63)
+
+
+class Frozen:
+    """What a forgotten flow keeps: where its sequence stood and its totals, packed into a
+    few hundred bytes instead of its ring and histograms. ``FlowStats.resume`` continues the
+    flow from it; ``summary()`` gives the summary of a flow that never came back (its
+    percentiles as they were when it was forgotten)."""
+
+    __slots__ = ("bits", "next", "horizon", "packed", "bursts")
+
+    def __init__(self, bits, next_seq, horizon, total: Tally, stats: dict):
+        self.bits, self.next, self.horizon = bits, next_seq, horizon
+        self.bursts = tuple(sorted(total.bursts.items()))
+        values = (getattr(total, k) for k in TOTALS)
+        self.packed = _FROZEN.pack(*(_NONE_INT if v is None else v for v in values),
+                                   *(math.nan if stats[k] is None else stats[k]
+                                     for k in FROZEN_STATS))
+
+    def total(self) -> Tally:
+        """The flow's life tally as it was (without its histograms' contents)."""
+        t = Tally(False)
+        v = _FROZEN.unpack(self.packed)[: len(TOTALS)]
+        for k, x in zip(TOTALS, v, strict=True):
+            setattr(t, k, None if x == _NONE_INT else x)
+        t.bursts = dict(self.bursts)
+        return t
+
+    @property
+    def stats(self) -> dict:
+        """The summary percentiles and jitter when the flow was forgotten."""
+        v = _FROZEN.unpack(self.packed)[len(TOTALS) :]
+        return {k: None if math.isnan(x) else x for k, x in zip(FROZEN_STATS, v, strict=True)}
+
+    def summary(self) -> dict:
+        rec = self.total().record(0.0)
+        rec.update(self.stats)
+        return rec
