@@ -21,11 +21,11 @@ then, so reflections are as long as the test packets.
 """
 
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
 import socket
-import threading
 
 from packet_flow import _io, clock_error, defaults, names, records, sockets
 from packet_flow.errors import ConfigError
@@ -75,18 +75,20 @@ def realtime_priority():
         return False
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_GET_TIMERSLACK = 30
+
+
 @contextlib.contextmanager
 def precise_timer(realtime):
     """This thread's timer slack at TIMER_SLACK_NS, and SCHED_FIFO when `realtime`, for the
     block; both as they were afterwards (a library call leaves no trace)."""
-    slack_file = f"/proc/self/task/{threading.get_native_id()}/timerslack_ns"
+    slack = _libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
     try:
-        with open(slack_file, encoding="ascii") as f:
-            slack = int(f.read())
         _io.set_timerslack(defaults.TIMER_SLACK_NS)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         log.debug("timer slack unchanged: %s", exc)
-        slack = None
+        slack = -1
     policy = (os.sched_getscheduler(0), os.sched_getparam(0))
     if realtime:
         realtime_priority()
@@ -95,7 +97,7 @@ def precise_timer(realtime):
     finally:
         if realtime and os.sched_getscheduler(0) != policy[0]:
             os.sched_setscheduler(0, *policy)
-        if slack is not None:
+        if slack > 0:
             _io.set_timerslack(slack)
 
 
