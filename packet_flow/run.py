@@ -13,13 +13,11 @@ gc state (gc.freeze for the run) and the switch interval are restored at the end
 """
 
 import dataclasses
-import gc
 import logging
 import signal
-import sys
 import threading
 
-from packet_flow import _io, defaults, sockets
+from packet_flow import _io, defaults, sockets, tuning
 from packet_flow.errors import ConfigError
 from packet_flow.receiver import ReceiverLoop
 from packet_flow.sender import SenderLoop
@@ -38,11 +36,12 @@ def open_sockets(cfg):
     local = cfg.local
     local_from = cfg.sources.get("local-addr", "default")
     try:
-        if cfg.mode in ("receiver", "both", "reflector"):
+        if cfg.mode in ("receiver", "both", "reflector", "mesh"):
             with sockets.opening("local-addr", cfg.local, local_from):
                 # a reflector answers datagram by datagram: no GRO coalescing on its socket
                 rx_sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
-                                                       cfg.rcvbuf, gro=cfg.mode != "reflector")
+                                                       cfg.rcvbuf,
+                                                       gro=cfg.mode not in ("reflector", "mesh"))
             local = _bound(cfg.local, rx_sock)
         if cfg.mode in ("sender", "both"):
             if cfg.mode == "sender" and local_from != "default":
@@ -95,8 +94,7 @@ class Run:
         self.failed = []            # a receiver thread's or a sink's exception
         self.signalled = threading.Event()
         self.handlers = {}
-        self.switch_interval = None
-        self.frozen = False         # gc.freeze() by this run (not by the caller before it)
+        self.held = False           # tuning.hold() called: release() at the end
 
     @property
     def loops(self):
@@ -114,6 +112,11 @@ class Run:
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
             self.receiver = ReflectorLoop(cfg, emit, sock=self.rx_sock)
+        elif cfg.mode == "mesh":
+            from packet_flow.mesh import MeshLoop
+            self.sender = MeshLoop(cfg, emit, out.packets if out.per_packet else None,
+                                   out.gaps if out.per_gap else None,
+                                   out.rtts if out.per_rtt else None, sock=self.rx_sock)
 
     def header(self):
         for sink in self.sinks:
@@ -154,17 +157,11 @@ class Run:
             self.handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_skip)
             if any(hasattr(loop, "reload") for loop in self.loops.values()):
                 self.handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_reload)
-        if self.sender is not None:
-            # The sender needs the GIL for a moment at every record tick, while the receiver
-            # and output threads may hold it; by default a thread waits up to 5 ms for it,
-            # which would make the next slots late.
-            self.switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(defaults.GIL_SWITCH_S)
         # Everything made so far lives for the whole run: keep it out of the cyclic garbage
-        # collector's full passes, which would otherwise stall a send slot for milliseconds.
-        gc.collect()
-        self.frozen = gc.get_freeze_count() == 0
-        gc.freeze()
+        # collector's full passes (tuning.py; given back at the end, also with runs side by
+        # side), and a sender gets the GIL within GIL_SWITCH_S
+        tuning.hold(self.sender is not None)
+        self.held = True
 
     def execute(self):
         cfg, sender, receiver = self.cfg, self.sender, self.receiver
@@ -206,16 +203,14 @@ class Run:
         _close_all((None if running else self.rx_sock, self.tx_sock))
         for sig, handler in self.handlers.items():
             signal.signal(sig, handler)
-        if self.switch_interval is not None:
-            sys.setswitchinterval(self.switch_interval)
-        if self.frozen:
-            gc.unfreeze()
         timeout = (defaults.SIGNAL_FLUSH_S if self.signalled.is_set()
                    else defaults.SHUTDOWN_FLUSH_S)
         for name, got in self.out.close(timeout).items():
             lossy = got.get("dropped") or got.get("spooled") or got.get("queued")
             log.log(logging.WARNING if lossy else logging.INFO, "%s counters: %s", name,
                     ", ".join(f"{k} {v}" for k, v in got.items()))
+        if self.held:
+            tuning.release(self.sender is not None)
 
 
 def run(cfg, ready=None, sinks=(), started=None):
