@@ -38,17 +38,24 @@ def finish(proc, timeout=20):
     return out, err
 
 
-def bound(port):
-    """True when a UDP socket is bound to `port` (read from /proc/net/udp and udp6: binding
-    a probe socket would race the receiver, which binds its port exclusively)."""
+def bound(port, host=None):
+    """True when a UDP socket is bound to `port` (and IPv4 `host`, when given; a wildcard
+    bind counts), read from /proc/net/udp and udp6: binding a probe socket would race the
+    receiver, which binds its port exclusively."""
+    want = {f"{port:04X}"}
+    if host is not None:
+        packed = socket.inet_aton(host)[::-1].hex().upper()
+        want = {f"{packed}:{port:04X}", f"00000000:{port:04X}"}
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table, encoding="ascii") as f:
                 lines = f.read().splitlines()[1:]
         except OSError:
             continue
-        if any(line.split()[1].endswith(f":{port:04X}") for line in lines):
-            return True
+        for line in lines:
+            local = line.split()[1]
+            if (local if host is not None else local.split(":")[1]) in want:
+                return True
     return False
 
 
