@@ -58,6 +58,7 @@ class Fanout:
         self.per_packet = [s for s in sinks if s.wants_packets]
         self.per_gap = [s for s in sinks if s.wants_gaps]
         self.per_rtt = [s for s in sinks if s.wants_rtts]
+        self.per_idle = [s for s in sinks if s.wants_idle]
         self.first = [s for s in sinks if not s.closes_last]
         self.last = [s for s in sinks if s.closes_last]
         self.on_failure = None
@@ -90,6 +91,13 @@ class Fanout:
                     sink.record(rec)
                 except Exception:       # one broken output must not silence the others
                     log.exception("output %s failed", type(sink).__name__)
+            if self.per_idle and self.queue.empty():
+                for sink in self.per_idle:
+                    self.busy = sink
+                    try:
+                        sink.idle()
+                    except Exception:
+                        log.exception("output %s failed", type(sink).__name__)
         for sink in self.first:
             self.busy = sink
             got = sink.close(max(0.0, self.deadline - time.monotonic()))
@@ -166,7 +174,7 @@ def build_sinks(cfg):
         # waits for a final scrape)
         from packet_flow.sinks.prometheus import PrometheusSink
         last = [PrometheusSink(cfg)]
-    to_stdout = "jsonl:-" in cfg.outputs
+    to_stdout = "jsonl:-" in cfg.outputs or "json:-" in cfg.outputs
     for out in cfg.outputs:
         if out == "console":
             sinks.append(ConsoleSink(sys.stderr if to_stdout else StdStream(1)))
@@ -174,6 +182,14 @@ def build_sinks(cfg):
             path = out[len("jsonl:"):]
             try:
                 sinks.append(JsonlSink(path, StdStream(1) if path == "-" else None))
+            except OSError as exc:
+                raise ConfigError(f"option --output: cannot open {out!r}: "
+                                  f"{exc.strerror or exc}") from None
+        elif out.startswith("json:"):
+            from packet_flow.sinks.jsondoc import JsonDocumentSink
+            path = out[len("json:"):]
+            try:
+                sinks.append(JsonDocumentSink(cfg, path, StdStream(1) if path == "-" else None))
             except OSError as exc:
                 raise ConfigError(f"option --output: cannot open {out!r}: "
                                   f"{exc.strerror or exc}") from None
