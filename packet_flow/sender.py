@@ -33,7 +33,6 @@ from packet_flow.histogram import LogHistogram
 
 log = logging.getLogger(__name__)
 
-WIRE = {"native": _io.WIRE_NATIVE, "legacy": _io.WIRE_LEGACY, "stamp": _io.WIRE_STAMP}
 UDP_IP_HEADERS = {socket.AF_INET: 8 + 20, socket.AF_INET6: 8 + 40}
 IP_MAX = 65535              # an IP datagram's largest length field (IPv6: payload only)
 
@@ -117,7 +116,7 @@ class SenderLoop:
             segments = gso_segments(size, self.mtu, family)
         self.tx = _io.Sender(self.sock.fileno(),
                              sockets.dest_tuple(cfg.remote.sockaddr, cfg.remote.family),
-                             wire=WIRE[cfg.wire], session=self.session, size=size,
+                             wire=_io.KINDS.index(cfg.wire), session=self.session, size=size,
                              batch=cfg.batch, segments=segments, key=cfg.key,
                              name=names.in_band_name(cfg))
         if cfg.wire == "stamp":
@@ -145,7 +144,7 @@ class SenderLoop:
         stamp = cfg.wire == "stamp"
         self.rx = _io.Receiver(self.sock.fileno(), batch=cfg.batch, capacity=defaults.RTT_RING,
                                key=cfg.key if not stamp else None,
-                               mode=_io.WIRE_STAMP_REFLECTED if stamp else _io.WIRE_NATIVE)
+                               mode=_io.K_STAMP_REFLECTED if stamp else _io.K_NATIVE)
         self.rtt = rtt.RttStats(seq_bits=32 if stamp else 64)
         self.final_answered = False
         self.unanswered_s = 0.0
@@ -164,9 +163,9 @@ class SenderLoop:
         if not len(recs):
             return
         if self.cfg.wire == "stamp":
-            ok = (recs["kind"] == 4) & np.isin(recs["session"], (0, self.session & 0xFFFF))
+            ok = (recs["kind"] == _io.K_STAMP_REFLECTED) & np.isin(recs["session"], (0, self.session & 0xFFFF))
         else:
-            ok = ((recs["kind"] == 1) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
+            ok = ((recs["kind"] == _io.K_NATIVE) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
                   & (recs["session"] == self.session))
         recs = recs[ok]
         if not len(recs):
