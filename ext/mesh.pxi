@@ -116,6 +116,13 @@ cdef class MeshSender:
         return (self.start_ns + <int64_t>self.round * self.interval_ns
                 + self._offset[self.order[self.cursor]])
 
+    @property
+    def next_ns(self):
+        """When run() would send next (CLOCK_MONOTONIC ns); 0 without active pairs."""
+        if self.norder == 0 or (self.end_round and self.round >= self.end_round):
+            return 0
+        return max(self._deadline(), self.last_wake + self.wake_ns if self.wake_ns else 0)
+
     def set_order(self, order):
         """The active pairs (slot numbers), in order of their offsets. The schedule goes on
         from the next unsent slot: a pair added with an offset already passed in this round
@@ -149,6 +156,12 @@ cdef class MeshSender:
         self.round = 0
         self.cursor = 0
         self.last_wake = 0
+
+    def skip_sequence(self, int i, uint64_t n=1):
+        """Pair i leaves n sequence numbers unused (deliberate loss, SIGUSR1)."""
+        if not 0 <= i < self.capacity:
+            raise IndexError(i)
+        self._seq[i] += n
 
     def take_lateness(self):
         """(lateness ns, pair) of the sampled slots sent since the last call, as new arrays."""

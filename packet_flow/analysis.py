@@ -4,7 +4,7 @@ FlowStats here is the online bookkeeping; its parts: seqspace (sequence arithmet
 (DelayRing: what the window remembers), lossruns (LossRuns: settling, loss runs, local drops),
 delays (DelayStats: delays, jitter, IPDV) and results (Tallies into records, Frozen).
 
-Rules (the metric names are those of README.md (JSON-lines records) and REFERENCE.md §2):
+Rules (the metric names are those of docs/options.md (JSON-lines records) and REFERENCE.md §2):
 
 - Sequences. Only the low ``seq_bits`` bits of a sequence number are meaningful (32 for STAMP,
   64 otherwise). Each batch is unwrapped against the highest sequence so far, so a wrap is just the

@@ -331,10 +331,11 @@ def _typed(opt: Opt, value: Any, source: str, env: Mapping[str, str]) -> Any:
 
 
 def _check_jsonl_paths(outputs: tuple[str, ...], source: str) -> None:
-    """A jsonl:PATH output must be a file in an existing folder (checked before the run starts)."""
+    """A jsonl:PATH or json:PATH output must be a file in an existing folder (checked before
+    the run starts)."""
     for item in outputs:
         kind, _, path = item.partition(":")
-        if kind != "jsonl" or path == "-":
+        if kind not in ("jsonl", "json") or path == "-":
             continue
         folder = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):

@@ -130,4 +130,4 @@ MESH_MAX_PEERS = 4096       # pairs one mesh node sends to
 MESH_SLICE_NS = 10_000_000  # longest schedule slice between two reads of the socket
 MESH_DRAIN_NS = 200_000_000  # received records go to the flow table at least this often
 MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart
-MESH_LINGER_S = 2.0         # after its own finals: receive (and answer) until peers finish
+MESH_LINGER_S = 1.0         # after its own finals: receive (and answer) until peers finish

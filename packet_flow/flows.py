@@ -441,6 +441,21 @@ class FlowTable:
         while self.forgotten and now_ns - next(iter(self.forgotten.values())).last_ns > keep_ns:
             self._expire(now_ns)
 
+    def end(self, source, now_ns, outcome, silent_ns=0):
+        """Close the open flows from `source` (host:port) silent for at least silent_ns that
+        sent no FINAL: a last interval and their summary with `outcome` (a mesh peer that
+        left discovery: `left`); returns how many. Gaps below their highest sequence are
+        settled; nothing after it counts as lost."""
+        ended = [(k, f) for k, f in self.flows.items()
+                 if f.source == source and now_ns - f.last_ns >= silent_ns]
+        for key, flow in ended:
+            flow.stats.close()
+            self._interval(flow, now_ns)
+            self._summary(flow, now_ns, outcome)
+            del self.flows[key]
+            self._release(flow)
+        return len(ended)
+
     def finish(self, now_ns):
         """At exit: a last interval and the summary of every flow."""
         for flow in self.flows.values():

@@ -62,6 +62,7 @@ class NameBook:
     def __init__(self, own_name):
         self.own = own_name
         self.by_session = OrderedDict()
+        self.by_source = {}     # host:port -> the name its sender gave (the mesh's peers)
 
     def learn(self, rx):
         for session, raw in rx.take_names():
@@ -70,12 +71,11 @@ class NameBook:
             if len(self.by_session) > defaults.NAMES_MAX:
                 self.by_session.popitem(last=False)
 
-    def name_of(self, session, source):
-        """The name of the sender of `session` (hex), else its source host."""
-        return self.by_session.get(session) or host_of(source)
-
     def tag(self, rec):
-        rec["source_name"] = self.name_of(rec.get("session"), rec.get("source"))
+        given = self.by_session.get(rec.get("session"))
+        if given is not None and len(self.by_source) < defaults.NAMES_MAX:
+            self.by_source[rec["source"]] = given
+        rec["source_name"] = given or host_of(rec.get("source"))
         rec["destination_name"] = self.own
         return rec
 

@@ -155,15 +155,17 @@ def _outputs(items: list[str]) -> tuple[str, ...]:
         if not item:
             continue
         kind, sep, path = item.partition(":")
-        if item in ("console", "influx") or (kind == "jsonl" and sep and path):
+        if item in ("console", "influx") or (kind in ("jsonl", "json") and sep and path):
             if item not in out:
                 out.append(item)
-        elif kind == "jsonl":
-            raise Bad("jsonl needs a path: jsonl:PATH (jsonl:- for stdout)")
+        elif kind in ("jsonl", "json"):
+            raise Bad(f"{kind} needs a path: {kind}:PATH ({kind}:- for stdout)")
         else:
-            raise Bad(f"unknown output {item!r}: use console, jsonl:PATH or influx")
+            raise Bad(f"unknown output {item!r}: use console, jsonl:PATH, json:PATH or influx")
     if not out:
         raise Bad("no output given")
+    if "jsonl:-" in out and "json:-" in out:
+        raise Bad("jsonl:- and json:- cannot both go to stdout")
     return tuple(out)
 
 
@@ -294,7 +296,8 @@ OPTS = (
     Opt("interval", "float", defaults.INTERVAL_S, "seconds per metrics record "
         f"(>= {defaults.INTERVAL_MIN_S:g})", _float(defaults.INTERVAL_MIN_S)),
     Opt("output", "list", (defaults.OUTPUT,), "where metrics go: console, jsonl:PATH "
-        "(jsonl:- = stdout), influx; repeat or separate with commas", _outputs, attr="outputs"),
+        "(jsonl:- = stdout), json:PATH (one document at the end; json:- = stdout), influx; "
+        "repeat or separate with commas", _outputs, attr="outputs"),
     Opt("stall-timeout", "float", defaults.STALL_TIMEOUT_S,
         "seconds of silence before a sender counts as stalled", _float(above=0.0)),
     Opt("forget-timeout", "float", defaults.FORGET_TIMEOUT_S,

@@ -1,7 +1,7 @@
 """`packet-flow report`: a text summary or a PNG figure from a JSON-lines run file.
 
 Rules:
-- The input is the record stream of README.md (JSON-lines records). Records group into flows keyed by
+- The input is the record stream of docs/options.md (JSON-lines records). Records group into flows keyed by
   (source, destination, session). `sender` records join the receiver flow with the same session
   (the same source and destination for `legacy` or empty sessions); otherwise they form a flow of
   their own. `receiver` records and unknown types or fields are ignored (newer writers).

@@ -2,7 +2,7 @@
 their record fields, and the frozen record a forgotten flow keeps (irtt's result.go to the
 online bookkeeping of analysis.py, its recorder.go).
 
-Rules (field names of README.md's JSON-lines records):
+Rules (field names of the JSON-lines records in docs/options.md):
 - Counters are Python ints; output floats are µs rounded to 3 decimals (ns); no data gives
   None, never NaN. ``loss_percent`` is ``lost / (received + local_drops + lost)``.
 - Interval percentiles are exact (numpy's default linear interpolation over the interval's

@@ -12,13 +12,11 @@ number; the previous handlers are restored at the end.
 """
 
 import dataclasses
-import gc
 import logging
 import signal
-import sys
 import threading
 
-from packet_flow import _io, defaults, sockets
+from packet_flow import _io, defaults, sockets, tuning
 from packet_flow.errors import ConfigError
 from packet_flow.receiver import ReceiverLoop
 from packet_flow.sender import SenderLoop
@@ -37,11 +35,12 @@ def open_sockets(cfg):
     local = cfg.local
     local_from = cfg.sources.get("local-addr", "default")
     try:
-        if cfg.mode in ("receiver", "both", "reflector"):
+        if cfg.mode in ("receiver", "both", "reflector", "mesh"):
             with sockets.opening("local-addr", cfg.local, local_from):
                 # a reflector answers datagram by datagram: no GRO coalescing on its socket
                 rx_sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
-                                                       cfg.rcvbuf, gro=cfg.mode != "reflector")
+                                                       cfg.rcvbuf,
+                                                       gro=cfg.mode not in ("reflector", "mesh"))
             local = _bound(cfg.local, rx_sock)
         if cfg.mode in ("sender", "both"):
             if cfg.mode == "sender" and local_from != "default":
@@ -93,6 +92,7 @@ def run(cfg, ready=None, sinks=(), started=None):
     failed = []                 # the receiver thread's exception, in `both` mode
     signalled = threading.Event()
     handlers = {}
+    held = False
     try:
         if cfg.mode in ("receiver", "both"):
             receiver = ReceiverLoop(cfg, judge.record, out.packets if out.per_packet else None,
@@ -103,6 +103,11 @@ def run(cfg, ready=None, sinks=(), started=None):
         elif cfg.mode == "reflector":
             from packet_flow.reflector import ReflectorLoop
             receiver = ReflectorLoop(cfg, judge.record, sock=rx_sock)
+        elif cfg.mode == "mesh":
+            from packet_flow.mesh import MeshLoop
+            sender = MeshLoop(cfg, judge.record, out.packets if out.per_packet else None,
+                              out.gaps if out.per_gap else None,
+                              out.rtts if out.per_rtt else None, sock=rx_sock)
         if started is not None:
             started(cfg)
         for sink in sinks:
@@ -142,9 +147,9 @@ def run(cfg, ready=None, sinks=(), started=None):
             if reloads:
                 handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_reload)
         # Everything made so far lives for the whole run: keep it out of the cyclic garbage
-        # collector's full passes, which would otherwise stall a send slot for milliseconds.
-        gc.collect()
-        gc.freeze()
+        # collector's full passes (tuning.py; given back at the end, also with runs side by side)
+        tuning.hold(sender is not None)
+        held = True
         if ready is not None:
             ready({"sender": sender, "receiver": receiver})
         deadline = _io.mono_ns() + int(cfg.duration * 1e9) if cfg.duration else 0
@@ -164,10 +169,6 @@ def run(cfg, ready=None, sinks=(), started=None):
 
                 thread = threading.Thread(target=receive, name="receiver", daemon=True)
                 thread.start()
-            # The sender needs the GIL for a moment at every record tick, while the receiver
-            # and output threads may hold it; by default a thread waits up to 5 ms for it,
-            # which would make the next slots late.
-            sys.setswitchinterval(defaults.GIL_SWITCH_S)
             sender.run(deadline)
             if thread is not None:
                 thread.join(defaults.RECEIVER_GRACE_S)
@@ -188,4 +189,6 @@ def run(cfg, ready=None, sinks=(), started=None):
             lossy = got.get("dropped") or got.get("spooled") or got.get("queued")
             log.log(logging.WARNING if lossy else logging.INFO, "%s counters: %s", name,
                     ", ".join(f"{k} {v}" for k, v in got.items()))
+        if held:
+            tuning.release(sender is not None)
     return judge.verdict()

@@ -125,6 +125,14 @@ def send_socket(family, dscp=0, ttl=0, sndbuf=4 << 20, bind=None):
     except BaseException:
         sock.close()
         raise
+    mark(sock, family, dscp, ttl, sndbuf)
+    sock.setblocking(False)
+    return sock
+
+
+def mark(sock, family, dscp=0, ttl=0, sndbuf=4 << 20):
+    """What a sending socket's packets carry (DSCP, TTL / hop limit) and its send buffer
+    (a mesh node sends from its receive socket)."""
     tos = (dscp & 0x3F) << 2
     if family == socket.AF_INET6:
         if tos:
@@ -138,8 +146,6 @@ def send_socket(family, dscp=0, ttl=0, sndbuf=4 << 20, bind=None):
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
     _try(sock, socket.SOL_SOCKET, 32, sndbuf, "SO_SNDBUFFORCE") or _try(
         sock, socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf, "SO_SNDBUF")
-    sock.setblocking(False)
-    return sock
 
 
 def gso_supported(sock):

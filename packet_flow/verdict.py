@@ -11,7 +11,7 @@ Rules:
 - A run whose thresholds judge receiver flows but saw no flow at all fails, one breach per
   such threshold (`no flow`).
 - Judge annotates summary records on their way to the outputs with `verdict` ("pass" or
-  "fail") and `breaches` (a list of Breach.as_dict()), only when a threshold is set, so the
+  "fail") and `breaches` (a list of Breach.as_dict()), only those a threshold judged, so the
   record contract is unchanged without thresholds. The exit status of a failed verdict is 3.
 """
 
@@ -214,8 +214,8 @@ class Judge:
 
     def record(self, rec: dict) -> None:
         if rec.get("type") == "summary":
-            if self.lims:
-                breaches, _ = check(self.lims, rec)
+            breaches, judged = check(self.lims, rec)
+            if judged:
                 rec["verdict"] = "fail" if breaches else "pass"
                 rec["breaches"] = [b.as_dict() for b in breaches]
             with self.lock:

@@ -12,7 +12,7 @@ import textwrap
 import threading
 import time
 
-from packet_flow import defaults
+from packet_flow import defaults, matrix
 
 _TIME_UNITS = ((1e-3, "n"), (1.0, "µ"), (1e3, "m"), (1e6, "s"))      # scales of µs
 _COUNT_UNITS = ((1, ""), (1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T"), (1e15, "P"))
@@ -177,6 +177,7 @@ class ConsoleSink:
             if count:
                 self._tell_rejected(key, count, time.time(), told_s)
         lines = summary_table(self.summaries).split("\n") if self.summaries else []
+        lines += matrix.lines(self.summaries)       # a mesh run's pair matrix
         for name, got in (counters or {}).items():
             text = ", ".join(f"{k} {v}" for k, v in got.items())
             lines += [f"{name.removesuffix('Sink').lower()} output:",

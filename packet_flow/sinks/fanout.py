@@ -166,7 +166,7 @@ def build_sinks(cfg):
         # waits for a final scrape)
         from packet_flow.sinks.prometheus import PrometheusSink
         last = [PrometheusSink(cfg)]
-    to_stdout = "jsonl:-" in cfg.outputs
+    to_stdout = "jsonl:-" in cfg.outputs or "json:-" in cfg.outputs
     for out in cfg.outputs:
         if out == "console":
             sinks.append(ConsoleSink(sys.stderr if to_stdout else StdStream(1)))
@@ -174,6 +174,14 @@ def build_sinks(cfg):
             path = out[len("jsonl:"):]
             try:
                 sinks.append(JsonlSink(path, StdStream(1) if path == "-" else None))
+            except OSError as exc:
+                raise ConfigError(f"option --output: cannot open {out!r}: "
+                                  f"{exc.strerror or exc}") from None
+        elif out.startswith("json:"):
+            from packet_flow.sinks.jsondoc import JsonDocumentSink
+            path = out[len("json:"):]
+            try:
+                sinks.append(JsonDocumentSink(cfg, path, StdStream(1) if path == "-" else None))
             except OSError as exc:
                 raise ConfigError(f"option --output: cannot open {out!r}: "
                                   f"{exc.strerror or exc}") from None

@@ -53,6 +53,64 @@ def _points_of(item) -> int:
     return 1 + (sum(1 for v in hist.values() if v) if isinstance(hist, dict) else 0)
 
 
+def open_spool(cfg, target: str):
+    """(folder, Spool) of this server, org and bucket under --spool-dir; SinkError (exit 1)
+    when it cannot be used."""
+    base = cfg.spool_dir or os.path.join(tempfile.gettempdir(), "packet-flow-spool")
+    folder = os.path.join(base, hashlib.sha1(target.encode()).hexdigest()[:12])
+    try:
+        spool = Spool(folder, int(cfg.spool_max_bytes))
+    except OSError as e:
+        raise SinkError(f"option --spool-dir: cannot write to {base!r} "
+                        f"({e.strerror or e})") from e
+    if spool.stale:
+        log.info("removed %d unfinished .tmp files from %s", spool.stale, folder)
+    if spool.points:
+        log.info("replaying %d points left in %s by an earlier run", spool.points, folder)
+    return folder, spool
+
+
+def keep_under_cap(state: dict, key, rx_ns: np.ndarray, cap: int) -> np.ndarray:
+    """Mask of points kept under `cap` per flow (`key`) per second of rx time; `state`
+    carries each flow's last second and its points so far across batches."""
+    n = len(rx_ns)
+    sec = rx_ns // 1_000_000_000
+    order = np.argsort(sec, kind="stable")
+    s = sec[order]
+    first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    rank = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
+    last_sec, used = state.get(key, (-1, 0))
+    rank = rank + np.where(s == last_sec, used, 0)
+    state[key] = (int(s[-1]), min(cap, int(rank[-1]) + 1))
+    keep = np.empty(n, bool)
+    keep[order] = rank < cap
+    return keep
+
+
+def format_item(item, host: str) -> tuple[bytes | None, int]:
+    """(line protocol, points) of a queued record or batch of compat points."""
+    if item[0] == "rec":
+        data = format_record(item[1], host)
+        return data, data.count(b"\n") if data else 0
+    _, kind, src, dst, rx_ns, values, scale = item
+    prefix = f"{kind.decode()},destination={escape(dst)},source={escape(src)} value="
+    return format_int_points(prefix.encode(), values // scale, rx_ns), len(rx_ns)
+
+
+def log_shutdown(c: dict, server, spool_dir: str, rejected: dict) -> None:
+    """What close() says: points neither written nor spooled, kept in the spool, refused."""
+    if c["queued"]:
+        log.error("InfluxDB at %s: %d points neither written nor spooled at shutdown",
+                  server.url, c["queued"])
+    if c["spool_points"]:
+        log.warning("InfluxDB at %s: %d points not written at shutdown; kept in %s for the "
+                    "next start", server.url, c["spool_points"], spool_dir)
+    for reason, n in rejected.items():
+        log.warning("InfluxDB at %s refused %d points: %s", server.shown_url, n, reason)
+    log.info("InfluxDB sink: written %(written)d, retried %(retried)d, spooled %(spooled)d, "
+             "dropped %(dropped)d, rejected %(rejected)d, capped %(capped)d", c)
+
+
 class InfluxSink:
     """Writes contract records (and optional compat points) to InfluxDB without losing any.
 
@@ -75,19 +133,7 @@ class InfluxSink:
         self.flush_s = cfg.flush_interval if cfg.flush_interval > 0 else cfg.interval
         bucket = f"{cfg.database}/{cfg.retention_policy}" if cfg.retention_policy else \
             cfg.database
-        base = cfg.spool_dir or os.path.join(tempfile.gettempdir(), "packet-flow-spool")
-        target = f"{self.url}|{cfg.influx_org}|{bucket}".encode()
-        self.spool_dir = os.path.join(base, hashlib.sha1(target).hexdigest()[:12])
-        try:
-            spool = Spool(self.spool_dir, int(cfg.spool_max_bytes))
-        except OSError as e:
-            raise SinkError(f"option --spool-dir: cannot write to {base!r} "
-                            f"({e.strerror or e})") from e
-        if spool.stale:
-            log.info("removed %d unfinished .tmp files from %s", spool.stale, self.spool_dir)
-        if spool.points:
-            log.info("replaying %d points left in %s by an earlier run", spool.points,
-                     self.spool_dir)
+        self.spool_dir, spool = open_spool(cfg, f"{self.url}|{cfg.influx_org}|{bucket}")
         self.server = influxlink.Server(
             self.url, cfg.database, cfg.retention_policy, cfg.influx_org, cfg.username,
             cfg.password, cfg.token, bool(cfg.auth_basic), cfg.influx_api,
@@ -136,29 +182,14 @@ class InfluxSink:
             return
         self._put(("rec", dict(rec)))  # a copy: the caller may reuse its dict
 
-    def _cap(self, key, rx_ns: np.ndarray) -> np.ndarray:
-        """Mask of points kept under `compat_max_pps` per flow per second of rx time."""
-        cap = self.compat_max_pps
-        n = len(rx_ns)
-        sec = rx_ns // 1_000_000_000
-        order = np.argsort(sec, kind="stable")
-        s = sec[order]
-        first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-        rank = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
-        last_sec, used = self._cap_state.get(key, (-1, 0))
-        rank = rank + np.where(s == last_sec, used, 0)
-        self._cap_state[key] = (int(s[-1]), min(cap, int(rank[-1]) + 1))
-        keep = np.empty(n, bool)
-        keep[order] = rank < cap
-        return keep
-
     def _compat(self, kind: bytes, source, destination, rx_ns, values, scale: int) -> None:
         if not self.compat or self._closing.is_set() or len(rx_ns) == 0:
             return
         rx_ns = np.asarray(rx_ns, np.int64)
         values = np.asarray(values, np.int64)
         if self.compat_max_pps > 0:
-            keep = self._cap((kind, source, destination), rx_ns)
+            keep = keep_under_cap(self._cap_state, (kind, source, destination), rx_ns,
+                                  self.compat_max_pps)
             capped = len(keep) - int(keep.sum())
             if capped:
                 with self.path.lock:
@@ -209,16 +240,7 @@ class InfluxSink:
         elif self._thread.is_alive():   # in an HTTP call that does not end: spool from here
             self._hand_over(CLOSED, timeout=0.5)
         c = self.counters
-        if c["queued"]:
-            log.error("InfluxDB at %s: %d points neither written nor spooled at shutdown",
-                      self.url, c["queued"])
-        if c["spool_points"]:
-            log.warning("InfluxDB at %s: %d points not written at shutdown; kept in %s for the "
-                        "next start", self.url, c["spool_points"], self.spool_dir)
-        for reason, n in self.rejected_reasons.items():
-            log.warning("InfluxDB at %s refused %d points: %s", self.server.shown_url, n, reason)
-        log.info("InfluxDB sink: written %(written)d, retried %(retried)d, spooled %(spooled)d, "
-                 "dropped %(dropped)d, rejected %(rejected)d, capped %(capped)d", c)
+        log_shutdown(c, self.server, self.spool_dir, self.rejected_reasons)
         self.server.close()
         return c
 
@@ -245,21 +267,12 @@ class InfluxSink:
 
     # ---- writer thread ----------------------------------------------------------------------
 
-    def _format(self, item) -> tuple[bytes | None, int]:
-        if item[0] == "rec":
-            data = format_record(item[1], self.host)
-            if data is None and item[1].get("type") not in MEASUREMENTS:
-                self._warn_once(("type", item[1].get("type")),
-                                "InfluxDB sink: no measurement for record type %r",
-                                item[1].get("type"))
-            return data, data.count(b"\n") if data else 0
-        _, kind, src, dst, rx_ns, values, scale = item
-        prefix = f"{kind.decode()},destination={escape(dst)},source={escape(src)} value="
-        return format_int_points(prefix.encode(), values // scale, rx_ns), len(rx_ns)
-
     def _add(self, item) -> None:
         """Format one item into the buffer (buffer lock held)."""
-        data, n = self._format(item)
+        if item[0] == "rec" and item[1].get("type") not in MEASUREMENTS:
+            self._warn_once(("type", item[1].get("type")), "InfluxDB sink: no measurement for "
+                            "record type %r", item[1].get("type"))
+        data, n = format_item(item, self.host)
         if n:
             self._buf.append(data)
             self._buf_points += n

@@ -1,4 +1,4 @@
-"""JSON-lines output: one record per line, the stable contract in README.md.
+"""JSON-lines output: one record per line, the stable contract in docs/options.md.
 
 Records carry `time` as integer ns since the epoch; this edge writes it as RFC 3339 UTC text
 with microseconds, as the contract says."""

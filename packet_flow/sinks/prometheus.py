@@ -2,10 +2,17 @@
 prometheus_client from the probe's records; every other path answers 404.
 
 Rules:
-- Label sets are (source, destination, wire), plus `direction` on the round-trip loss, late
-  and duplicate counters. Counters add up the records' per-interval increments over every
-  session of a label set, so they stay monotonic across sender restarts and flow expiry; the
-  session id is not a label. An interval whose net value is negative (a late packet taking
+- Label sets are (source, destination, wire, source_name, destination_name), plus
+  `direction` on the round-trip loss, late and duplicate counters: what stays the same when a
+  sender restarts. `source` is the sender's address without its (ephemeral) port,
+  `source_name` the name it gives in band (else that address), `destination` the receiver's
+  bound address (the sender's target, for sender records), `destination_name` the receiving
+  node's name. Counters add up the records' per-interval increments over every session of a
+  label set, so they stay monotonic across sender restarts and flow expiry; the session id is
+  not a label. Two unnamed senders on one host to one receiver share a label set (give them
+  --name to keep them apart).
+- Gauges of the latest interval: RFC 3550 jitter and the mean and p99 of |IPDV| (RFC 5481),
+  one-way; the round trip's jitter (--rtt). An interval whose net value is negative (a late packet taking
   back a loss, analysis.py) holds the exposed counter where it is until the sum passes it.
 - Histograms (one-way delay, RTT) have the fixed bounds HISTOGRAM_BOUNDS_NS (1-2-5 steps from
   1 µs to 10 s). They are filled per receive batch (np.searchsorted + np.bincount over the
@@ -57,7 +64,7 @@ HISTOGRAM_BOUNDS_NS = np.array([m * 10**e for e in range(3, 10) for m in (1, 2, 
                                np.int64)
 _LE = [floatToGoString(b / 1e9) for b in HISTOGRAM_BOUNDS_NS.tolist()] + ["+Inf"]
 _NB = len(_LE)
-LABELS = ("source", "destination", "wire")
+LABELS = ("source", "destination", "wire", "source_name", "destination_name")
 OVERFLOW = "overflow"
 
 # (record field, family name, help) of the per-flow counters of each table
@@ -90,6 +97,31 @@ RTT_COUNTERS = (
      {"forward": "forward_duplicates", "backward": "backward_duplicates"}),
 )
 _RTT_FIELDS = tuple(f for _, _, by in RTT_COUNTERS for f in by.values())
+# gauges of the latest interval that had a value: (record field, family name, help), per table
+RX_GAUGES = (
+    ("jitter_us", "jitter_seconds", "RFC 3550 interarrival jitter at the end of the interval."),
+    ("ipdv_mean_us", "ipdv_mean_seconds", "Mean |IPDV| (RFC 3393/5481) over the interval."),
+    ("ipdv_p99_us", "ipdv_p99_seconds", "99th percentile of |IPDV| over the interval."),
+)
+TX_GAUGES = (
+    ("rtt_jitter_us", "rtt_jitter_seconds", "RFC 3550 jitter of the round-trip time (--rtt)."),
+)
+
+
+def _host(address):
+    """An address without its port: `host:port` -> host, `[v6]:port` -> v6."""
+    if not address:
+        return ""
+    if address.startswith("["):
+        return address[1:].split("]")[0]
+    return address.rsplit(":", 1)[0]
+
+
+def labels(rec):
+    """A record's label values (LABELS): what stays the same across sender restarts."""
+    source = _host(rec.get("source"))
+    return (source, rec.get("destination") or "", rec.get("wire") or "",
+            rec.get("source_name") or source, rec.get("destination_name") or "")
 # receiver-wide counters of `receiver` records, labelled by destination only
 WIDE_COUNTERS = (
     ("untracked", "untracked_packets", "Packets of new flows refused beyond the flow limit."),
@@ -112,9 +144,10 @@ def bucket_counts(delay_ns):
 class _Series:
     """One label set: raw sums, exposed (monotonic) values, a histogram, activity time."""
 
-    __slots__ = ("raw", "shown", "hist", "hist_sum_ns", "stalled", "active")
+    __slots__ = ("raw", "shown", "hist", "hist_sum_ns", "stalled", "active", "gauges")
 
     def __init__(self, fields, now):
+        self.gauges = {}
         self.raw = dict.fromkeys(fields, 0)
         self.shown = dict.fromkeys(fields, 0)
         self.hist = np.zeros(_NB, np.int64)
@@ -133,6 +166,11 @@ class _Series:
         if moved:
             self.active = now
         return moved
+
+    def gauge(self, rec, fields):
+        for f, _, _ in fields:
+            if rec.get(f) is not None:
+                self.gauges[f] = rec[f] / 1e6
 
     def fold(self, pending):
         if pending is not None:
@@ -160,7 +198,7 @@ class _Table:
                     self.warned = True
                     log.warning("prometheus: %d label sets: new flows are counted under "
                                 "source=%r until some are forgotten", self.cap, OVERFLOW)
-                key = (OVERFLOW, *key[1:])
+                key = (OVERFLOW, key[1], key[2], OVERFLOW, key[4])
                 s = self.series.get(key)
             if s is None:
                 s = self.series[key] = _Series(self.fields, now)
@@ -268,24 +306,24 @@ class PrometheusSink:
         kind, now = rec["type"], time.monotonic()
         with self.state_lock:
             if kind == "interval":
-                key = (rec["source"], rec["destination"], rec["wire"])
                 with self.pending_lock:
-                    pending = self.pending_owd.pop(key[:2], None)
-                s = self.rx.get(key, rec, now, pending)
+                    pending = self.pending_owd.pop((rec["source"], rec["destination"]), None)
+                s = self.rx.get(labels(rec), rec, now, pending)
                 if s is not None:
                     s.add(rec, now)
                     s.fold(pending)
+                    s.gauge(rec, RX_GAUGES)
                     s.stalled = bool(rec.get("stalled"))
             elif kind == "sender" or (kind == "summary" and rec["role"] == "sender"):
-                key = (rec["source"], rec["destination"], rec["wire"])
                 part = rec if kind == "sender" else {"unattributed_lost":
                                                      rec.get("unattributed_lost")}
                 with self.pending_lock:
-                    pending = self.pending_rtt.pop(key[:2], None)
-                s = self.tx.get(key, part, now, pending)
+                    pending = self.pending_rtt.pop((rec["source"], rec["destination"]), None)
+                s = self.tx.get(labels(rec), part, now, pending)
                 if s is not None:
                     s.add(part, now)
                     s.fold(pending)
+                    s.gauge(part, TX_GAUGES)
             elif kind == "receiver":
                 wide = self.wide.setdefault(rec["destination"], {})
                 for f, _, _ in WIDE_COUNTERS:
@@ -324,6 +362,10 @@ class PrometheusSink:
         fams.append(("gauge", p + "stalled", "1 while the flow is stalled (silent longer than "
                      "--stall-timeout), else 0.", LABELS,
                      [(key, int(s.stalled)) for key, s in rx]))
+        for table, fields in ((rx, RX_GAUGES), (tx, TX_GAUGES)):
+            for field, name, text in fields:
+                fams.append(("gauge", p + name, text, LABELS,
+                             [(key, s.gauges[field]) for key, s in table if field in s.gauges]))
         for name, text, table in (
                 ("one_way_delay_seconds", "One-way delay of the test packets (receive minus "
                  "send time; the clocks must be synchronised).", rx),

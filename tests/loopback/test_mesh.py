@@ -1,6 +1,12 @@
 """Names in band and the mesh, end to end: the CLI in subprocesses on loopback addresses,
 read back through its JSON-lines output."""
 
+import os
+import signal
+import socket
+import time
+
+import pytest
 from probe import finish, free_port, pf, records, summaries, wait_bound
 
 
@@ -22,3 +28,78 @@ def test_a_senders_name_reaches_the_receiver(tmp_path):
     assert (sent["source_name"], sent["destination_name"]) == ("sender-a", "127.0.0.1")
     intervals = [r for r in records(rx_out) if r["type"] == "interval"]
     assert intervals and all(r["source_name"] == "sender-a" for r in intervals)
+
+
+def _bound(host, port, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{host}:{port} not bound")
+
+
+def _pairs(recs_by_node, role):
+    """{(source_name, destination_name): [summaries]} over every node's records."""
+    out = {}
+    for recs in recs_by_node:
+        for r in summaries(recs, role):
+            out.setdefault((r["source_name"], r["destination_name"]), []).append(r)
+    return out
+
+
+@pytest.mark.slow
+def test_mesh_of_four_nodes_with_rtt_and_a_node_leaving(tmp_path):
+    """Four nodes on 127.a.b.1-4 with one port each, peers from a file: every pair's counts
+    exact one way and round trip, both names in every record; then node4 leaves the file
+    (the others end their pairs to it as `left`, with no loss), and stops."""
+    pid = os.getpid()
+    hosts = [f"127.{pid >> 8 & 0x7F}.{pid & 0xFF}.{i}" for i in range(1, 5)]
+    port = free_port()
+    peers = tmp_path / "peers"
+    peers.write_text("# filled once every node is bound\n")
+    outs = [tmp_path / f"node{i}.jsonl" for i in range(1, 5)]
+    procs = [pf("--mode", "mesh", "--local-addr", f"{h}:{port}", "--peers", f"file:{peers}",
+                "--name", f"node{i}", "--rate", 20, "--interval", 0.5, "--rtt", "--key", "k",
+                "--output", f"jsonl:{out}", "--output", "console")
+             for i, (h, out) in enumerate(zip(hosts, outs, strict=True), 1)]
+    try:
+        for h in hosts:
+            _bound(h, port)
+        peers.write_text("".join(f"{h}:{port}\n" for h in hosts))
+        time.sleep(2.5)         # the file is re-read within a second, the pairs join at a tick
+        peers.write_text("".join(f"{h}:{port}\n" for h in hosts[:3]))
+        time.sleep(2.0)
+        procs[3].send_signal(signal.SIGTERM)
+        finish(procs[3])
+        time.sleep(0.5)
+        for p in procs[:3]:
+            p.send_signal(signal.SIGTERM)
+        consoles = [finish(p)[0] for p in procs[:3]]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    recs = [records(out) for out in outs]
+    sent, got = _pairs(recs, "sender"), _pairs(recs, "receiver")
+    names = [f"node{i}" for i in range(1, 5)]
+    assert set(sent) == set(got) == {(a, b) for a in names for b in names if a != b}
+    for pair, (tx,) in sent.items():
+        (rx,) = got[pair]
+        assert rx["session"] == tx["session"]
+        assert (rx["received"], rx["lost"], rx["late"], rx["duplicates"]) == \
+            (tx["sent"], 0, 0, 0), pair
+        assert tx["sent"] > 100 and rx["outcome"] == "final"
+        assert tx["outcome"] == ("left" if pair[1] == "node4" else "final"), pair
+        if "node4" not in pair:     # round trips among the nodes that stayed: exact too
+            assert (tx["reflected"], tx["lost"]) == (tx["sent"], 0), pair
+    for node in recs:
+        for r in node:
+            if r["type"] in ("interval", "summary"):    # receivers name senders in band
+                assert r["source_name"] in names and r["destination_name"] in names
+            elif r["type"] == "sender":     # by discovery's name until the peer is heard
+                assert r["destination_name"] in names + [f"{h}" for h in hosts]
+    assert "pair matrix" in consoles[0] and all(len(x) <= 80 for x in consoles[0].split("\n"))

@@ -295,7 +295,7 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
         (["--log-level", "loud"], {}, "option --log-level: value 'loud' from cli: must be one of "
                                       "debug, info, warning, error, critical"),
         (["--output", "csv"], {}, "option --output: value 'csv' from cli: unknown output 'csv': "
-                                  "use console, jsonl:PATH or influx"),
+                                  "use console, jsonl:PATH, json:PATH or influx"),
         (["--output", "jsonl"], {}, "option --output: value 'jsonl' from cli: jsonl needs a path: "
                                     "jsonl:PATH (jsonl:- for stdout)"),
         (["--stall-timeout", "10", "--forget-timeout", "10"], {},

@@ -44,3 +44,11 @@ def test_every_relative_link_and_anchor_exists():
 
 def test_the_readme_stays_short():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
+
+
+def test_code_points_at_the_reference_in_docs():
+    """The record contract and the reference moved from README.md to docs/: modules that cite
+    them name the docs/ file."""
+    stale = [str(p.relative_to(ROOT)) for folder in ("packet_flow", "benchmarks")
+             for p in sorted((ROOT / folder).rglob("*.py")) if "README" in p.read_text()]
+    assert not stale, f"{stale} cite README.md; the reference is in docs/ (options.md, ...)"

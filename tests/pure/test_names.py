@@ -63,6 +63,8 @@ def test_node_name_and_record_names():
     assert names.node_name(types.SimpleNamespace(name="a b\"c"), {}) == "a_b_c"
     assert names.in_band_name(cfg, {}) == b""       # a plain sender without a name
     assert names.in_band_name(cfg, {"NODE_NAME": "n"}) == b"n"
+    cfg.mode = "mesh"
+    assert names.in_band_name(cfg, {}) == names.node_name(cfg, {}).encode()
     assert names.host_of("[::1]:8000") == "::1" and names.host_of("10.0.0.1:5") == "10.0.0.1"
     book = names.NameBook("me")
     rx = _io.Receiver(-1)

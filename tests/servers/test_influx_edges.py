@@ -183,3 +183,21 @@ def test_a_writer_failing_the_same_way_ends_the_run_and_spools(tmp_path, monkeyp
         got = vm_points(vm, len(want))
     print(f"writer bug: stored {len(got)} points, JSON-lines intervals {len(want)}")
     assert got == want and not spool_files(tmp_path)
+
+
+def test_sigterm_with_the_server_away_spools_and_exits_within_2s(tmp_path):
+    url = f"http://127.0.0.1:{free_tcp_port()}"
+    proc = pf(*args(tmp_path, "a", url, "--token", "t", duration=30.0))
+    while not os.path.exists(tmp_path / "a.jsonl") or len(interval_times(tmp_path, "a")) < 5:
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    took = time.monotonic() - signalled
+    print(f"SIGTERM: exit {proc.returncode} {took:.2f} s after the signal; "
+          f"{len(spool_files(tmp_path))} spool files")
+    assert proc.returncode == 0 and took < 2.0, err
+    assert "summary" in out and "influx output:" in out
+    files = spool_files(tmp_path)
+    assert files and all(f.endswith(".lp") for f in files)

@@ -59,8 +59,11 @@ def samples(text):
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
-def flow_labels(source, wire="native", dest=DEST, **extra):
-    return tuple(sorted(dict(source=source, destination=dest, wire=wire, **extra).items()))
+def flow_labels(source, wire="native", dest=DEST, name=None, dest_name="", **extra):
+    """The label set of a flow from `source` (host:port): the port is not a label."""
+    host = prometheus._host(source)
+    return tuple(sorted(dict(source=host, destination=dest, wire=wire, source_name=name or host,
+                             destination_name=dest_name, **extra).items()))
 
 
 def interval(source, **fields):
@@ -124,6 +127,23 @@ def test_counters_sum_sessions_and_stay_monotonic(sink):
     assert not any(k[1] == key for k in scrape(sink))
 
 
+def test_a_restarted_sender_keeps_its_series_and_jitter_is_exported(sink):
+    """Issue 23 §6: a new ephemeral port (a restart) is the same label set; the name labels
+    it; jitter and |IPDV| are gauges of the latest interval."""
+    sink.record(interval("10.0.0.1:40000", session="01", received=5, source_name="alpha",
+                         destination_name="beta", jitter_us=12.5, ipdv_mean_us=3.0,
+                         ipdv_p99_us=20.0))
+    sink.record(interval("10.0.0.1:40001", session="02", received=7, source_name="alpha",
+                         destination_name="beta", jitter_us=None))
+    got = scrape(sink)
+    key = flow_labels("10.0.0.1:40000", name="alpha", dest_name="beta")
+    flows = [k for k in got if k[0] == "packet_flow_received_packets_total"]
+    assert flows == [("packet_flow_received_packets_total", key)] and got[flows[0]] == 12
+    assert got[("packet_flow_jitter_seconds", key)] == pytest.approx(12.5e-6)
+    assert got[("packet_flow_ipdv_mean_seconds", key)] == pytest.approx(3e-6)
+    assert got[("packet_flow_ipdv_p99_seconds", key)] == pytest.approx(20e-6)
+
+
 def test_rendering_process_killed(sink):
     """The page keeps coming (rendered in the probe) when the rendering process dies."""
     sink.record(interval("a:1", received=2))
@@ -142,7 +162,7 @@ def test_label_sets_are_capped(sink, monkeypatch):
     monkeypatch.setattr(defaults, "PROMETHEUS_MAX_SERIES", 3)
     sink.rx.cap = defaults.PROMETHEUS_MAX_SERIES
     for i in range(10):
-        sink.record(interval(f"spoofed:{i}", received=1))
+        sink.record(interval(f"10.9.0.{i}:5", received=1))
     got = scrape(sink)
     rx = {k[1]: v for k, v in got.items() if k[0] == "packet_flow_received_packets_total"}
     assert len(rx) == 3 and sum(rx.values()) == 10
@@ -229,7 +249,7 @@ def test_scraped_by_prometheus(tmp_path):
         assert 0 < at_last(p99) < 0.1
         (path,) = prom.query(now, at=last)
         assert (path["metric"]["source"], path["metric"]["destination"]) == (
-            rx["source"], rx["destination"])
+            rx["source"].rsplit(":", 1)[0], rx["destination"])
         for expr in dashboard_exprs():
             prom.query(expr, at=last)              # every dashboard query evaluates
     promtool = shutil.which("promtool")
@@ -267,11 +287,48 @@ def test_rtt_histogram_and_directions(tmp_path):
     finish(refl)
     (summary,) = summaries(records(out), "sender")
     got = samples(last[-1])
-    src = summary["source"]
-    key = flow_labels(src, dest=f"127.0.0.1:{port}")
+    src, names = summary["source"], dict(name=summary["source_name"],
+                                         dest_name=summary["destination_name"])
+    key = flow_labels(src, dest=f"127.0.0.1:{port}", **names)
     assert got[("packet_flow_rtt_seconds_count", key)] == summary["reflected"] == 300
     assert got[("packet_flow_reflected_packets_total", key)] == 300
     assert got[("packet_flow_sent_packets_total", key)] == summary["sent"] == 300
     for direction in ("forward", "backward", "unattributed"):
-        lab = flow_labels(src, dest=f"127.0.0.1:{port}", direction=direction)
+        lab = flow_labels(src, dest=f"127.0.0.1:{port}", direction=direction, **names)
         assert got[("packet_flow_rtt_lost_packets_total", lab)] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.skipif(BINARY is None, reason="prometheus not installed (make test installs it)")
+def test_restarted_sender_is_one_series_in_prometheus(tmp_path):
+    """Issue 23 §6 against a real Prometheus: a named sender run twice (two ephemeral ports,
+    two sessions) is one series labelled by its name; jitter and |IPDV| are exported."""
+    port, mport = free_port(), free_tcp_port()
+    with PromServer(str(tmp_path / "prom"), f"127.0.0.1:{mport}") as prom:
+        rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--interval", 0.5,
+                "--output", f"jsonl:{tmp_path / 'rx.jsonl'}", "--prometheus-listen",
+                f"127.0.0.1:{mport}", env={"NODE_NAME": "beta"})
+        wait_bound(port)
+        for _ in range(2):
+            finish(pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 5,
+                      "--count", 100, "--output", f"jsonl:{tmp_path / 'tx.jsonl'}",
+                      env={"NODE_NAME": "alpha"}))
+        end, got = time.monotonic() + 15, []
+        while time.monotonic() < end:
+            got = prom.query("packet_flow_received_packets_total")
+            if got and got[0]["value"][1] == "200":
+                break
+            time.sleep(0.2)
+        jitter = prom.query('packet_flow_jitter_seconds{source_name="alpha"}')
+        ipdv = prom.query('packet_flow_ipdv_p99_seconds{source_name="alpha"}')
+        rx.send_signal(signal.SIGTERM)
+        finish(rx)
+    sessions = {r["session"] for r in summaries(records(tmp_path / "rx.jsonl"))}
+    assert len(sessions) == 2
+    (series,) = got
+    assert series["value"][1] == "200"
+    assert {k: series["metric"][k] for k in ("source", "source_name", "destination_name")} == \
+        {"source": "127.0.0.1", "source_name": "alpha", "destination_name": "beta"}
+    assert len(jitter) == 1 and float(jitter[0]["value"][1]) > 0
+    assert len(ipdv) == 1 and float(ipdv[0]["value"][1]) > 0

@@ -1,0 +1,396 @@
+"""Mesh mode: one process sends to every peer and receives from every peer on one socket.
+
+Rules:
+- One socket bound to --local-addr sends and receives, so peers see one stable source
+  address and port. Each pair (this node -> a peer) is a flow of its own, with its own
+  session and sequence, and the sender records of a sender; each peer's packets here are
+  flows of the receiver's FlowTable, with its records. Records carry source_name and
+  destination_name (packet_flow/names.py); every packet carries this node's name in band.
+- One schedule serves every pair (_io.MeshSender): each pair keeps its own exact grid at
+  --rate, and the pairs' offsets spread them across the interval (evenly for the peers of
+  the start; a peer that joins later takes the middle of the largest gap). Lateness, missed
+  and skipped slots are counted per pair. --timer economy wakes at most every MESH_WAKE_NS.
+- The loop runs in one thread: schedule slices of at most MESH_SLICE_NS, the socket read
+  between them (waiting in poll only while no slot is due within PUMP_MARGIN_NS); received
+  records reach the flow table every MESH_DRAIN_NS and at each interval tick.
+- --rtt: the socket's receive core is a Reflector, so every node answers every peer (native
+  REFLECTED replies), and the replies to this node's probes feed each pair's RttStats (by
+  session); a reply of no pair here is counted as `stray_replies`.
+- Peers come from discovery.PeerSource, polled every tick: a new peer is probed from the next
+  round of its offset; a peer that left discovery ends its pair as `left` (its FINAL sent,
+  its sender summary with outcome `left`) and the flows from its address close as `left`,
+  with no loss invented for what it did not send. A peer still listed that stops answering
+  is an outage: its flows stall as any flow does.
+- The end (--duration, a signal): every pair sends its FINAL; with --count N every pair's
+  N-th packet, on its own slot, is its FINAL. Then the node keeps receiving (and answering)
+  for up to MESH_LINGER_S until the peers' flows have closed.
+"""
+
+import logging
+import secrets
+
+import numpy as np
+
+from packet_flow import _io, defaults, rtt, sockets
+from packet_flow.discovery import PeerSource
+from packet_flow.errors import ConfigError
+from packet_flow.histogram import LogHistogram
+from packet_flow.receiver import ReceiverLoop
+from packet_flow.sender import _late_stats, realtime_priority
+
+log = logging.getLogger(__name__)
+
+
+def spread(n, interval_ns):
+    """Offsets of n pairs spread evenly across the interval."""
+    return [i * interval_ns // n for i in range(n)]
+
+
+def join_offset(offsets, interval_ns):
+    """The middle of the largest gap between the offsets (on the circle of one interval)."""
+    if not offsets:
+        return 0
+    ring = sorted(offsets)
+    gaps = [(b - a, a) for a, b in zip(ring, ring[1:] + [ring[0] + interval_ns], strict=True)]
+    width, at = max(gaps)
+    return (at + width // 2) % interval_ns
+
+
+class Pair:
+    """This node's flow to one peer: slot in the MeshSender, session, records' state."""
+
+    __slots__ = ("peer", "slot", "session", "offset", "start_ns", "tick_ns", "last", "lat",
+                 "hist", "late_min", "late_max", "rtt")
+
+    def __init__(self, peer, slot, offset, now_ns, with_rtt):
+        self.peer, self.slot, self.offset = peer, slot, offset
+        self.session = secrets.randbits(64)
+        self.start_ns = self.tick_ns = now_ns
+        self.last = (0, 0, 0, 0)
+        self.lat = []
+        self.hist = LogHistogram()
+        self.late_min = self.late_max = 0
+        self.rtt = rtt.RttStats() if with_rtt else None
+
+    def add_lateness(self, lat):
+        self.hist.add(lat)
+        first = self.hist.n == len(lat)
+        self.late_min = int(lat.min()) if first else min(self.late_min, int(lat.min()))
+        self.late_max = max(self.late_max, int(lat.max()))
+        self.lat.append(lat)
+
+
+class MeshReceiver(ReceiverLoop):
+    """The mesh socket's receive side: a ReceiverLoop (a reflecting one with --rtt) whose
+    drained records are split: replies to this node's probes go to `on_replies`."""
+
+    def __init__(self, cfg, emit, on_packets, on_gaps, on_replies, sock=None):
+        if sock is None:
+            sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
+                                                cfg.rcvbuf, gro=False)
+        sockets.mark(sock, cfg.local.family, cfg.dscp, cfg.ttl)
+        super().__init__(cfg, emit, on_packets, sock=sock, reflect=cfg.rtt, on_gaps=on_gaps)
+        if cfg.rtt:
+            from packet_flow import clock_error
+            self.rx.error_estimate = clock_error.estimate()
+            self.rx.max_pps = cfg.reflect_max_pps
+        self.on_replies = on_replies
+
+    def _drain(self, now_ns):
+        recs = self.rx.drain()
+        self.names.learn(self.rx)
+        if not len(recs):
+            return
+        replies = (recs["kind"] == 1) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
+        if replies.any():
+            self.on_replies(recs[replies])
+            recs = recs[~replies]
+        if len(recs):
+            self.table.ingest(recs, now_ns)
+
+    def read(self, until_ns):
+        """Read what is queued, waiting in poll until until_ns when that is in the future."""
+        now = _io.mono_ns()
+        if until_ns > now:
+            self.rx.pump(until_ns, defaults.RING_CAPACITY // 4)
+        for _ in range(defaults.RING_CAPACITY // 4 // self.rx.batch):
+            if self.rx.pump(now) < self.rx.batch:
+                break
+
+
+class MeshLoop:
+    """Probes every peer of cfg.peers and answers them (see the module rules). run(deadline),
+    stop(), skip(), reload(), close() as the other loops; `pairs` by peer key."""
+
+    def __init__(self, cfg, emit, on_packets=None, on_gaps=None, on_rtt=None, sock=None,
+                 source=None):
+        if cfg.wire != "native":
+            raise ConfigError(f"option --wire: value '{cfg.wire}' from "
+                              f"{cfg.sources.get('wire', 'cli')}: mesh mode needs native "
+                              "packets (they carry the names and the session per pair)")
+        self.cfg, self.emit, self.on_rtt = cfg, emit, on_rtt
+        self.rxl = MeshReceiver(cfg, emit, on_packets, on_gaps, self._replies, sock)
+        self.names = self.rxl.names
+        self.name = self.names.own
+        self.local = self.rxl.local
+        self.interval_ns = max(1, round(cfg.rate_ms * 1e6))
+        self.tx = _io.MeshSender(self.rxl.sock.fileno(), defaults.MESH_MAX_PEERS,
+                                 size=cfg.size, batch=cfg.batch, key=cfg.key,
+                                 name=self.name.encode())
+        self.tx.lat_every = max(1, round(1e9 / self.interval_ns
+                                         / defaults.LATENESS_SAMPLES_PER_S))
+        self.tx.catchup_max = max(1, defaults.CATCHUP_NS // self.interval_ns)
+        self.tx.wake_ns = defaults.MESH_WAKE_NS if cfg.timer == "economy" else 0
+        self.source = source or PeerSource.from_config(cfg).start()
+        self.pairs = {}                 # peer key -> Pair
+        self.free = list(range(defaults.MESH_MAX_PEERS - 1, -1, -1))
+        self.by_session = (np.zeros(0, np.uint64), [])    # sorted sessions, their pairs
+        self.listed = None              # the last peer tuple applied
+        self.departed = {}              # host:port of peers that left -> when
+        self.stray_replies = 0
+        self.stopping = False
+        self.skip_pending = 0
+
+    # --- peers -------------------------------------------------------------------------------
+
+    def _index(self):
+        pairs = sorted(self.pairs.values(), key=lambda p: p.session)
+        self.by_session = (np.array([p.session for p in pairs], np.uint64), pairs)
+        order = sorted(self.pairs.values(), key=lambda p: p.offset)
+        self.tx.set_order([p.slot for p in order])
+
+    def _apply(self, now_ns, first=False):
+        """Bring the pairs in line with the peer source's current list."""
+        listed = self.source.peers()
+        if listed is self.listed:
+            return
+        self.listed = listed
+        want = {p.key: p for p in listed if p.addr.family == self.cfg.local.family}
+        for key in [k for k in self.pairs if k not in want]:
+            self._leave(self.pairs.pop(key), now_ns)
+        new = [p for k, p in want.items() if k not in self.pairs]
+        if len(self.pairs) + len(new) > defaults.MESH_MAX_PEERS:
+            log.warning("mesh: %d peers, probing the first %d", len(self.pairs) + len(new),
+                        defaults.MESH_MAX_PEERS)
+            new = new[:defaults.MESH_MAX_PEERS - len(self.pairs)]
+        offsets = spread(len(new), self.interval_ns) if first else []
+        for i, peer in enumerate(new):
+            offset = offsets[i] if first else join_offset(
+                [p.offset for p in self.pairs.values()], self.interval_ns)
+            pair = Pair(peer, self.free.pop(), offset, now_ns, self.cfg.rtt)
+            self.tx.set_peer(pair.slot, sockets.dest_tuple(peer.addr.sockaddr, peer.addr.family),
+                             pair.session, offset)
+            self.pairs[peer.key] = pair
+            self.departed.pop(str(peer.addr), None)
+            if not first:
+                log.info("mesh: peer %s (%s) joined", peer.name, peer.addr)
+        self._index()
+
+    def _leave(self, pair, now_ns):
+        """A peer left discovery: its FINAL, its last records, its flows here closed."""
+        log.info("mesh: peer %s (%s) left", pair.peer.name, pair.peer.addr)
+        self.tx.send_final(pair.slot)
+        self._collect()
+        self._interval(pair, now_ns)
+        self._summary(pair, now_ns, "left")
+        self.free.append(pair.slot)
+        self.departed[str(pair.peer.addr)] = now_ns
+
+    def _departed(self, now_ns):
+        """Flows from peers that left discovery end as `left` once silent (a peer that left
+        but still sends goes on being measured; one that stopped is no outage)."""
+        quiet = max(3 * self.interval_ns, int(self.cfg.interval * 1e9))
+        for source, since in list(self.departed.items()):
+            open_ = [f for f in self.rxl.table.flows.values() if f.source == source]
+            self.rxl.table.end(source, now_ns, "left", quiet)
+            if not open_ or now_ns - since > int(self.cfg.forget_timeout * 1e9):
+                del self.departed[source]
+
+    def reload(self):
+        """SIGHUP: look the peers up again now."""
+        self.source.reload()
+
+    # --- replies (--rtt) ---------------------------------------------------------------------
+
+    def _replies(self, recs):
+        sessions, pairs = self.by_session
+        idx = np.searchsorted(sessions, recs["session"]) if len(sessions) else \
+            np.zeros(len(recs), np.intp)
+        idx = np.minimum(idx, max(0, len(sessions) - 1))
+        ours = (sessions[idx] == recs["session"]) if len(sessions) else \
+            np.zeros(len(recs), bool)
+        self.stray_replies += int((~ours).sum())
+        recs, idx = recs[ours], idx[ours]
+        for i in np.unique(idx).tolist():
+            part = recs[idx == i]
+            pair = pairs[i]
+            pair.rtt.update(part["seq"], part["r_seq"], part["tx_ns"], part["t2_ns"],
+                            part["t3_ns"], part["rx_ns"], part["drops"])
+            if self.on_rtt is not None:
+                self.on_rtt(self.local, str(pair.peer.addr), part["rx_ns"] - part["tx_ns"]
+                            - (part["t3_ns"] - part["t2_ns"]))
+
+    # --- records -----------------------------------------------------------------------------
+
+    def _collect(self):
+        """The core's lateness samples, split by pair."""
+        lat, slot = self.tx.take_lateness()
+        if not len(lat):
+            return
+        by_slot = {p.slot: p for p in self.pairs.values()}
+        order = np.argsort(slot, kind="stable")
+        slots, starts = np.unique(slot[order], return_index=True)
+        for s, part in zip(slots.tolist(), np.split(lat[order], starts[1:]), strict=True):
+            pair = by_slot.get(s)
+            if pair is not None:
+                pair.add_lateness(part)
+
+    def _record(self, pair, kind, now_ns, since_ns):
+        peer = pair.peer
+        return {"type": kind, "role": "sender", "time": _io.wall_of(now_ns),
+                "source": self.local, "destination": str(peer.addr),
+                "source_name": self.name,
+                "destination_name": self.names.by_source.get(str(peer.addr), peer.name),
+                "session": f"{pair.session:016x}", "wire": "native", "mesh": True,
+                "interval_s": round((now_ns - since_ns) / 1e9, 6)}
+
+    def _counts(self, pair):
+        s = pair.slot
+        return (int(self.tx.sent[s]), int(self.tx.missed[s]), int(self.tx.skipped[s]),
+                int(self.tx.errors[s]))
+
+    def _interval(self, pair, now_ns):
+        now = self._counts(pair)
+        lat = np.concatenate(pair.lat) if pair.lat else np.zeros(0, np.int64)
+        pair.lat = []
+        rec = self._record(pair, "sender", now_ns, pair.tick_ns)
+        rec.update(sent=now[0] - pair.last[0], missed_slots=now[1] - pair.last[1],
+                   skipped_slots=now[2] - pair.last[2], send_errors=now[3] - pair.last[3],
+                   **_late_stats(lat))
+        if pair.rtt is not None:
+            rec.update(pair.rtt.take_interval())
+        pair.last, pair.tick_ns = now, now_ns
+        self.emit(rec)
+
+    def _summary(self, pair, now_ns, outcome):
+        sent, missed, skipped, errors = self._counts(pair)
+        rec = self._record(pair, "summary", now_ns, pair.start_ns)
+        rec.update(sent=sent, missed_slots=missed, skipped_slots=skipped, send_errors=errors,
+                   outcome=outcome)
+        if pair.hist.n:
+            p50, p99 = pair.hist.quantiles([50, 99], pair.late_min, pair.late_max)
+            rec.update(timer_late_p50_us=round(p50 / 1e3, 3),
+                       timer_late_p99_us=round(p99 / 1e3, 3),
+                       timer_late_max_us=round(pair.late_max / 1e3, 3))
+        else:
+            rec.update(_late_stats(np.zeros(0, np.int64)))
+        if pair.rtt is not None:
+            pair.rtt.close()
+            rec.update(pair.rtt.summary(int(self.tx.seq[pair.slot])))
+        self.emit(rec)
+
+    def _warm_up(self):
+        """Run the record path once before the first slot (first calls cost milliseconds)."""
+        probe = np.arange(1000, dtype=np.int64)
+        LogHistogram().add(probe)
+        LogHistogram().quantiles([50, 99], 0, 999)
+        _late_stats(probe)
+        rtt.RttStats().take_interval()
+
+    def _tick(self, now_ns, since_ns):
+        self.rxl._drain(now_ns)
+        self._departed(now_ns)
+        self.rxl.table.tick(now_ns)
+        self._collect()
+        for pair in self.pairs.values():
+            self._interval(pair, now_ns)
+        rec = self.rxl._receiver_record(now_ns, since_ns)
+        rec.update(peers=len(self.pairs), stray_replies=self.stray_replies)
+        self.emit(rec)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def stop(self):
+        self.stopping = True
+
+    def skip(self):
+        """SIGUSR1: every pair leaves one sequence number unused (deliberate loss)."""
+        self.skip_pending += 1
+
+    def run(self, deadline_ns=0):
+        cfg = self.cfg
+        try:
+            _io.set_timerslack(defaults.TIMER_SLACK_NS)
+        except OSError as exc:
+            log.debug("timer slack unchanged: %s", exc)
+        if self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS and cfg.timer == "precise":
+            realtime_priority()
+        tick_ns = int(cfg.interval * 1e9)
+        self._warm_up()
+        start = _io.mono_ns() + 1_000_000
+        self.tx.start(start, self.interval_ns, defaults.SPIN_NS)
+        self._apply(start, first=True)
+        if cfg.count:
+            self.tx.end_round = cfg.count
+            self.tx.final_at_end = True
+        precise = cfg.timer == "precise"
+        next_tick, last_tick, next_drain = start + tick_ns, start, start + defaults.MESH_DRAIN_NS
+        while not self.stopping:
+            now = _io.mono_ns()
+            until = min(next_tick, now + defaults.MESH_SLICE_NS)
+            if deadline_ns:
+                until = min(until, deadline_ns)
+            self.tx.run(until, precise)
+            slot = self.tx.next_ns or until
+            self.rxl.read(min(until, slot - defaults.PUMP_MARGIN_NS))
+            if self.skip_pending:
+                for pair in self.pairs.values():
+                    self.tx.skip_sequence(pair.slot, self.skip_pending)
+                self.skip_pending = 0
+            now = _io.mono_ns()
+            if now >= next_drain:
+                self.rxl._drain(now)
+                next_drain = now + defaults.MESH_DRAIN_NS
+            if now >= next_tick:
+                self._tick(now, last_tick)
+                self._apply(now)
+                last_tick = now
+                next_tick += tick_ns * max(1, (now - next_tick) // tick_ns + 1)
+            if cfg.count and self.tx.round >= cfg.count:
+                break
+            if deadline_ns and now >= deadline_ns:
+                break
+        if not (cfg.count and self.tx.round >= cfg.count):
+            for pair in self.pairs.values():
+                self.tx.send_final(pair.slot)
+        self._linger(last_tick)
+
+    def _linger(self, last_tick):
+        """After this node's finals: receive and answer until the peers' flows have closed
+        (and with --rtt the last replies are in), at most MESH_LINGER_S; then the records."""
+        end = _io.mono_ns() + int(defaults.MESH_LINGER_S * 1e9)
+        while _io.mono_ns() < end:
+            self.rxl.read(min(end, _io.mono_ns() + defaults.MESH_SLICE_NS))
+            now = _io.mono_ns()
+            self.rxl._drain(now)
+            answered = all(p.rtt is None or p.rtt.highest >= int(self.tx.seq[p.slot]) - 1
+                           for p in self.pairs.values())
+            if not self.rxl.table.flows and answered:
+                break
+        now = _io.mono_ns()
+        self.rxl.read(now)
+        self.rxl._drain(now)
+        self.rxl.table.finish(now)
+        self._collect()
+        for pair in self.pairs.values():
+            self._interval(pair, now)
+            self._summary(pair, now, "final")
+        rec = self.rxl._receiver_record(now, last_tick)
+        rec.update(peers=len(self.pairs), stray_replies=self.stray_replies)
+        self.emit(rec)
+
+    def close(self):
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+        self.rxl.close()
