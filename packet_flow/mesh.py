@@ -101,7 +101,7 @@ class MeshReceiver(ReceiverLoop):
         self.names.learn(self.rx)
         if not len(recs):
             return
-        replies = (recs["kind"] == 1) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
+        replies = (recs["kind"] == _io.K_NATIVE) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
         if replies.any():
             self.on_replies(recs[replies])
             recs = recs[~replies]
