@@ -14,14 +14,15 @@ def free_port():
 
 
 def wait_bound(port, timeout=5.0):
-    """Wait until some process has bound UDP 127.0.0.1:port."""
+    """Wait until some process has bound UDP port `port` (read from /proc/net/udp*: binding
+    a probe socket would race the receiver, which binds its port exclusively)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table, encoding="ascii") as f:
+                if any(line.split()[1].endswith(f":{port:04X}")
+                       for line in f.read().splitlines()[1:]):
+                    return
         time.sleep(0.02)
     raise RuntimeError(f"nothing bound UDP port {port} within {timeout} s")
 

@@ -94,6 +94,7 @@ SINK_WRITER_RESTART_S = 0.5  # pause before the writer restarts after an unexpec
 REPORT_WIDTH_IN = 16.0      # figure width, inches
 REPORT_ROW_IN = 3.2         # height of one flow's row of panels, inches
 REPORT_HEADER_IN = 0.6      # height of the run title, inches
+REPORT_MATRIX_IN = 5.0      # height of a mesh run's pair matrix (heatmaps), inches
 REPORT_DPI = 100            # PNG pixels per inch
 
 # Loops and threads

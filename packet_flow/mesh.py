@@ -36,7 +36,8 @@ from packet_flow.discovery import PeerSource
 from packet_flow.errors import ConfigError
 from packet_flow.histogram import LogHistogram
 from packet_flow.receiver import ReceiverLoop
-from packet_flow.sender import _late_stats, realtime_priority
+from packet_flow.sender import realtime_priority
+from packet_flow.sender_records import late_stats
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class MeshLoop:
         rec = self._record(pair, "sender", now_ns, pair.tick_ns)
         rec.update(sent=now[0] - pair.last[0], missed_slots=now[1] - pair.last[1],
                    skipped_slots=now[2] - pair.last[2], send_errors=now[3] - pair.last[3],
-                   **_late_stats(lat))
+                   **late_stats(lat))
         if pair.rtt is not None:
             rec.update(pair.rtt.take_interval())
         pair.last, pair.tick_ns = now, now_ns
@@ -283,7 +284,7 @@ class MeshLoop:
                        timer_late_p99_us=round(p99 / 1e3, 3),
                        timer_late_max_us=round(pair.late_max / 1e3, 3))
         else:
-            rec.update(_late_stats(np.zeros(0, np.int64)))
+            rec.update(late_stats(np.zeros(0, np.int64)))
         if pair.rtt is not None:
             pair.rtt.close()
             rec.update(pair.rtt.summary(int(self.tx.seq[pair.slot])))
@@ -294,7 +295,7 @@ class MeshLoop:
         probe = np.arange(1000, dtype=np.int64)
         LogHistogram().add(probe)
         LogHistogram().quantiles([50, 99], 0, 999)
-        _late_stats(probe)
+        late_stats(probe)
         rtt.RttStats().take_interval()
 
     def _tick(self, now_ns, since_ns):

@@ -1,12 +1,13 @@
 """The receive side: a bound socket, the Cython Receiver, and the flow table.
 
 The loop pumps the ring in short slices (so a stop request is seen within 50 ms), drains
-it into FlowTable after every slice, and ticks interval records on the `interval` grid.
+it into FlowTable after every slice, and ticks interval records on the `interval` grid
+(records.TickGrid).
 """
 
 import logging
 
-from packet_flow import _io, defaults, sockets
+from packet_flow import _io, defaults, records, sockets
 from packet_flow.flows import FlowTable
 from packet_flow.names import NameBook, node_name
 
@@ -64,10 +65,10 @@ class ReceiverLoop:
         now = self.counters()
         delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
         self._last = now
-        rec = {"type": "receiver", "role": "receiver", "time": _io.wall_of(now_ns),
-               "source": None, "destination": self.local, "session": None,
-               "source_name": None, "destination_name": self.names.own,
-               "interval_s": round((now_ns - since_ns) / 1e9, 6), "flows": len(self.table.flows)}
+        rec = records.header("receiver", "receiver", _io.wall_of(now_ns), now_ns - since_ns,
+                             None, self.local, None, source_name=None,
+                             destination_name=self.names.own)
+        rec["flows"] = len(self.table.flows)
         rec["malformed"] = {k[len("malformed_"):]: delta.pop(k) for k in list(delta)
                             if k.startswith("malformed_")}
         rec["rejected"] = self.table.take_rejected()
@@ -90,31 +91,26 @@ class ReceiverLoop:
     def run(self, deadline_ns=0, start_ns=None):
         """Receive until stop() or the CLOCK_MONOTONIC deadline_ns (0 = none); interval
         ticks are on CLOCK_MONOTONIC too, record times on the wall clock."""
-        interval_ns = int(self.cfg.interval * 1e9)
-        start = start_ns or _io.mono_ns()
-        next_tick = start + interval_ns
-        last_tick = start
+        ticks = records.TickGrid(start_ns or _io.mono_ns(), int(self.cfg.interval * 1e9))
         max_records = defaults.RING_CAPACITY // 4
         while not self.stopping:
             now = _io.mono_ns()
-            until = min(next_tick, now + defaults.RECEIVE_SLICE_NS)
+            until = min(ticks.next_ns, now + defaults.RECEIVE_SLICE_NS)
             if deadline_ns:
                 until = min(until, deadline_ns)
             self.rx.pump(until, max_records)
             now = _io.mono_ns()
             self._drain(now)
-            if now >= next_tick:
+            if now >= ticks.next_ns:
                 self.table.tick(now)
-                self.emit(self._receiver_record(now, last_tick))
-                last_tick = now
-                next_tick += interval_ns * max(1, (now - next_tick) // interval_ns + 1)
+                self.emit(self._receiver_record(now, ticks.tick(now)))
             if deadline_ns and now >= deadline_ns:
                 break
         now = _io.mono_ns()
         self.rx.pump(now)
         self._drain(now)
         self.table.finish(now)
-        self.emit(self._receiver_record(now, last_tick))
+        self.emit(self._receiver_record(now, ticks.last_ns))
 
     def close(self):
         self.sock.close()

@@ -415,6 +415,7 @@ EXAMPLES = """examples:
   packet-flow report run.jsonl -o run.png      the same run as a figure (needs matplotlib)
   packet-flow report run.jsonl --list-runs     the runs the file holds (jsonl: appends)
   packet-flow report run.jsonl --run 1         the first run (or --run ID, or its start)
+  packet-flow report n*.jsonl -o mesh.png      a mesh's nodes together, with the pair matrix
   packet-flow -m receiver --output jsonl:- | tee run.jsonl   (then: report run.jsonl)
 """
 
@@ -431,7 +432,9 @@ def main(argv: list[str]) -> int:
         prog="packet-flow report", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Summarise or plot a run recorded with --output jsonl:PATH.",
         epilog=EXAMPLES)
-    p.add_argument("run_file", metavar="RUN.jsonl", help="JSON-lines run file ('-' = stdin)")
+    p.add_argument("run_file", metavar="RUN.jsonl", nargs="+",
+                   help="JSON-lines run file ('-' = stdin); several files (the nodes of a mesh) "
+                        "are shown together, the chosen run of each")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write the figure to FILE (e.g. report.png) instead of printing text")
     p.add_argument("--run", metavar="N|ID",
@@ -447,20 +450,23 @@ def main(argv: list[str]) -> int:
         except ImportError:
             print(INSTALL_HINT, file=sys.stderr)
             return 2
-    records = load_records(args.run_file, strict=args.strict)
-    runs = split_runs(records)
+    chosen, which = [], None
+    for path in args.run_file:
+        runs = split_runs(load_records(path, strict=args.strict))
+        if args.list_runs:
+            sys.stdout.write((f"{path}:\n" if len(args.run_file) > 1 else "") + list_runs(runs))
+            continue
+        index = pick_run(runs, args.run, "<stdin>" if path == "-" else path)
+        chosen += runs[index].records
+        which = (index + 1, len(runs), runs[index].id) if len(args.run_file) == 1 else None
     if args.list_runs:
-        sys.stdout.write(list_runs(runs))
         return 0
-    name = "<stdin>" if args.run_file == "-" else args.run_file
-    index = pick_run(runs, args.run, name)
-    chosen = runs[index].records
     if not args.output:
         from .report_text import text_summary
-        sys.stdout.write(text_summary(chosen, (index + 1, len(runs), runs[index].id)))
+        sys.stdout.write(text_summary(chosen, which))
         return 0
     from .report_figure import build_figure
-    fig = build_figure(chosen, (index + 1, len(runs), runs[index].id))
+    fig = build_figure(chosen, which)
     try:
         fig.savefig(args.output, dpi=defaults.REPORT_DPI)
     except OSError as e:
@@ -468,5 +474,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:  # unknown file suffix
         raise ReportError(f"cannot write {args.output}: {e}") from e
     w, h = fig.canvas.get_width_height()
-    print(f"wrote {args.output} ({w}x{h} px, {len(fig.subfigs)} flow(s))")
+    matrix = fig.pair_matrix
+    mesh = f", the pair matrix of {len(matrix.names)} nodes" if matrix else ""
+    print(f"wrote {args.output} ({w}x{h} px, {len(fig.subfigs) - bool(matrix)} flow(s){mesh})")
     return 0

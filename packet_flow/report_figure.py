@@ -21,6 +21,7 @@ from .report import (
     receiver_totals,
     sender_totals,
 )
+from .report_mesh import draw_matrix, pair_matrix
 
 
 def _unit(values_us: np.ndarray) -> tuple[float, str]:
@@ -174,9 +175,11 @@ def _legend(ax) -> None:
               handlelength=1.5)
 
 
-def figure_size_px(n_flows: int) -> tuple[int, int]:
-    """(width, height) in pixels of the figure build_figure draws for n_flows flows."""
+def figure_size_px(n_flows: int, matrix: bool = False) -> tuple[int, int]:
+    """(width, height) in pixels of the figure build_figure draws for n_flows flows (and the
+    pair matrix of a mesh run)."""
     h = defaults.REPORT_HEADER_IN + defaults.REPORT_ROW_IN * n_flows
+    h += defaults.REPORT_MATRIX_IN if matrix else 0.0
     return (round(defaults.REPORT_WIDTH_IN * defaults.REPORT_DPI),
             round(h * defaults.REPORT_DPI))
 
@@ -200,14 +203,21 @@ def build_figure(records: list[dict], run: tuple | None = None):
     panels = [_delay, _loss, _jitter]
     if any(f.senders for f in flows):
         panels.append(_timer)
-    w, h = figure_size_px(len(flows))
+    matrix = pair_matrix(records)
+    w, h = figure_size_px(len(flows), matrix is not None)
     fig = Figure(figsize=(w / defaults.REPORT_DPI, h / defaults.REPORT_DPI),
                  dpi=defaults.REPORT_DPI, layout="constrained")
     t0 = datetime.fromtimestamp(start, UTC)
     which = f" (run {run[0]} of {run[1]} in the file)" if run and run[1] > 1 else ""
     fig.suptitle(f"packet-flow run {t0:%Y-%m-%d %H:%M:%S} UTC, {end - start:.1f} s, "
                  f"{len(flows)} flow(s){which}", fontsize="large", fontweight="bold")
-    rows = fig.subfigures(len(flows), 1, squeeze=False)[:, 0]
+    ratios = [defaults.REPORT_ROW_IN] * len(flows)
+    if matrix is not None:          # a mesh run: the pair matrix above the flows
+        ratios.insert(0, defaults.REPORT_MATRIX_IN)
+    rows = fig.subfigures(len(ratios), 1, squeeze=False, height_ratios=ratios)[:, 0]
+    if matrix is not None:
+        draw_matrix(rows[0], matrix)
+        rows = rows[1:]
     title_pad = 22      # points: room for the legend row between a panel and its title
     shared = None
     for r, (row, flow) in enumerate(zip(rows, flows, strict=True)):
@@ -235,6 +245,7 @@ def build_figure(records: list[dict], run: tuple | None = None):
             if r == len(flows) - 1:
                 ax.set_xlabel(f"time since {t0:%H:%M:%S} UTC (s)")
     shared.set_xlim(0, max(end - start, 1e-3))
+    fig.pair_matrix = matrix
     # Attach the canvas last: with it, every limit change above would redraw the whole figure.
     FigureCanvasAgg(fig)
     return fig

@@ -9,6 +9,8 @@ never guessed with getattr, hasattr or isinstance.
   ``rtts(source, destination, rtt_ns)``: per-batch arrays, called from the probe's threads,
   only on sinks whose ``wants_packets``, ``wants_gaps``, ``wants_rtts`` is True; they copy
   what they keep and never block.
+- ``idle()``: called on sinks whose ``wants_idle`` is True each time the output queue runs
+  empty (after a tick's records, whatever order they came in).
 - ``close(timeout, counters=None) -> dict``: flush within ``timeout`` seconds and return the
   sink's counters. Sinks with ``closes_last`` are closed after every other one and get their
   counters ({sink name: counters}) to show in a summary.
@@ -30,6 +32,7 @@ class Sink(Protocol):
     wants_packets: bool   # per-packet one-way delays of each receive batch
     wants_gaps: bool      # each sequence gap as it opens
     wants_rtts: bool      # round-trip times of each batch of replies (--rtt)
+    wants_idle: bool      # idle() whenever the records queued so far are all handed over
     closes_last: bool     # closed after the others, handed their counters
     on_failure: Callable[[BaseException], None] | None
 

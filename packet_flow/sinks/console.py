@@ -86,7 +86,7 @@ REJECTED = {
 class ConsoleSink:
     """Writes human-readable lines to a text stream (stdout unless told otherwise)."""
 
-    wants_packets = wants_gaps = wants_rtts = False
+    wants_packets = wants_gaps = wants_rtts = wants_idle = False
     closes_last = True          # its summary shows the other outputs' counters
     on_failure = None
 

@@ -58,6 +58,7 @@ class Fanout:
         self.per_packet = [s for s in sinks if s.wants_packets]
         self.per_gap = [s for s in sinks if s.wants_gaps]
         self.per_rtt = [s for s in sinks if s.wants_rtts]
+        self.per_idle = [s for s in sinks if s.wants_idle]
         self.first = [s for s in sinks if not s.closes_last]
         self.last = [s for s in sinks if s.closes_last]
         self.on_failure = None
@@ -90,6 +91,13 @@ class Fanout:
                     sink.record(rec)
                 except Exception:       # one broken output must not silence the others
                     log.exception("output %s failed", type(sink).__name__)
+            if self.per_idle and self.queue.empty():
+                for sink in self.per_idle:
+                    self.busy = sink
+                    try:
+                        sink.idle()
+                    except Exception:
+                        log.exception("output %s failed", type(sink).__name__)
         for sink in self.first:
             self.busy = sink
             got = sink.close(max(0.0, self.deadline - time.monotonic()))

@@ -120,7 +120,7 @@ class InfluxSink:
     Raises SinkError at construction only, when the spool directory cannot be used.
     """
 
-    wants_rtts = closes_last = False
+    wants_rtts = wants_idle = closes_last = False
 
     def __init__(self, cfg):
         self.url = cfg.influx_url

@@ -18,7 +18,7 @@ def rfc3339(ns: int) -> str:
 class JsonlSink:
     """Appends records to PATH (`-` = stdout), flushing after each interval's records."""
 
-    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    wants_packets = wants_gaps = wants_rtts = wants_idle = closes_last = False
     on_failure = None
 
     def __init__(self, path, stream=None):

@@ -226,6 +226,7 @@ class PrometheusSink:
 
     wants_packets = True     # per-batch delay arrays for the one-way delay histograms
     wants_rtts = True        # per-batch round-trip times for the RTT histograms
+    wants_idle = True        # renders once the records queued so far are in, in any order
     wants_gaps = closes_last = False
     on_failure = None
     counters = property(lambda self: {})
@@ -333,8 +334,11 @@ class PrometheusSink:
                 wide["flows"] = rec.get("flows") or 0
             else:
                 return      # a receiver flow's summary adds nothing to the interval sums
-        # a tick's records end with the receiver's or the sender's own record
-        if kind != "interval" and self._scraped_recently(now):
+
+    def idle(self):
+        """The outputs have caught up (a tick's records are all in): render for the next
+        scrape when a scraper comes regularly."""
+        if self._scraped_recently(time.monotonic()):
             self._render()
 
     def _scraped_recently(self, now):

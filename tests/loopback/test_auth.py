@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from link import Link
+from probe import bound
 
 from packet_flow import _io, sockets, wire
 from packet_flow.errors import WireError
@@ -69,12 +70,7 @@ class KeyedReceiver:
             time.sleep(0.02)
 
     def _bound(self):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", self.port))
-            except OSError:
-                return True
-        return False
+        return bound(self.port)     # from /proc: a probe bind would race the receiver
 
     def stop(self):
         time.sleep(0.3)

@@ -35,4 +35,4 @@ def test_report_help_has_examples():
     examples = proc.stdout.split("\nexamples:\n")[1].splitlines()
     assert examples[1] == ("  packet-flow report run.jsonl                 text summary of the "
                            "latest run in the file")
-    assert len(examples) == 6
+    assert len(examples) == 7

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from probe import bound
 from relay import Schedule, expected, plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,12 +43,7 @@ def _pf(*args):
 
 
 def _bound(port):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
+    return bound(port)      # from /proc: a probe bind would race the receiver
 
 
 def _wait(proc, timeout):

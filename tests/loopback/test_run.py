@@ -81,7 +81,7 @@ def test_sender_error_stops_the_receiver_before_its_socket_closes(tmp_path):
 class Stuck:
     """A sink whose record() blocks until released."""
 
-    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    wants_packets = wants_gaps = wants_rtts = wants_idle = closes_last = False
     on_failure = None
     counters = property(lambda self: {})
 

@@ -1,13 +1,15 @@
 """A signal changes nothing but what it asks for (issue 22 §5): SIGUSR1 skips exactly one
-sequence number and the schedule goes on as if nothing happened -- no missed or skipped
-slots, every full interval sends its 500 slots -- and so does any other signal the process
-handles (here SIGHUP, given a handler that does nothing).
+sequence number and the schedule goes on as if nothing happened -- every full interval
+sends its 500 slots and skips none -- and so does any other signal the process handles
+(here SIGHUP, given a handler that does nothing).
 
 The arithmetic: --rate 1 and --interval 0.5 put 500 slots in each record interval. The
 first interval holds 501 (slot 0 at the start, and the slice that ends the interval runs to
 half a slot after the tick, so it also sends slot 500); every later full interval holds the
-next 500. A skipped sequence number uses no slot, so `sent` stays 500, and the receiver
-counts exactly one packet lost per SIGUSR1, each a burst of 1."""
+next 500, and no slot is skipped. A skipped sequence number uses no slot, so `sent` stays
+500, and the receiver counts exactly one packet lost per SIGUSR1, each a burst of 1. Before
+the fix, the interval after a SIGUSR1 sent ~200 and skipped ~300 (seen: 203 sent, 360
+missed, 297 skipped)."""
 
 import os
 import signal
@@ -34,10 +36,17 @@ def check_schedule(recs, skips):
     (summary,) = summaries(recs, "sender")
     first, full, last = ticks[0], ticks[1:-1], ticks[-1]
     assert len(full) >= 4, ticks
-    assert first["sent"] + first["skipped_slots"] == 501
-    assert [(r["sent"], r["missed_slots"], r["skipped_slots"]) for r in full] == \
-        [(500, 0, 0)] * len(full)
-    assert all(r["timer_late_max_us"] < 1000 for r in full)
+    assert [r["skipped_slots"] for r in ticks] == [0] * len(ticks)
+    # every full interval sends its 500 slots; only a slot due just after a tick, sent 1 ms
+    # late or more, goes out with the slot before the tick and counts one interval early
+    # (501 then 499: the sum stays exact)
+    moved = [first["sent"] - 501] + [r["sent"] - 500 for r in full]
+    assert set(moved) <= {-1, 0, 1}, moved
+    assert all(sum(moved[:i]) in (0, 1) for i in range(1, len(moved) + 1)), moved
+    # missed_slots counts slots sent 1 ms late or more: a loaded 2-core machine makes a few
+    # in any interval, signal or not (seen: up to 6 with no signal at load 7); the stall
+    # this test is about missed 992 and skipped 929 in one interval
+    assert all(r["missed_slots"] <= 10 for r in full), [r["missed_slots"] for r in full]
     assert sum(r["sent"] for r in ticks) == summary["sent"]
     assert last["sent"] <= 500
     return summary["sent"]

@@ -14,15 +14,17 @@ from packet_flow.sinks.influx import InfluxSink
 from packet_flow.sinks.jsonl import JsonlSink
 from packet_flow.sinks.prometheus import PrometheusSink
 
-CAPABILITIES = ("wants_packets", "wants_gaps", "wants_rtts", "closes_last")
+CAPABILITIES = ("wants_packets", "wants_gaps", "wants_rtts", "wants_idle", "closes_last")
 
 
 class Fake:
     on_failure = None
     counters = property(lambda self: {})
 
-    def __init__(self, packets=False, gaps=False, rtts=False, last=False, block=None):
+    def __init__(self, packets=False, gaps=False, rtts=False, last=False, block=None,
+                 idle=False):
         self.wants_packets, self.wants_gaps, self.wants_rtts = packets, gaps, rtts
+        self.wants_idle = idle
         self.closes_last = last
         self.block = block
         self.got, self.closed = [], None
@@ -38,6 +40,9 @@ class Fake:
 
     def rtts(self, *a):
         self.got.append(("rtts", a[0]))
+
+    def idle(self):
+        self.got.append(("idle", None))
 
     def close(self, timeout, counters=None):
         if self.block is not None:
@@ -62,8 +67,8 @@ def test_influx_sink_declares_its_capabilities_per_run(tmp_path, compat):
         spool_dir=str(tmp_path), spool_max_bytes=0)
     sink = InfluxSink(cfg)
     assert sink.close(1.0)["written"] == 0
-    assert (sink.wants_packets, sink.wants_gaps, sink.wants_rtts, sink.closes_last) == (
-        compat, compat, False, False)
+    assert (sink.wants_packets, sink.wants_gaps, sink.wants_rtts, sink.wants_idle,
+            sink.closes_last) == (compat, compat, False, False, False)
     assert sink.on_failure is None
 
 
@@ -111,3 +116,21 @@ def test_a_sink_failure_reaches_the_run_once():
     sink.on_failure(RuntimeError("again"))
     out.close(1.0)
     assert seen == [boom] and out.failure is boom
+
+
+def test_idle_comes_once_the_queued_records_are_in():
+    release = threading.Event()
+    gate, watcher = Fake(), Fake(idle=True)
+    gate.record = lambda rec: (release.wait(5), gate.got.append(rec["type"]))
+    out = Fanout([gate, watcher])
+    for kind in ("interval", "sender", "interval", "receiver"):     # any order
+        out.record({"type": kind})
+    release.set()
+    end = time.monotonic() + 2
+    while ("idle", None) not in watcher.got and time.monotonic() < end:
+        time.sleep(0.01)
+    out.close(2.0)
+    # records 2-4 were queued while the first was held: one idle(), after all four
+    assert watcher.got[-1] == ("idle", None) and watcher.got.count(("idle", None)) <= 2
+    assert [g for g in watcher.got if g[0] == "record"] == [
+        ("record", k) for k in ("interval", "sender", "interval", "receiver")]

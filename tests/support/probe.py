@@ -38,15 +38,33 @@ def finish(proc, timeout=20):
     return out, err
 
 
+def bound(port, host=None):
+    """True when a UDP socket is bound to `port` (and IPv4 `host`, when given; a wildcard
+    bind counts), read from /proc/net/udp and udp6: binding a probe socket would race the
+    receiver, which binds its port exclusively."""
+    want = {f"{port:04X}"}
+    if host is not None:
+        packed = socket.inet_aton(host)[::-1].hex().upper()
+        want = {f"{packed}:{port:04X}", f"00000000:{port:04X}"}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local = line.split()[1]
+            if (local if host is not None else local.split(":")[1]) in want:
+                return True
+    return False
+
+
 def wait_bound(port, timeout=5.0):
-    """Wait until a receiver has bound UDP 127.0.0.1:port."""
+    """Wait until a receiver has bound UDP port `port`."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
+        if bound(port):
+            return
         time.sleep(0.02)
     raise AssertionError("receiver did not bind")
 

@@ -1,0 +1,111 @@
+"""The send side's records: `sender` interval records and the sender's summary.
+
+Rules: counters are the core's (_io.Sender) cumulative ones; an interval record holds their
+increments since the last one. Timer lateness (the send stamp behind its slot) comes from
+the core's sample buffer, emptied after every schedule slice (collect()) into this
+interval's list and the run's LogHistogram, so the summary's percentiles cover the whole
+run in fixed memory. Anomalies the kernel reports while sending are warned about once.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from packet_flow import rtt
+from packet_flow.histogram import LogHistogram
+
+log = logging.getLogger(__name__)
+
+
+def late_stats(lat_ns):
+    """timer_late_p50/p99/max_us of lateness samples in ns (None when there are none)."""
+    if not len(lat_ns):
+        return {"timer_late_p50_us": None, "timer_late_p99_us": None, "timer_late_max_us": None}
+    p50, p99 = np.percentile(lat_ns, [50, 99])
+    return {"timer_late_p50_us": round(float(p50) / 1e3, 3),
+            "timer_late_p99_us": round(float(p99) / 1e3, 3),
+            "timer_late_max_us": round(float(lat_ns.max()) / 1e3, 3)}
+
+
+class SenderRecords:
+    """Builds and emits one sender's records from its core `tx` (see the module rules);
+    `head(kind)` gives the fields every record of this sender carries, `replies` (or None)
+    the RTT fields. `goodbye` is 1 once a legacy goodbye (no probe) has been sent."""
+
+    def __init__(self, tx, head, emit, replies=None):
+        self.tx = tx
+        self.head = head
+        self.emit = emit
+        self.replies = replies
+        self.goodbye = 0
+        self.hist = LogHistogram()       # the run's lateness, for the summary percentiles
+        self.late_min = self.late_max = 0
+        self.lat_parts = []
+        self._last = (0, 0, 0, 0)
+        self.gso_warned = False
+
+    @property
+    def sent(self):
+        """Probe packets sent (a legacy goodbye is not one)."""
+        return self.tx.sent - self.goodbye
+
+    def warm_up(self):
+        """Run the record path once before the first slot: first calls (lazy imports,
+        allocator growth) cost milliseconds, which would make the first tick late."""
+        probe = np.arange(1000, dtype=np.int64)
+        LogHistogram().add(probe)
+        LogHistogram().quantiles([50, 99], 0, 999)
+        late_stats(probe)
+        if self.replies is not None:
+            rtt.RttStats().take_interval()
+
+    def collect(self):
+        """Move the core's lateness buffer into this interval's list and the run histogram."""
+        lat = self.tx.take_lateness()
+        if len(lat):
+            self.hist.add(lat)
+            self.late_min = min(self.late_min, int(lat.min())) if self.hist.n > len(lat) \
+                else int(lat.min())
+            self.late_max = max(self.late_max, int(lat.max()))
+            self.lat_parts.append(lat)
+
+    def interval(self, now_ns, since_ns):
+        self.collect()
+        lat = np.concatenate(self.lat_parts) if self.lat_parts else np.zeros(0, np.int64)
+        self.lat_parts = []
+        tx = self.tx
+        now = (self.sent, tx.missed_slots, tx.skipped_slots, tx.send_errors)
+        rec = self.head("sender", now_ns, since_ns)
+        rec.update(sent=now[0] - self._last[0], missed_slots=now[1] - self._last[1],
+                   skipped_slots=now[2] - self._last[2], send_errors=now[3] - self._last[3],
+                   **late_stats(lat))
+        if tx.gso_errno and not self.gso_warned:
+            self.gso_warned = True
+            log.warning("the kernel refused a UDP GSO message (%s): sending one datagram per "
+                        "message from now on; the refused packets were sent again",
+                        os.strerror(tx.gso_errno))
+        if now[3] and not self._last[3]:
+            log.warning("the kernel refused to send some packets (a local firewall, no route, "
+                        "or too big): counted in send_errors; the receiver sees them as lost")
+        if self.replies is not None:
+            rec.update(self.replies.take_interval(rec["interval_s"], now[0]))
+        self._last = now
+        self.emit(rec)
+
+    def summary(self, now_ns, start_ns):
+        tx = self.tx
+        rec = self.head("summary", now_ns, start_ns)
+        rec.update(sent=self.sent, missed_slots=tx.missed_slots,
+                   skipped_slots=tx.skipped_slots, send_errors=tx.send_errors)
+        if self.hist.n:
+            p50, p99 = self.hist.quantiles([50, 99], self.late_min, self.late_max)
+            rec.update(timer_late_p50_us=round(p50 / 1e3, 3),
+                       timer_late_p99_us=round(p99 / 1e3, 3),
+                       timer_late_max_us=round(self.late_max / 1e3, 3))
+        else:
+            rec.update(late_stats(np.zeros(0, np.int64)))
+        if self.replies is not None:
+            rec.update(self.replies.summary(tx.seq))
+        self.emit(rec)
+
