@@ -36,7 +36,8 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if cfg.action == "generate":
-            config_render.write_default_config(cfg.config_file, cfg.force)
+            print(config_render.write_default_config(cfg.config_file, cfg.force,
+                                                     cfg.sources["config-file"]))
             return 0
         if cfg.action == "print":
             print(config_render.render_toml(cfg))

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import logging
 import os
 import sys
 import tomllib
@@ -39,6 +41,7 @@ from .masking import mask, mask_args
 from .options import BY_NAME, CONFIG_ENV, FALSE, OPTS, TRUE, Bad, Opt
 
 _RANK = {"cli": 3, "env": 2, "file": 1, "default": 0}
+log = logging.getLogger(__name__)
 
 
 def _influx_enabled(self) -> bool:
@@ -50,13 +53,14 @@ Config = dataclasses.make_dataclass(
     "Config",
     [("action", str)]
     + [(o.field, Any, dataclasses.field(repr=not o.secret)) for o in OPTS]
-    + [("sources", dict, dataclasses.field(default_factory=dict, compare=False))],
+    + [("sources", dict, dataclasses.field(default_factory=dict, compare=False)),
+       ("missing", tuple, dataclasses.field(default=(), compare=False))],
     frozen=True,
     namespace={"influx_enabled": property(_influx_enabled)},
 )
 Config.__doc__ = """The effective configuration: one attribute per option of options.OPTS (its
-`field`), `action` (run, print or generate) and `sources` (option name -> where its value came
-from). Secrets are left out of repr()."""
+`field`), `action` (run, print or generate), `sources` (option name -> where its value came
+from) and `missing` (what a run would refuse for, when only printing: credentials). Secrets are left out of repr()."""
 Config.__module__ = __name__
 
 
@@ -98,14 +102,16 @@ def _toml_to_arg(opt: Opt, value: Any, source: str) -> str | list[str]:
     """Check a TOML value's type against the option and turn it into argparse text."""
     ok = {
         "str": isinstance(value, str),
-        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "float": (isinstance(value, int | float) and not isinstance(value, bool))
+        or (bool(opt.unit) and isinstance(value, str)),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "list": isinstance(value, str)
         or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
     }[opt.kind]
     if not ok:
-        want = {"str": "a string", "float": "a number", "int": "an integer", "bool": "true or false",
+        want = {"str": "a string", "float": "a number or a time like \"10ms\"" if opt.unit
+                else "a number", "int": "an integer", "bool": "true or false",
                 "list": "a string or a list of strings"}[opt.kind]
         shown = opt.shown(value)
         raise ConfigError(f"option --{opt.name}: value {shown!r} from {source}: "
@@ -202,15 +208,31 @@ def _cli_given(argv: list[str]) -> set[str]:
 
 def _config_path(argv: list[str], env: Mapping[str, str]) -> tuple[str | None, str]:
     """The config file path and its source; PACKET_FLOW_CONFIG_FILE beats --config-file."""
-    if env.get(CONFIG_ENV):
-        return env[CONFIG_ENV], f"env {CONFIG_ENV}"
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     pre.add_argument("--config-file", "--config_file", dest="config_file")
     try:
-        ns, _ = pre.parse_known_args(argv)
+        given = pre.parse_known_args(argv)[0].config_file
     except argparse.ArgumentError:
-        return None, "default"
-    return (ns.config_file, "cli") if ns.config_file else (None, "default")
+        given = None
+    if env.get(CONFIG_ENV):
+        beaten = f", which overrides --config-file {given} from cli" \
+            if given and given != env[CONFIG_ENV] else ""
+        return env[CONFIG_ENV], f"env {CONFIG_ENV}{beaten}"
+    return (given, "cli") if given else (None, "default")
+
+
+def _warn_unknown_env(env: Mapping[str, str]) -> None:
+    """Warn once per PACKET_FLOW_* variable that is no option's but close to one's name (a
+    typo such as PACKET_FLOW_RAET); others (compose file variables) are left alone."""
+    known = {o.env: o for o in OPTS}
+    for name in sorted(env):
+        if not name.startswith(defaults.ENV_PREFIX) or name in known or name == CONFIG_ENV:
+            continue
+        close = difflib.get_close_matches(name, [*known, CONFIG_ENV], 1, 0.8)
+        if close:
+            flag = f"--{known[close[0]].name}" if close[0] in known else "--config-file"
+            log.warning("environment variable %s is not packet-flow's and is ignored: did you "
+                        "mean %s (%s)?", name, close[0], flag)
 
 
 # --- load -------------------------------------------------------------------------------------------
@@ -269,6 +291,7 @@ def load(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
             raise _fail(opt.name, env[opt.env], f"env {opt.env}",
                         "not a boolean (1/0/true/false/yes/no)")
 
+    _warn_unknown_env(env)
     path, path_source = _config_path(argv, env)
     generate = "--generate-config" in argv or env.get(opt_env("generate-config"), "").lower() in TRUE
     contents = None
@@ -410,22 +433,25 @@ def _finish(vals: dict, sources: dict, typed: dict, generate: bool) -> Config:
                   if o.enables_influx and sources[o.name] != "default" and vals[o.name]]
     if enabled_by and "influx" not in outputs:
         outputs += ("influx",)
+    action = "generate" if vals["generate-config"] else "print" if vals["print-config"] else "run"
+    missing = []
     if "influx" in outputs and vals["mode"] in ("receiver", "both") and not generate:
         why = (f"--{enabled_by[0]} from {sources[enabled_by[0]]}" if enabled_by
                else f"--output from {sources['output']}")
         if vals["username"] and not vals["password"]:
-            raise _fail("password", None, sources["password"],
-                        f"--username from {sources['username']} needs a password too")
-        if not vals["token"] and not (vals["username"] and vals["password"]):
-            raise _fail("token", None, sources["token"],
-                        f"mode {vals['mode']!r} writes to InfluxDB ({why}) and needs "
-                        "--token or --username and --password")
-
-    action = "generate" if vals["generate-config"] else "print" if vals["print-config"] else "run"
+            missing.append(_fail("password", None, sources["password"],
+                                 f"--username from {sources['username']} needs a password too"))
+        elif not vals["token"] and not (vals["username"] and vals["password"]):
+            missing.append(_fail("token", None, sources["token"],
+                                 f"mode {vals['mode']!r} writes to InfluxDB ({why}) and needs "
+                                 "--token or --username and --password"))
+    if missing and action != "print":   # --print-config shows the rest and says what is missing
+        raise missing[0]
     if action == "run":
         _check_jsonl_paths(outputs, sources["output"])
     kwargs = {BY_NAME[n].field: v for n, v in vals.items()}
-    kwargs.update(action=action, outputs=outputs, sources=dict(sources))
+    kwargs.update(action=action, outputs=outputs, sources=dict(sources),
+                  missing=tuple(str(e) for e in missing))
     return Config(**kwargs)
 
 

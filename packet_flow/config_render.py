@@ -1,7 +1,10 @@
 """The configuration as text: --print-config, --generate-config, the start-up log line.
 
-Rules: secrets show as "***", masked by field (Opt.shown); every line of --print-config names the layer its
-value came from; both documents load back as config files.
+Rules: secrets show as "***", masked by field (Opt.shown); every line of --print-config names the
+layer its value came from; both documents load back as config files; the --generate-config
+template pins nothing (every line commented out); the start-up line names the config file and
+where its name came from. TOML is written by toml_value, not the `toml` package: the documents
+are mostly comments, which no TOML writer keeps.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def toml_value(value: Any) -> str:
 def render_toml(cfg, commented_sources: bool = True) -> str:
     """The effective configuration as a TOML document (secrets masked), for --print-config."""
     lines = ["# packet-flow effective configuration"]
+    lines += [f"# missing, a run would stop here: {m}" for m in getattr(cfg, "missing", ())]
     if cfg.config_file:
         lines.append(f"# config file: {cfg.config_file} ({cfg.sources.get('config-file')})")
     for opt in OPTS:
@@ -72,36 +76,42 @@ def summary_line(cfg) -> str:
     if getattr(cfg, "prometheus_listen", None) is not None:
         outputs.append(f"prometheus http://{cfg.prometheus_listen}/metrics")
     parts.append("outputs " + ", ".join(outputs))
+    if cfg.config_file:
+        parts.append(f"config file {cfg.config_file} ({cfg.sources.get('config-file')})")
     return "; ".join(parts)
 
 
 def default_toml() -> str:
-    """A commented TOML config file holding every default (what --generate-config writes)."""
+    """The template --generate-config writes: every option with its help and its default, all
+    commented out, so the file pins nothing until a line is uncommented (a default that
+    depends on other options, such as STAMP's port 862, keeps working)."""
     lines = [
         "# packet-flow configuration (TOML, flat keys; `-` and `_` spellings both work).",
-        "# Every value below is the default. Precedence: command line > environment",
-        f"# (PACKET_FLOW_*) > this file > defaults; {CONFIG_ENV} overrides --config-file.",
-        "# The InfluxDB settings are commented out: setting any of them turns on the",
+        "# Every setting is commented out and shows its default: uncomment a line to change",
+        "# it. Precedence: command line > environment (PACKET_FLOW_*) > this file > defaults;",
+        f"# {CONFIG_ENV} overrides --config-file. Setting any InfluxDB option turns on the",
         "# InfluxDB output, and a receiver then needs a token or username and password.",
     ]
     for opt in OPTS:
         if not opt.in_file:
             continue
-        lines += ["", f"# {opt.help}  [env var: {opt.env}]"]
         value = "" if opt.default is None else opt.default
-        line = f"{opt.key} = {toml_value(value)}"
-        lines.append(f"# {line}" if opt.enables_influx or opt.commented else line)
+        lines += ["", f"# {opt.help}  [env var: {opt.env}]",
+                  f"# {opt.key} = {toml_value(value)}"]
     return "\n".join(lines) + "\n"
 
 
-def write_default_config(path: str, force: bool) -> None:
-    """Write default_toml() to path; refuses to overwrite an existing file unless force."""
+def write_default_config(path: str, force: bool, source: str = "cli") -> str:
+    """Write default_toml() to path; refuses to overwrite an existing file unless force.
+    Returns the line to tell the user: which file was written and where its name came from."""
     try:
         with open(path, "w" if force else "x", encoding="utf-8") as f:
             f.write(default_toml())
     except FileExistsError:
-        raise ConfigError(f"option --generate-config: file {path!r} exists; "
+        raise ConfigError(f"option --generate-config: file {path!r} exists ({source}); "
                           "add --force to overwrite it") from None
     except OSError as e:
-        raise ConfigError(f"option --generate-config: cannot write {path!r}: "
+        raise ConfigError(f"option --generate-config: cannot write {path!r} ({source}): "
                           f"{e.strerror or e}") from None
+    return (f"packet-flow: wrote {path} (named by {source}): every setting commented out, "
+            "uncomment a line to change it")

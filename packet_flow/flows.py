@@ -47,7 +47,7 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
-from packet_flow import _io, defaults
+from packet_flow import _io, defaults, records
 from packet_flow.addresses import address
 from packet_flow.analysis import FlowStats
 from packet_flow.lossruns import local_part
@@ -115,10 +115,8 @@ class FlowTable:
         self._pressure = [0, 0]     # untracked packets, evicted flows since the last warning
 
     def _base(self, kind, flow, now_ns, since_ns):
-        return {"type": kind, "role": "receiver", "time": self.wall(now_ns),
-                "source": flow.source, "destination": self.destination,
-                "session": flow.session, "wire": flow.wire,
-                "interval_s": round((now_ns - since_ns) / 1e9, 6)}
+        return records.header(kind, "receiver", self.wall(now_ns), now_ns - since_ns,
+                              flow.source, self.destination, flow.session, wire=flow.wire)
 
     def _interval(self, flow, now_ns):
         rec = self._base("interval", flow, now_ns, flow.tick_ns)

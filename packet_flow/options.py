@@ -38,25 +38,30 @@ class Bad(ValueError):
 
 
 def _float(lo: float | None = None, hi: float | None = None, above: float | None = None,
-           zero: bool = False):
-    """A float in [lo, hi] or above `above`; `zero` allows 0 besides (0 = off)."""
+           zero: bool = False, unit: str = ""):
+    """A float in [lo, hi] or above `above`; `zero` allows 0 besides (0 = off). With a time
+    `unit` ("s" or "ms": the unit of a bare number), a time with its own unit is taken too
+    (10ms, 1.5s, 2m, 1h) and converted to `unit`."""
     def conv(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise Bad("not a number") from None
+            if not unit:
+                raise Bad("not a number") from None
+            value = _time(str(text).strip(), unit)
         if not math.isfinite(value):
             raise Bad("not a finite number")
+        u = f" {unit}" if unit else ""
         if zero and value == 0:
             return value
         if zero and lo is not None and value < lo:
-            raise Bad(f"must be 0 or at least {lo:g}")
+            raise Bad(f"must be 0 or at least {lo:g}{u}")
         if above is not None and value <= above:
-            raise Bad(f"must be greater than {above:g}")
+            raise Bad(f"must be greater than {above:g}{u}")
         if lo is not None and hi is not None and not lo <= value <= hi:
-            raise Bad(f"must be between {lo:g} and {hi:g}")
+            raise Bad(f"must be between {lo:g} and {hi:g}{u}")
         if lo is not None and value < lo:
-            raise Bad(f"must be at least {lo:g}")
+            raise Bad(f"must be at least {lo:g}{u}")
         return value
 
     return conv
@@ -122,6 +127,9 @@ def parse_addr(text: str, allow_port0: bool = False) -> Addr:
 
     Raises Bad (a ValueError) with the reason.
     """
+    several = [t for t in text.replace(",", " ").split() if t]
+    if len(several) > 1:
+        raise Bad(f"one address is expected (host:port), not {len(several)}")
     try:
         host, port = split_host_port(text)
     except ValueError as e:
@@ -145,8 +153,10 @@ def _addr(allow_port0: bool):
 
 
 def _listen(text: str) -> Addr | None:
-    """An HTTP listen address (host:port, [v6addr]:port); empty = off."""
-    return parse_addr(text) if text.strip() else None
+    """An HTTP listen address (host:port, [v6addr]:port, :port = every IPv4 address, as
+    Prometheus writes it); empty = off."""
+    text = text.strip()
+    return parse_addr("0.0.0.0" + text if text.startswith(":") else text) if text else None
 
 
 def _outputs(items: list[str]) -> tuple[str, ...]:
@@ -196,20 +206,31 @@ def _loss_limit(text: str):
         raise Bad(str(e)) from None
 
 
-_TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+              "h": 3600.0}
 
 
-def _seconds(text: str) -> float:
-    """A number with a unit (5ms, 200us, 1.5s; a bare number is seconds) in seconds."""
-    for unit in sorted(_TIME_UNITS, key=len, reverse=True):
-        if text.endswith(unit):
-            number, scale = text[: -len(unit)], _TIME_UNITS[unit]
+def _time(text: str, unit: str = "s") -> float:
+    """A time with a unit (10ms, 200us, 1.5s, 2m, 1h) in `unit` (s or ms); a bare number is
+    in `unit` already."""
+    for suffix in sorted(TIME_UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)].strip(), TIME_UNITS[suffix] / TIME_UNITS[unit]
             break
     else:
         number, scale = text, 1.0
     try:
-        value = float(number) * scale
+        return float(number) * scale
     except ValueError:
+        raise Bad(f"not a number or a time (a number of {unit}, or 10ms, 1.5s, 2m, 1h)") \
+            from None
+
+
+def _seconds(text: str) -> float:
+    """A time of 0 or more in seconds (5ms, 200us, 1.5s; a bare number is seconds)."""
+    try:
+        value = _time(text)
+    except Bad:
         raise Bad("not a time (like 5ms, 200us or 1.5s)") from None
     if not math.isfinite(value) or value < 0:
         raise Bad("must be a time of 0 or more")
@@ -240,9 +261,9 @@ class Opt:
     run_only: bool = False    # an action flag, not part of the configuration proper
     negatable: bool = False   # a bool with a --no-NAME form
     enables_influx: bool = False  # setting it turns the InfluxDB output on
-    commented: bool = False   # commented out in the file --generate-config writes
     attr: str | None = None   # the Config attribute, when not the name with `_`
     show: Callable[[Any], Any] | None = None  # how people see a value (masking by field)
+    unit: str = ""            # a time: the unit of a bare number (s, ms); 10ms, 2m taken too
 
     @property
     def env(self) -> str:
@@ -279,10 +300,11 @@ OPTS = (
     Opt("remote-addr", "str", defaults.REMOTE_ADDR, "address to send to (sender, both)",
         _addr(False), attr="remote"),
     Opt("rate", "float", defaults.RATE_MS, "milliseconds between packets "
-        f"({defaults.RATE_MIN_MS:g}..{defaults.RATE_MAX_MS:g})",
-        _float(defaults.RATE_MIN_MS, defaults.RATE_MAX_MS), short="-r", attr="rate_ms"),
-    Opt("duration", "float", defaults.DURATION_S, "seconds to run, 0 = until a signal",
-        _float(0.0)),
+        f"({defaults.RATE_MIN_MS:g}..{defaults.RATE_MAX_MS:g}), or a time: 100us, 0.5s",
+        _float(defaults.RATE_MIN_MS, defaults.RATE_MAX_MS, unit="ms"), short="-r",
+        attr="rate_ms", unit="ms"),
+    Opt("duration", "float", defaults.DURATION_S, "seconds to run (or 10ms, 2m, 1h), 0 = "
+        "until a signal", _float(0.0, unit="s"), unit="s"),
     Opt("count", "int", defaults.COUNT, "packets to send, 0 = unlimited", _int(0)),
     Opt("size", "int", defaults.SIZE, "UDP payload bytes, 0 = the smallest packet of the wire "
         "format", _int(0, UDP_PAYLOAD_MAX)),
@@ -294,15 +316,17 @@ OPTS = (
     Opt("timer", "str", defaults.TIMER, "send scheduler: " + ", ".join(defaults.TIMERS),
         _choice(defaults.TIMERS)),
     Opt("interval", "float", defaults.INTERVAL_S, "seconds per metrics record "
-        f"(>= {defaults.INTERVAL_MIN_S:g})", _float(defaults.INTERVAL_MIN_S)),
+        f"(>= {defaults.INTERVAL_MIN_S:g}; or 100ms, 1m)",
+        _float(defaults.INTERVAL_MIN_S, unit="s"), unit="s"),
     Opt("output", "list", (defaults.OUTPUT,), "where metrics go: console, jsonl:PATH "
         "(jsonl:- = stdout), json:PATH (one document at the end; json:- = stdout), influx; "
         "repeat or separate with commas", _outputs, attr="outputs"),
     Opt("stall-timeout", "float", defaults.STALL_TIMEOUT_S,
-        "seconds of silence before a sender counts as stalled", _float(above=0.0)),
+        "seconds of silence before a sender counts as stalled", _float(above=0.0, unit="s"),
+        unit="s"),
     Opt("forget-timeout", "float", defaults.FORGET_TIMEOUT_S,
         "seconds of silence before a sender is forgotten (> --stall-timeout)",
-        _float(above=0.0)),
+        _float(above=0.0, unit="s"), unit="s"),
     Opt("influx-url", "str", defaults.INFLUX_URL, "InfluxDB URL (http or https); setting it "
         "turns the InfluxDB output on", _url, short="-i", enables_influx=True, show=mask_url),
     Opt("database", "str", defaults.DATABASE, "InfluxDB database (1.x) or bucket (2.x)",
@@ -332,7 +356,7 @@ OPTS = (
         "cap on per-packet compat points per second per flow", _int(0)),
     Opt("flush-interval", "float", defaults.FLUSH_INTERVAL_S,
         f"seconds between InfluxDB writes (>= {defaults.INTERVAL_MIN_S:g}), 0 = --interval",
-        _float(defaults.INTERVAL_MIN_S, zero=True)),
+        _float(defaults.INTERVAL_MIN_S, zero=True, unit="s"), unit="s"),
     Opt("spool-dir", "str", defaults.SPOOL_DIR,
         "where unsent InfluxDB points wait, empty = a folder under the temp dir"),
     Opt("spool-max-bytes", "int", defaults.SPOOL_MAX_BYTES,
@@ -341,9 +365,9 @@ OPTS = (
         "(e.g. 127.0.0.1:9469; 0.0.0.0:9469 for every address), empty = off; beside the other "
         "outputs", _listen),
     Opt("key", "str", None, "shared secret: sign packets with HMAC-SHA-256", _optional,
-        secret=True, commented=True),
+        secret=True),
     Opt("key-file", "str", None, "read the shared secret from this file", _optional,
-        file_of="key", commented=True),
+        file_of="key"),
     Opt("rtt", "bool", False, "measure round-trip time (needs a reflector or STAMP peer)", _bool,
         negatable=True),
     Opt("log-level", "str", defaults.LOG_LEVEL, "logging level: " + ", ".join(LOG_LEVELS),
@@ -361,22 +385,21 @@ OPTS = (
         "tag verifies (needs --key and --wire native)", _bool, negatable=True),
     # thresholds (verdict.py): a breached one fails the run with exit status 3
     Opt("max-loss", "str", None, "fail (exit status 3) when a flow lost more than this: a "
-        "percentage of its packets (0.5%) or a count of packets (3)", _loss_limit,
-        commented=True),
+        "percentage of its packets (0.5%) or a count of packets (3)", _loss_limit),
     Opt("max-owd-p99", "str", None, "fail when a flow's one-way delay p99 is above this time "
-        "(5ms)", _time_limit, commented=True),
+        "(5ms)", _time_limit),
     Opt("max-rtt-p99", "str", None, "fail when the round-trip time p99 (--rtt) is above this "
-        "time (5ms)", _time_limit, commented=True),
+        "time (5ms)", _time_limit),
     Opt("max-jitter", "str", None, "fail when a flow's RFC 3550 jitter (with --rtt: the "
-        "round trip's) is above this time (1ms)", _time_limit, commented=True),
+        "round trip's) is above this time (1ms)", _time_limit),
     Opt("min-received", "int", None, "fail when a flow received fewer packets (with --rtt: "
-        "fewer replies)", _int(0), commented=True),
+        "fewer replies)", _int(0)),
     # --- mesh peers (peers.py, discovery.py) ---
     Opt("peers", "list", (), "mesh peers: host:port, [v6addr]:port, file:PATH, dns:NAME:PORT "
         "(every A/AAAA record), srv:_service._udp.NAME; repeat or separate with commas",
         _peers),
     Opt("peer-refresh", "float", defaults.PEER_REFRESH_S, "seconds between lookups of the "
-        "--peers names", _float(defaults.PEER_REFRESH_MIN_S)),
+        "--peers names", _float(defaults.PEER_REFRESH_MIN_S, unit="s"), unit="s"),
     Opt("peer-subset", "int", defaults.PEER_SUBSET, "probe only this many peers, chosen by "
         "rendezvous hashing; 0 = every peer", _int(0)),
     Opt("name", "str", None, "this node's name, else $NODE_NAME, else the host name", _name),

@@ -2,8 +2,12 @@
 command as a user would, on loopback, and asserts the line printed."""
 
 import re
+import socket
+import struct
 import subprocess
 import sys
+import time
+import urllib.request
 
 from probe import finish, free_port, pf, records, wait_bound
 
@@ -86,7 +90,7 @@ def test_report_shows_rtt_and_each_run_apart(tmp_path):
     assert lines[1] == (f"run 2 of 2 in this file ({ids[1]}): --list-runs lists them, --run N "
                         "picks one")
     assert "received" not in text           # the first run is not mixed in
-    assert re.search(r"^ 1    RTT +\S+us +\S+us +\S+us +\S+us +\S+us$", text, re.M), text
+    assert re.search(r"^ 1    RTT( +[0-9.]+(us|ms|s)){5}$", text, re.M), text
     assert " 1            30         0   0.000         0         0       0/0       0/0" in lines
     assert " 1  reflector resets 0" in lines
     listed = _report(out, "--list-runs").splitlines()
@@ -98,3 +102,42 @@ def test_report_shows_rtt_and_each_run_apart(tmp_path):
     assert _report(out, "--run", ids[0]) == first
     png = tmp_path / "rtt.png"
     assert _report(out, "-o", png) == f"wrote {png} (1600x380 px, 1 flow(s))\n"
+
+
+def test_generated_config_pins_nothing_stamp_reflector_listens_on_862(tmp_path):
+    path = tmp_path / "gen.toml"
+    finish(pf("--generate-config", "--config-file", path))
+    refl = pf("-m", "reflector", "--wire", "stamp", "--config-file", path, "--duration", "3",
+              "--log-level", "info")
+    probe = struct.pack("!III", 7, 3_900_000_000, 0) + bytes(32)       # RFC 8762 sender packet
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        for _ in range(25):                 # until the reflector is up
+            s.sendto(probe, ("127.0.0.1", 862))
+            try:
+                reply = s.recv(100)
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError("no STAMP reply from 127.0.0.1:862")
+    _, stderr = finish(refl)
+    assert len(reply) == 44 and struct.unpack_from("!I", reply, 24)[0] == 7   # sender seq
+    assert (f"mode reflector; listening on 0.0.0.0:862; outputs console; config file {path} "
+            "(cli)") in stderr
+
+
+def test_prometheus_listen_all_addresses_shorthand():
+    port = free_port()
+    rx = pf("-m", "receiver", "--local-addr", "127.0.0.1:0", "--prometheus-listen", f":{port}",
+            "--duration", "3")
+    end = time.monotonic() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                assert r.status == 200 and b"packet_flow_" in r.read()
+            break
+        except OSError:
+            assert time.monotonic() < end, "no /metrics on :port"
+            time.sleep(0.1)
+    finish(rx)

@@ -4,8 +4,11 @@ cannot hold the exit beyond the flush timeout; the output queue is bounded and c
 it dropped. In-process runs drive packet_flow.run with real loopback sockets; the blocked
 stdout is a real pipe nobody reads."""
 
+import ctypes
+import dataclasses
 import errno
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -157,3 +160,30 @@ def test_blocked_stdout_cannot_hold_the_exit(tmp_path):
     assert proc.returncode == 0, err
     assert took < 2.5
     assert "outputs did not finish within 1.5 s" in err
+
+
+def _process_state():
+    libc = ctypes.CDLL(None)
+    return {"handlers": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM,
+                                                          signal.SIGQUIT, signal.SIGUSR1)},
+            "frozen": gc.get_freeze_count(), "switch": sys.getswitchinterval(),
+            "policy": os.sched_getscheduler(0), "priority": os.sched_getparam(0).sched_priority,
+            "slack": libc.prctl(30, 0, 0, 0, 0)}      # PR_GET_TIMERSLACK: this thread's
+
+
+def test_a_run_leaves_no_trace(tmp_path):
+    """Signal handlers, gc.freeze, the switch interval, and the sender thread's SCHED_FIFO
+    and timer slack are as they were once run() returns (a library call leaves no trace);
+    the run itself had them changed (SCHED_FIFO only where the process may have it)."""
+    before = _process_state()
+    during = {}
+    cfg = both_cfg(tmp_path / "run.jsonl")
+    cfg = dataclasses.replace(cfg, count=30, rate_ms=1.0)
+    verdict = run.run(cfg, ready=lambda loops: during.update(_process_state()))
+    assert verdict.status == 0
+    assert _process_state() == before
+    assert during["frozen"] > before["frozen"] and during["switch"] < before["switch"]
+    assert during["handlers"] != before["handlers"]
+    (tx,) = [r for r in records(tmp_path / "run.jsonl")
+             if r["type"] == "summary" and r["role"] == "sender"]
+    assert tx["sent"] == 30

@@ -150,7 +150,8 @@ def test_config_file_env_overrides_cli_flag(tmp_path):
     cfg = config.load(["--config-file", from_cli], {"PACKET_FLOW_CONFIG_FILE": from_env})
     assert cfg.rate_ms == 20.0
     assert cfg.config_file == from_env
-    assert cfg.sources["config-file"] == "env PACKET_FLOW_CONFIG_FILE"
+    assert cfg.sources["config-file"] == (f"env PACKET_FLOW_CONFIG_FILE, which overrides "
+                                          f"--config-file {from_cli} from cli")
     assert cfg.sources["rate"] == f"file {from_env}"
     # the underscore spelling of the flag, and the flag alone
     cfg = config.load(["--config_file", from_cli], {})
@@ -188,8 +189,11 @@ def test_dash_and_underscore_keys(tmp_path):
          "environment"),
         ('local_addr = "1.2.3.4:5"\nlocal-addr = "1.2.3.4:6"\n',
          "config file {path}: key 'local-addr' is given twice (- and _ spellings)"),
-        ('rate = "10"\n',
-         "option --rate: value '10' from file {path}: expected a number, got TOML str"),
+        ('rate = true\n',
+         "option --rate: value True from file {path}: expected a number or a time like "
+         '"10ms", got TOML bool'),
+        ('batch = "10"\n',
+         "option --batch: value '10' from file {path}: expected an integer, got TOML str"),
         ("dscp = 1.5\n", "option --dscp: value 1.5 from file {path}: expected an integer, "
                          "got TOML float"),
         ('rtt = "yes"\n', "option --rtt: value 'yes' from file {path}: expected true or false, "
@@ -219,7 +223,9 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
     path = str(tmp_path / "gen.toml")
     cfg = config.load(["--generate-config", "--config-file", path], {})   # file does not exist yet
     assert (cfg.action, cfg.config_file, cfg.force) == ("generate", path, False)
-    config_render.write_default_config(path, cfg.force)
+    assert config_render.write_default_config(path, cfg.force) == (
+        f"packet-flow: wrote {path} (named by cli): every setting commented out, uncomment a "
+        "line to change it")
     text = Path(path).read_text()
     for opt in options.OPTS:
         if opt.in_file:
@@ -230,10 +236,14 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
                   "database", "influx_url", "token", "forget_timeout", "spool_dir"):
         assert getattr(loaded, field) == getattr(default, field), field
     assert not loaded.influx_enabled
-    assert loaded.sources["rate"] == f"file {path}"
+    # a template: every line is commented out, so nothing comes from the file ...
+    assert {s for n, s in loaded.sources.items() if n != "config-file"} == {"default"}
+    # ... until a line is uncommented
+    Path(path).write_text(Path(path).read_text().replace("# rate = 1000.0", "rate = 20"))
+    assert config.load(["--config-file", path], {}).sources["rate"] == f"file {path}"
     # refuses to overwrite unless forced
-    with pytest.raises(ConfigError, match="exists; add --force") as info:
-        config_render.write_default_config(path, False)
+    with pytest.raises(ConfigError, match=r"exists \(cli\); add --force") as info:
+        config_render.write_default_config(path, False, "cli")
     assert info.value.exit_code == 2
     Path(path).write_text("junk")
     config_render.write_default_config(path, True)
@@ -339,7 +349,7 @@ def test_config_errors_exit_2_with_one_line(tmp_path, capsys):
     missing = tmp_path / "no-such-folder" / "run.jsonl"
     cases = [
         (["-m", "both", "--interval", "1e-10"], {},
-         "option --interval: value '1e-10' from cli: must be at least 0.001"),
+         "option --interval: value '1e-10' from cli: must be at least 0.001 s"),
         (["-m", "both", "--output", f"console,jsonl:{missing}"], {},
          f"option --output: value 'jsonl:{missing}' from cli: folder "
          f"'{missing.parent}' of '{missing}' does not exist"),
@@ -356,7 +366,7 @@ def test_config_errors_exit_2_with_one_line(tmp_path, capsys):
         f"'{missing.parent}' of '{missing}' does not exist\n")
     assert cli.main(["-m", "both", "--interval", "0.0001", "--duration", "1"]) == 2
     assert capsys.readouterr().err == (
-        "packet-flow: error: option --interval: value '0.0001' from cli: must be at least 0.001\n")
+        "packet-flow: error: option --interval: value '0.0001' from cli: must be at least 0.001 s\n")
     # printing the configuration does not need the folder; 1 ms intervals are fine
     cfg = config.load(["--print-config", "--interval", "0.001", "--flush-interval", "0",
                        "--output", f"jsonl:{missing}"], {})
