@@ -284,7 +284,9 @@ cdef class MeshSender:
                     pass
                 now = _mono()
             self.last_wake = now
-            self._due(now)
+            # the economy timer aims early by its mean wake-up lateness (as Sender's): the
+            # slot it woke for goes now, centred on its time, not after a second sleep
+            self._due(max(now, deadline))
 
     def run(self, int64_t until_ns, bint precise=True):
         """Send on the pairs' grids until slot time `until_ns`, round end_round, a full
