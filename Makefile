@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
-APT_TEST_PACKAGES := victoria-metrics influxdb nftables iproute2 iperf3 irtt sockperf prometheus ethtool libssl-dev clang conntrack dnsmasq-base
+APT_TEST_PACKAGES := victoria-metrics influxdb nftables iproute2 iperf3 irtt sockperf prometheus ethtool libssl-dev clang conntrack dnsmasq-base curl
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run check-build test deps venv lint bench clean
@@ -13,6 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip wheel
 
 RUN_RECORDS ?= make-run.jsonl
+RUN_INSTALL ?= $(BIN)/pip install -q .
 
 # What the build needs (C compiler, Python headers, venv, OpenSSL headers): checked first;
 # when something is missing, mk/check-build.sh prints the one apt-get command and make stops.
@@ -23,7 +24,7 @@ check-build:
 # keeping its records in $(RUN_RECORDS) for `packet-flow report`.
 run: check-build
 	@$(MAKE) --no-print-directory $(BIN)/python
-	$(BIN)/pip install -q .
+	$(RUN_INSTALL)
 	@rm -f $(RUN_RECORDS)
 	$(BIN)/packet-flow --mode both --local-addr 127.0.0.1:$(PORT) --log-level warning \
 	    --remote-addr 127.0.0.1:$(PORT) --rate 1 --duration 5 --output console,jsonl:$(RUN_RECORDS)

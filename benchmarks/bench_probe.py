@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""The probe as users run it (CLI processes on loopback), two tables:
+"""The probe on loopback, two tables. The side measured runs in this process through the
+Python API (docs/api.md); its peer is a CLI process, so the two never share a GIL:
 
-1. Schedule at --rate 1 (1000 packets/s) for both timer modes: missed slots, timer
-   lateness p50/p99/max, CPU % of one core; irtt client -i 1ms side by side where installed.
-2. Top end-to-end rate: a packet-flow sender at --rate R into a packet-flow receiver,
-   64-byte packets, packets/s reached and loss.
+1. Schedule at --rate 1 (1000 packets/s) for both timer modes: the sender (API) into a
+   receiver process; missed slots, timer lateness p50/p99/max, CPU % of one core (this
+   process's: the sender's thread and its output thread); irtt client -i 1ms side by side
+   where installed.
+2. Top end-to-end rate: a sender process at --rate R into a receiver (API), 64-byte packets,
+   packets/s reached and loss.
 
     python benchmarks/bench_probe.py [--seconds 60] [--top-seconds 5] [--skip-schedule]
 """
@@ -21,6 +24,9 @@ import time
 
 from _proc import free_port, wait_bound
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import packet_flow  # noqa: E402
+
 
 def pf(*args, out=None):
     cmd = [sys.executable, "-m", "packet_flow", "--log-level", "warning", *map(str, args)]
@@ -31,6 +37,11 @@ def pf(*args, out=None):
 
 def child_cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def self_cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
@@ -45,15 +56,13 @@ def schedule(timer, seconds, tmp):
     rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}",
             "--duration", seconds + 3, out=f"{tmp}/rx-{timer}.jsonl")
     wait_bound(port)
-    c0 = child_cpu()
+    c0 = self_cpu()
     t0 = time.monotonic()
-    tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 1,
-            "--timer", timer, "--duration", seconds, out=f"{tmp}/tx-{timer}.jsonl")
-    tx.wait()
+    s = packet_flow.probe(mode="sender", remote_addr=f"127.0.0.1:{port}", rate=1, timer=timer,
+                          duration=seconds).sender
     wall = time.monotonic() - t0
-    cpu = child_cpu() - c0
+    cpu = self_cpu() - c0
     rx.wait()
-    s = summary(f"{tmp}/tx-{timer}.jsonl", "sender")
     r = summary(f"{tmp}/rx-{timer}.jsonl", "receiver")
     return {"sent": s["sent"], "missed": s["missed_slots"], "p50": s["timer_late_p50_us"],
             "p99": s["timer_late_p99_us"], "max": s["timer_late_max_us"],
@@ -88,15 +97,13 @@ def irtt(seconds, tmp):
 
 def top_rate(rate_ms, seconds, tmp):
     port = free_port()
-    rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration",
-            seconds + 4, "--rcvbuf", 64 << 20, out=f"{tmp}/top-rx-{rate_ms}.jsonl")
-    wait_bound(port)
+    rx = packet_flow.Probe(mode="receiver", local_addr=f"127.0.0.1:{port}",
+                           duration=seconds + 4, rcvbuf=64 << 20).start()
     tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", rate_ms,
             "--size", 64, "--duration", seconds, out=f"{tmp}/top-tx-{rate_ms}.jsonl")
     tx.wait()
-    rx.wait()
+    (r,) = rx.wait().flows
     s = summary(f"{tmp}/top-tx-{rate_ms}.jsonl", "sender")
-    r = summary(f"{tmp}/top-rx-{rate_ms}.jsonl", "receiver")
     return {"sent": s["sent"], "pps": s["sent"] / s["interval_s"], "received": r["received"],
             "lost": r["lost"], "skipped": s["skipped_slots"]}
 

@@ -11,7 +11,8 @@ Rows:
   (max and median; it includes Prometheus parsing and storing the 33k samples), curl's time
   for a whole GET /metrics every 0.5 s meanwhile, series count, received total against the
   run's summaries, lost, drops.
-- `1.5M packets/s scraped every second`: receiver and sender CLIs as in bench_sink.py at
+- `1.5M packets/s scraped every second`: a receiver (API, in this process) and a sender
+  CLI process as in bench_sink.py at
   --rate 0.000667 ms (64-byte packets) while Prometheus scrapes the receiver every second:
   sent, received, lost, kernel drops, and the received counter Prometheus stored last.
 Bounded: fixed packet counts and durations; traffic on 127.0.0.1 only; only the processes
@@ -43,6 +44,7 @@ sys.path[:0] = [os.path.join(ROOT, "tests", "support"), ROOT]
 from promserver import PromServer  # noqa: E402
 from servers import free_port as free_tcp_port  # noqa: E402
 
+import packet_flow  # noqa: E402
 from packet_flow import _io, sockets  # noqa: E402
 from packet_flow.options import parse_addr  # noqa: E402
 from packet_flow.sinks.prometheus import PrometheusSink  # noqa: E402
@@ -172,27 +174,26 @@ def flows_scraped(prom, mport: int, n: int, pps: float, seconds: float, tmp: str
 
 
 def fast_scraped(prom, mport: int, rate_ms: float, seconds: float, tmp: str) -> dict:
-    """One flow at 1/rate_ms packets per ms into a receiver Prometheus scrapes every second."""
+    """One flow at 1/rate_ms packets per ms into a receiver Prometheus scrapes every second.
+    The receiver runs here through the API, the sender is a CLI process (no shared GIL)."""
     port = free_port()
-    rx_out, tx_out = os.path.join(tmp, "rx.jsonl"), os.path.join(tmp, "tx.jsonl")
-    rx = subprocess.Popen(BASE + ["--mode", "receiver", "--local-addr", f"127.0.0.1:{port}",
-                                  "--duration", str(seconds + 4), "--rcvbuf", str(64 << 20),
-                                  "--output", f"jsonl:{rx_out}",
-                                  "--prometheus-listen", f"127.0.0.1:{mport}"], env=ENV)
-    wait_bound(port)
+    tx_out = os.path.join(tmp, "tx.jsonl")
+    rx = packet_flow.Probe(mode="receiver", local_addr=f"127.0.0.1:{port}",
+                           duration=seconds + 4, rcvbuf=64 << 20, records=True,
+                           prometheus_listen=f"127.0.0.1:{mport}").start()
     time.sleep(1.5)                         # scraped before the first packet
     subprocess.run(BASE + ["--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate",
                            str(rate_ms), "--size", "64", "--duration", str(seconds),
                            "--output", f"jsonl:{tx_out}"], check=True, env=ENV)
-    rx.wait(60)
-    rrecs, trecs = records(rx_out), records(tx_out)
-    rsum = next(r for r in rrecs if r["type"] == "summary")
-    tsum = next(r for r in trecs if r["type"] == "summary")
+    result = rx.wait(60)
+    (rsum,) = result.flows
+    tsum = next(r for r in records(tx_out) if r["type"] == "summary")
     inst = f'instance="127.0.0.1:{mport}"'
     (series,) = prom.query(f"packet_flow_received_packets_total{{{inst}}}[2m]")
     scrape = prom.query(f"max_over_time(scrape_duration_seconds{{{inst}}}[2m])")
     return {"sent": tsum["sent"], "received": rsum["received"], "lost": rsum["lost"],
-            "kernel_drops": sum(r["kernel_drops"] for r in rrecs if r["type"] == "receiver"),
+            "kernel_drops": sum(r["kernel_drops"] for r in result.records
+                                if r["type"] == "receiver"),
             "stored_received": int(float(series["values"][-1][1])),
             "scrapes": len(series["values"]), "scrape_max_s": float(scrape[0]["value"][1])}
 

@@ -11,6 +11,8 @@ Starts its own victoria-metrics on a free loopback port (tests/support/vmserver.
 is given. Bounded: every row writes a fixed number of points.
 - the probe at 1.5M packets/s while its receiver writes to the server (with --compat-points):
   packets sent, received, lost, kernel drops, and the `received` total the server stored.
+  The receiver runs in this process through the API (docs/api.md), the sender is a CLI
+  process.
 Usage: python3 benchmarks/bench_sink.py [--points 2000000] [--url http://127.0.0.1:8428]
 """
 
@@ -31,6 +33,7 @@ sys.path[:0] = [os.path.join(HERE, "..", "tests", "support"), os.path.join(HERE,
 
 from vmserver import VMServer  # noqa: E402
 
+import packet_flow  # noqa: E402
 from packet_flow import defaults  # noqa: E402
 from packet_flow.sinks.influx import InfluxSink  # noqa: E402
 from packet_flow.sinks.lineproto import format_int_points  # noqa: E402
@@ -111,35 +114,31 @@ def bench_records(url: str, spool: str, n: int) -> float:
 
 
 def probe_with_sink(vm, tmp: str, rate_ms: float, seconds: float) -> dict:
-    """The probe (CLI processes) at a high rate while its receiver writes to the server:
-    interval points plus the capped per-packet compat points. Returns what was lost."""
+    """The probe at a high rate while its receiver writes to the server: interval points
+    plus the capped per-packet compat points. The receiver runs here through the API, the
+    sender is a CLI process (they share no GIL). Returns what was lost."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rx_out, tx_out = os.path.join(tmp, "rx.jsonl"), os.path.join(tmp, "tx.jsonl")
-    base = [sys.executable, "-m", "packet_flow", "--log-level", "warning"]
-    rx = subprocess.Popen(base + ["--mode", "receiver", "--local-addr", f"127.0.0.1:{port}",
-                                  "--duration", str(seconds + 3), "--rcvbuf", str(64 << 20),
-                                  "--influx-url", vm.url, "--token", "bench", "--compat-points",
-                                  "--spool-dir", os.path.join(tmp, "spool"),
-                                  "--output", f"jsonl:{rx_out}"])
+    tx_out = os.path.join(tmp, "tx.jsonl")
+    rx = packet_flow.Probe(mode="receiver", local_addr=f"127.0.0.1:{port}",
+                           duration=seconds + 3, rcvbuf=64 << 20, influx_url=vm.url,
+                           token="bench", compat_points=True,
+                           spool_dir=os.path.join(tmp, "spool"), records=True).start()
     time.sleep(1.0)
-    subprocess.run(base + ["--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate",
-                           str(rate_ms), "--size", "64", "--duration", str(seconds),
-                           "--output", f"jsonl:{tx_out}"], check=True)
-    rx.wait()
-
-    def records(path):
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
-
-    rrecs, trecs = records(rx_out), records(tx_out)
-    rsum = next(r for r in rrecs if r["type"] == "summary")
-    tsum = next(r for r in trecs if r["type"] == "summary")
-    n_intervals = sum(1 for r in rrecs if r["type"] == "interval")
+    subprocess.run([sys.executable, "-m", "packet_flow", "--log-level", "warning", "--mode",
+                    "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", str(rate_ms),
+                    "--size", "64", "--duration", str(seconds), "--output", f"jsonl:{tx_out}"],
+                   check=True)
+    result = rx.wait()
+    with open(tx_out, encoding="utf-8") as f:
+        tsum = next(r for r in map(json.loads, f) if r["type"] == "summary")
+    (rsum,) = result.flows
+    n_intervals = sum(1 for r in result.records if r["type"] == "interval")
     stored = vm.export("packet_flow_received", min_samples=n_intervals)
     return {"sent": tsum["sent"], "received": rsum["received"], "lost": rsum["lost"],
-            "kernel_drops": sum(r["kernel_drops"] for r in rrecs if r["type"] == "receiver"),
+            "kernel_drops": sum(r["kernel_drops"] for r in result.records
+                                if r["type"] == "receiver"),
             "stored_received": int(sum(sum(x["values"]) for x in stored
                                        if x["metric"].get("destination") == f"127.0.0.1:{port}"))}
 

@@ -105,7 +105,7 @@ def configure(**options: Any):
 class _Collector:
     """The API's sink: keeps the summary records, and every record when asked."""
 
-    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    wants_packets = wants_gaps = wants_rtts = wants_idle = closes_last = False
     on_failure = None
 
     def __init__(self, keep_all: bool):
@@ -231,13 +231,17 @@ class Probe:
     def __enter__(self) -> Probe:
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Stop the probe and wait for its end; what ended the run early is raised here
+        unless the block raised something itself."""
         self.stop()
         try:
             self._thread.join()
         except BaseException:
             self.stop()
             raise
+        if exc_type is None and self._error is not None:
+            raise self._error
 
 
 def probe(*, records: bool = False, **options: Any) -> Result:

@@ -42,11 +42,12 @@ COUNTERS = ("written", "retried", "spooled", "dropped", "replayed", "rejected", 
 
 
 class Chunk:
-    __slots__ = ("data", "points", "front", "retried", "unspooled")
+    __slots__ = ("data", "points", "front", "replay", "retried", "unspooled")
 
-    def __init__(self, data: bytes, points: int, front: bool = False):
+    def __init__(self, data: bytes, points: int, front: bool = False, replay: bool = False):
         self.data, self.points = data, points
         self.front = front          # a half of a split chunk: written before the spool
+        self.replay = replay        # a half of spool files: counted in `replayed`
         self.retried = False        # counted once in `retried`
         self.unspooled = False      # counted once in `spool_failed`
 
@@ -170,21 +171,25 @@ class WritePath:
                     return False
 
     def _next(self):
-        """(data, points, chunk or None, spool path or None) of the oldest held data: split
-        halves, then spool files, then memory chunks; None when nothing is held."""
+        """(data, points, chunk or None, spool paths) of the oldest held data: split halves,
+        then spool files (several oldest together, up to a chunk), then memory chunks; None
+        when nothing is held."""
         if self.memory and self.memory[0].front:
             c = self.memory[0]
-            return c.data, c.points, c, None
+            return c.data, c.points, c, ()
         while len(self.spool):
-            path, data, points = self.spool.oldest()
-            if data is not None:
-                return data, points, None, path
+            files = self.spool.oldest_files(defaults.SINK_CHUNK_POINTS)
+            good = [f for f in files if f[1] is not None]
+            if good:
+                return (b"".join(f[1] for f in good), sum(f[2] for f in good), None,
+                        [f[0] for f in good])
+            path, _, points = files[0]
             log.error("cannot read spool file %s; skipped (%d points)", path, points)
             self.counters["dropped"] += points
             self._unlink(path)
         if self.memory:
             c = self.memory[0]
-            return c.data, c.points, c, None
+            return c.data, c.points, c, ()
         return None
 
     def _unlink(self, path) -> None:
@@ -195,19 +200,21 @@ class WritePath:
 
     def _answered(self, job, answer) -> bool:
         """Apply the server's answer (lock held); False when writing must pause."""
-        data, points, chunk, path = job
+        data, points, chunk, paths = job
         verdict = influxlink.classify(answer, points)
         if verdict.action == "retry":
             self._failed(chunk, points, answer)
             return False
         self._recovered()
         if chunk is None:
-            self._unlink(path)
+            for path in paths:
+                self._unlink(path)
         else:
             self.memory.remove(chunk)
             self.held -= points
         if verdict.action == "split":
-            halves = [Chunk(h, h.count(b"\n"), front=True) for h in influxlink.split(data)]
+            replay = chunk is None or chunk.replay
+            halves = [Chunk(h, h.count(b"\n"), True, replay) for h in influxlink.split(data)]
             self.memory.extendleft(reversed(halves))
             self.held += points
             self.counters["split_requests"] += 1
@@ -217,7 +224,7 @@ class WritePath:
             return True
         written = points - verdict.refused
         self.counters["written"] += written
-        if chunk is None:
+        if chunk is None or chunk.replay:
             self.counters["replayed"] += written
         if verdict.refused:
             self.counters["rejected"] += verdict.refused

@@ -55,7 +55,7 @@ def run_verdict(cfg, summaries: list[dict]) -> verdict.Verdict:
 class JsonDocumentSink:
     """Keeps the summary records; at close writes the document to PATH or the stream."""
 
-    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    wants_packets = wants_gaps = wants_rtts = wants_idle = closes_last = False
     on_failure = None
 
     def __init__(self, cfg, path: str, stream=None):

@@ -124,6 +124,23 @@ class Spool:
         except OSError:
             return path, None, points
 
+    def oldest_files(self, max_points: int):
+        """The oldest files as [(path, data, points)], as many as fit in `max_points` (at
+        least one), so that a long outage's many small files replay in few requests; reading
+        stops at an unreadable file, which comes last with data=None."""
+        out, total = [], 0
+        for path, _size, points in self._files:
+            if out and total + points > max_points:
+                break
+            try:
+                with open(path, "rb") as f:
+                    out.append((path, f.read(), points))
+            except OSError:
+                out.append((path, None, points))
+                break
+            total += points
+        return out
+
     def remove(self, path: str) -> None:
         """Forget the oldest file (written or unreadable) and delete it.
 

@@ -155,3 +155,12 @@ def test_version_agrees_everywhere():
     assert importlib.metadata.version("packet-flow") == packet_flow.__version__
     typed = importlib.resources.files("packet_flow") / "py.typed"
     assert typed.is_file()
+
+
+def test_a_run_that_fails_raises_at_the_end_of_the_with_block():
+    port = free_port()
+    with pytest.raises(OSError):
+        with packet_flow.Probe(**both(port), rate=1) as p:
+            p._loops["receiver"].sock.close()       # the receiver fails: EBADF
+            time.sleep(0.5)
+    assert not p.running

@@ -2,6 +2,7 @@
 command as a user would, on loopback, and asserts the line printed."""
 
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -10,6 +11,13 @@ import time
 import urllib.request
 
 from probe import finish, free_port, pf, records, wait_bound
+
+
+def stop(proc):
+    """Stop a probe as Ctrl-C does (it flushes its outputs and exits 0)."""
+    time.sleep(0.2)                     # the last datagrams are read within a 50 ms slice
+    proc.send_signal(signal.SIGINT)
+    return finish(proc)
 
 
 def _told(text):
@@ -22,7 +30,7 @@ def _told(text):
 def test_rejected_traffic_says_why_and_what_to_check(tmp_path):
     port, keyed, stamp = free_port(), free_port(), free_port()
     rx = pf("-m", "receiver", "--local-addr", f"127.0.0.1:{port}", "--key", "right",
-            "--duration", "3", "--interval", "10")
+            "--duration", "60", "--interval", "60")
     wait_bound(port)
     out = tmp_path / "tx.jsonl"
     finish(pf("-m", "sender", "--remote-addr", f"127.0.0.1:{port}", "--local-addr",
@@ -32,7 +40,7 @@ def test_rejected_traffic_says_why_and_what_to_check(tmp_path):
               f"127.0.0.1:{stamp}", "--wire", "stamp", "--count", "10", "--rate", "5",
               "--output", f"jsonl:{out}"))
     sent = [r["sent"] for r in records(out) if r["type"] == "summary"]
-    stdout, _ = finish(rx)
+    stdout, _ = stop(rx)
     assert _told(stdout) == [
         f"rejected {sent[0]} datagrams from 127.0.0.1:{keyed}: signed with another key "
         "(bad_tag); check that --key is the same on both ends",
@@ -76,13 +84,13 @@ def _report(*args):
 
 def test_report_shows_rtt_and_each_run_apart(tmp_path):
     out, refl, both = tmp_path / "runs.jsonl", free_port(), free_port()
-    rx = pf("-m", "reflector", "--local-addr", f"127.0.0.1:{refl}", "--duration", "4")
+    rx = pf("-m", "reflector", "--local-addr", f"127.0.0.1:{refl}", "--duration", "60")
     wait_bound(refl)
     finish(pf("-m", "both", "--local-addr", f"127.0.0.1:{both}", "--remote-addr",
               f"127.0.0.1:{both}", "--count", "20", "--rate", "10", "--output", f"jsonl:{out}"))
     finish(pf("-m", "sender", "--rtt", "--remote-addr", f"127.0.0.1:{refl}", "--count", "30",
               "--rate", "10", "--output", f"jsonl:{out}"))
-    finish(rx)
+    stop(rx)
     ids = list(dict.fromkeys(r["run"] for r in records(out)))
     assert len(ids) == 2
     text = _report(out)
@@ -107,12 +115,12 @@ def test_report_shows_rtt_and_each_run_apart(tmp_path):
 def test_generated_config_pins_nothing_stamp_reflector_listens_on_862(tmp_path):
     path = tmp_path / "gen.toml"
     finish(pf("--generate-config", "--config-file", path))
-    refl = pf("-m", "reflector", "--wire", "stamp", "--config-file", path, "--duration", "3",
+    refl = pf("-m", "reflector", "--wire", "stamp", "--config-file", path, "--duration", "60",
               "--log-level", "info")
     probe = struct.pack("!III", 7, 3_900_000_000, 0) + bytes(32)       # RFC 8762 sender packet
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
-        for _ in range(25):                 # until the reflector is up
+        for _ in range(100):                # until the reflector is up
             s.sendto(probe, ("127.0.0.1", 862))
             try:
                 reply = s.recv(100)
@@ -121,7 +129,7 @@ def test_generated_config_pins_nothing_stamp_reflector_listens_on_862(tmp_path):
                 continue
         else:
             raise AssertionError("no STAMP reply from 127.0.0.1:862")
-    _, stderr = finish(refl)
+    _, stderr = stop(refl)
     assert len(reply) == 44 and struct.unpack_from("!I", reply, 24)[0] == 7   # sender seq
     assert (f"mode reflector; listening on 0.0.0.0:862; outputs console; config file {path} "
             "(cli)") in stderr
@@ -130,7 +138,7 @@ def test_generated_config_pins_nothing_stamp_reflector_listens_on_862(tmp_path):
 def test_prometheus_listen_all_addresses_shorthand():
     port = free_port()
     rx = pf("-m", "receiver", "--local-addr", "127.0.0.1:0", "--prometheus-listen", f":{port}",
-            "--duration", "3")
+            "--duration", "60")
     end = time.monotonic() + 10
     while True:
         try:
@@ -140,4 +148,24 @@ def test_prometheus_listen_all_addresses_shorthand():
         except OSError:
             assert time.monotonic() < end, "no /metrics on :port"
             time.sleep(0.1)
-    finish(rx)
+    stop(rx)
+
+
+def test_console_flags_apart_and_every_column_explained():
+    port = free_port()
+    stdout, _ = finish(pf("-m", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
+                          f"127.0.0.1:{port}", "--count", "20", "--rate", "10", "--interval",
+                          "0.1"))
+    lines = stdout.splitlines()
+    assert lines[:2] == [
+        "time     source             recv  lost loss%  late   dup  owd50  owd99 jitter f",
+        "         (f = flags: S = stalled, F = final packet seen; n/µ/m = ns/µs/ms)"]
+    at = lines.index("sender: per interval: packets sent, send slots missed, timer late "
+                     "p50/p99/max;")
+    assert lines[at:at + 3] == [
+        "sender: per interval: packets sent, send slots missed, timer late p50/p99/max;",
+        "        with --rtt: rtt p50/p99, and lost, late, dup on the way out (fwd) /",
+        "        on the way back (back): late 1/0 = 1 late out, 0 late back"]
+    final = [line for line in lines if line.endswith("F")]
+    assert final and all(re.search(r" \S+ F$", line) for line in final), final
+    assert max(len(line) for line in lines) <= 80

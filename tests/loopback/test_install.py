@@ -8,6 +8,7 @@ A machine without a compiler is made by running make with a PATH of symlinks tha
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -79,3 +80,25 @@ def test_check_build_is_silent_when_everything_is_there():
     r = subprocess.run(["sh", "mk/check-build.sh"], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, PYTHON=os.path.realpath(sys.executable)), timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_make_run_probes_loopback_and_ends_pointing_at_report(tmp_path):
+    """`make run` as a user runs it, in the test's venv (RUN_INSTALL=true: the package is
+    installed there already; a user's `make run` installs it with pip), then the command it
+    points at."""
+    from probe import free_port
+    records = tmp_path / "make-run.jsonl"
+    env = dict(os.environ)
+    env = {k: v for k, v in env.items() if not k.startswith(("PACKET_FLOW_", "MAKE"))}
+    r = subprocess.run([which("make"), "-C", ROOT, "run", f"BIN={os.path.dirname(sys.executable)}",
+                        "RUN_INSTALL=true", f"PORT={free_port()}", f"RUN_RECORDS={records}",
+                        f"PYTHON={os.path.realpath(sys.executable)}"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"received (\d+)\s+lost 0 ", r.stdout), r.stdout
+    hint = r.stdout[r.stdout.index(f"This run's records are in {records}"):].splitlines()
+    report = hint[1].strip()
+    assert report.endswith(f"packet-flow report {records}")
+    assert "pip install -q '.[plot]'" in hint[2] and hint[2].strip().endswith("-o run.png")
+    shown = subprocess.run(shlex.split(report), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "received" in shown.stdout, shown.stderr

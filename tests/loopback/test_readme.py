@@ -1,9 +1,16 @@
 """Every command of the README's common tasks, run as a user would (tests/support/readme.py
 says how: parsed out of README.md, on loopback, short). A task that needs a metrics server
-runs in tests/servers/test_readme_servers.py."""
+runs in tests/servers/test_readme_servers.py. The flag map for iperf3 and irtt users is checked
+too: each of its packet-flow options is accepted by `packet-flow --print-config`."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
 
 import pytest
-from readme import check_output, run_task, tasks
+from readme import ROOT, check_output, run_task, tasks
 
 LOCAL = [t for t in tasks() if not t.needs_server]
 
@@ -22,3 +29,28 @@ def test_common_task(task, tmp_path):
     assert [r.command for r in ran] == task.commands
     for r in ran:
         check_output(r, str(tmp_path))
+
+
+def flag_map():
+    """The packet-flow column of the README's table for iperf3 and irtt users: the first
+    backticked option snippet of each row."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = re.search(r"^## Coming from iperf3 or irtt\n(.*?)(?=^## )", text, re.S | re.M)
+    rows = [line.split("|")[3] for line in section.group(1).splitlines()
+            if line.startswith("| ") and "---" not in line and "packet-flow |" not in line]
+    return [re.search(r"`(--[^`]+)`", cell).group(1) for cell in rows]
+
+
+def test_the_flag_map_options_are_accepted(tmp_path):
+    snippets = flag_map()
+    assert len(snippets) >= 10 and "--duration 10s" in snippets
+    for snippet in snippets:
+        words = shlex.split(snippet.replace("HOST:PORT", "127.0.0.1:8000")
+                            .replace("FILE", str(tmp_path / "out.jsonl")).replace("KEY", "k"))
+        if "--mode" not in words:
+            words = ["--mode", "sender", *words]
+        r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "packet-flow"),
+                            *words, "--print-config"], capture_output=True, text=True,
+                           timeout=30, env={k: v for k, v in os.environ.items()
+                                            if not k.startswith("PACKET_FLOW_")})
+        assert r.returncode == 0, f"{snippet}: {r.stderr}"

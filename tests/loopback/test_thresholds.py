@@ -47,3 +47,22 @@ def test_a_receiver_that_saw_no_flow_fails(tmp_path):
     assert proc.returncode == 3, err
     assert err.splitlines() == [f"packet-flow: threshold --min-received 1 breached: no flow "
                                 f"arrived at 127.0.0.1:{port}"]
+
+
+def test_round_trip_thresholds_judge_the_senders_summary(tmp_path):
+    port, out = free_port(), tmp_path / "tx.jsonl"
+    refl = pf("--mode", "reflector", "--local-addr", f"127.0.0.1:{port}", "--duration", 8)
+    wait_bound(port)
+    tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rtt", "--rate", 10,
+            "--count", 20, "--max-rtt-p99", "1ns", "--min-received", 20, "--max-loss", 0,
+            "--output", f"jsonl:{out}")
+    _, err = tx.communicate(timeout=20)
+    refl.terminate()
+    refl.communicate(timeout=20)
+    assert tx.returncode == 3, err
+    (sender,) = summaries(records(out), "sender")
+    assert (sender["reflected"], sender["lost"], sender["verdict"]) == (20, 0, "fail")
+    assert [b["threshold"] for b in sender["breaches"]] == ["max-rtt-p99"]
+    assert err.splitlines() == [
+        f"packet-flow: threshold --max-rtt-p99 1ns breached by {sender['source']} -> "
+        f"127.0.0.1:{port} (round trip): rtt_p99 {sender['rtt_p99_us']:.6g} µs"]

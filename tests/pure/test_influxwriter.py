@@ -101,6 +101,7 @@ def test_spooling_backs_off_then_replays_oldest_first_and_is_healthy_again(tmp_p
     assert p.pump() is True
     assert p.state == HEALTHY and p.spool.points == 0 and p.backoff == defaults.SINK_BACKOFF_MIN_S
     assert stored(server) == [0, 1, 101, 102, 103]
+    assert len(server.bodies) == 1          # four spool files, one request
     assert p.counters["replayed"] == p.counters["written"] == 5
 
 

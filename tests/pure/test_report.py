@@ -335,3 +335,36 @@ def test_recorded_loopback_run_with_injected_loss(tmp_path):
     out = tmp_path / "r.png"
     assert report.main([str(path), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_legends_sit_above_their_panels():
+    """Issue 23 §1: a legend inside the panel hid the |IPDV| p99 line and OWD max dots."""
+    fig = report_figure.build_figure(records())
+    renderer = fig.canvas.get_renderer()
+    legends = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        legends += 1
+        box, panel = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.y0 >= panel.y1 - 1, ax.get_title()
+        assert ax.title.get_window_extent(renderer).y0 >= box.y1 - 1, ax.get_title()
+    assert legends == 11        # 3 flows x 4 panels, one without sender records
+
+
+def test_files_without_run_ids_still_report_and_list(tmp_path, capsys):
+    """A file written before run ids, with a newer run appended: two runs, the old one `-`."""
+    old = RUN.read_text()
+    new = "".join(json.dumps(dict(json.loads(line), run="20261206T000000Z-beef")) + "\n"
+                  for line in SENDER_ONLY.read_text().splitlines())
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(old + new)
+    assert report.main([str(path), "--list-runs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in listed[1:3]] == [["1", "-"],
+                                                          ["2", "20261206T000000Z-beef"]]
+    assert listed[3] == "  - = records without a run id (written before packet-flow had them)"
+    assert report.main([str(path), "--run", "1"]) == 0
+    assert capsys.readouterr().out == report_text.text_summary(records(), (1, 2, None))
+    assert report_text.text_summary(records()).splitlines()[1] == ""    # one run: no run line

@@ -6,12 +6,13 @@ Rules (a new common task follows them, and its commands run without a change to 
   ```python block is one script. Prose is not run.
 - Each line runs in bash (`set -o pipefail`), in a fresh folder, with `.venv/bin` first on
   PATH, no PACKET_FLOW_* variables, and these rewrites so it stays on loopback and short:
-  192.0.2.10 and 0.0.0.0 -> 127.0.0.1; port 8000 -> a free UDP port of the task; 8086 (an
-  InfluxDB) and 9469 (Prometheus) -> free TCP ports; `--duration N` -> `--duration 2`;
+  192.0.2.x and 0.0.0.0 -> 127.0.0.1; ports 8000-8099 -> free UDP ports of the task (one
+  each, the same everywhere in the task); 8086 (an InfluxDB) and 9469 (Prometheus) -> free
+  TCP ports; `--duration N` -> `--duration 2`;
   `./start_influx.sh` -> the repository's script with PF_PORT set to the InfluxDB port.
 - A `packet-flow` command that runs until Ctrl-C (no `--duration`, `--count` or `report`,
   and not --print-config) is started in the background; the task waits until it has bound
-  its UDP port, runs the other commands in order, then sends it SIGINT.
+  the UDP port of its --local-addr (8000 without one), runs the other commands in order, then sends it SIGINT.
 - Every command must exit 0 without a traceback. What each printed is checked by
   `check_output`: a receiver's flow summaries show packets received and none lost, a sender
   sent packets, an `--rtt` sender got replies and lost none.
@@ -77,17 +78,28 @@ def long_running(command: str) -> bool:
 
 @dataclass
 class Ports:
-    udp: int
     influx: int
     prometheus: int
+    udp_ports: dict[int, int] = field(default_factory=dict)   # README port -> free port
+
+    def udp_port(self, readme_port: int) -> int:
+        if readme_port not in self.udp_ports:
+            taken = set(self.udp_ports.values())
+            self.udp_ports[readme_port] = next(p for p in iter(free_port, None)
+                                               if p not in taken)
+        return self.udp_ports[readme_port]
+
+    @property
+    def udp(self) -> int:
+        return self.udp_port(8000)
 
 
 def rewrite(command: str, ports: Ports) -> str:
     """The command as the test runs it: on loopback, on free ports, short."""
-    c = command.replace("192.0.2.10", "127.0.0.1").replace("0.0.0.0", "127.0.0.1")
-    c = re.sub(r":8000\b", f":{ports.udp}", c)
+    c = re.sub(r"\b192\.0\.2\.\d+\b", "127.0.0.1", command).replace("0.0.0.0", "127.0.0.1")
     c = re.sub(r":8086\b", f":{ports.influx}", c)
     c = re.sub(r":9469\b", f":{ports.prometheus}", c)
+    c = re.sub(r":(80\d\d)\b", lambda m: f":{ports.udp_port(int(m.group(1)))}", c)
     c = re.sub(r"--duration[ =]\S+", f"--duration {SHORT_DURATION}", c)
     return c.replace("./start_influx.sh", shlex.quote(os.path.join(ROOT, "start_influx.sh")))
 
@@ -123,14 +135,15 @@ def spawn(command: str, ports: Ports, cwd: str, env: dict) -> subprocess.Popen:
 
 def run_task(task: Task, cwd: str, timeout: float = 60.0) -> tuple[list[Ran], Ports]:
     """Run every command of `task` in `cwd`; return what each printed, in README order."""
-    ports = Ports(free_port(), free_tcp_port(), free_tcp_port())
+    ports = Ports(free_tcp_port(), free_tcp_port())
     env = environment(ports)
     background, ran = [], {}
     try:
         for i, command in enumerate(task.commands):
             if long_running(command):
                 background.append((i, command, spawn(command, ports, cwd, env)))
-                wait_bound(ports.udp, timeout=10)
+                local = re.search(r"--local-addr[ =]\S*:(\d+)", rewrite(command, ports))
+                wait_bound(int(local.group(1)) if local else ports.udp, timeout=10)
                 continue
             proc = spawn(command, ports, cwd, env)
             out, err = proc.communicate(timeout=timeout)
