@@ -109,3 +109,29 @@ def test_number_formats_at_every_unit_boundary():
         assert len(text) <= 6 and "e" not in text, (us, text)
     for v, w, text in COUNTS:
         assert len(text) <= w, (v, text)
+
+
+def test_rejected_told_once_then_at_most_once_a_minute():
+    out = io.StringIO()
+    sink = ConsoleSink(out)
+    t0 = 1795546800_000000000
+
+    def receiver(dt_s, count):
+        sink.record({"type": "receiver", "time": t0 + int(dt_s * 1e9), "overwritten": 0,
+                     "kernel_drops": 0, "rejected": [{"source": "127.0.0.1:4000",
+                                                      "reason": "bad_tag", "count": count}]})
+
+    receiver(0, 5)
+    receiver(30, 7)         # within the minute: counted, not told
+    receiver(59, 1)
+    receiver(60, 2)         # a minute after the first line: told with what it counted
+    receiver(70, 4)         # pending at close: told then
+    sink.close()
+    lines = out.getvalue().replace("\n         ", " ").splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "rejected 5 datagrams from 127.0.0.1:4000: signed with another key (bad_tag); check "
+        "that --key is the same on both ends",
+        "rejected 10 datagrams from 127.0.0.1:4000 since 19:00:00: signed with another key "
+        "(bad_tag); check that --key is the same on both ends",
+        "rejected 4 datagrams from 127.0.0.1:4000 since 19:01:00: signed with another key "
+        "(bad_tag); check that --key is the same on both ends"]

@@ -52,3 +52,10 @@ def test_code_points_at_the_reference_in_docs():
     stale = [str(p.relative_to(ROOT)) for folder in ("packet_flow", "benchmarks")
              for p in sorted((ROOT / folder).rglob("*.py")) if "README" in p.read_text()]
     assert not stale, f"{stale} cite README.md; the reference is in docs/ (options.md, ...)"
+
+
+def test_the_readme_lists_every_docs_file():
+    listed = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Documentation\n")[1]
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md"))
+               if f"](docs/{p.name})" not in listed]
+    assert not missing, f"add {missing} to the README's Documentation list"

@@ -72,13 +72,17 @@ def sink_cfg(server, spool, database, **kw):
 
 def run_both(tmp_path, server, database, count, skips_at=(), during=None, extra=()):
     """A `both`-mode probe writing to `database`; SIGUSR1 (one skipped sequence number) at
-    each time in `skips_at`; `during(t0)` runs while it does. Returns (records, stderr)."""
+    each time in `skips_at` after its first record; `during(t0)` runs while it does.
+    Returns (records, stderr)."""
     port = free_port()
     out = tmp_path / f"{database}.jsonl"
     proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
               f"127.0.0.1:{port}", "--rate", 2, "--count", count, "--interval", 0.5,
               "--database", database, *creds(server), "--spool-dir", tmp_path / "spool",
               "--output", f"jsonl:{out}", "--log-level", "info", *extra)
+    end = time.monotonic() + 10     # its first record: the run and its signal handlers are on
+    while not (out.exists() and out.stat().st_size) and time.monotonic() < end:
+        time.sleep(0.01)
     t0 = time.monotonic()
     for at in skips_at:
         time.sleep(max(0.0, t0 + at - time.monotonic()))
@@ -94,7 +98,7 @@ def probe_run(influx1, tmp_path_factory):
     """One 1.2 s probe run (600 packets, two deliberate gaps) stored in database `e2e`."""
     influx1.query("CREATE DATABASE e2e")
     recs, err = run_both(tmp_path_factory.mktemp("e2e"), influx1, "e2e", 600,
-                         skips_at=(0.4, 0.8))
+                         skips_at=(0.05, 0.35))      # the first record comes at 0.5 s
     return recs, err
 
 

@@ -22,9 +22,11 @@ def test_probe_to_influx_with_compat_points(tmp_path):
                 "--interval", 0.5, "--influx-url", url, "--token", "any", "--compat-points",
                 "--spool-dir", tmp_path / "spool", "--output", f"jsonl:{tmp_path / 'rx.jsonl'}")
         wait_bound(port)
-        tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 4,
-                "--count", 400)
-        time.sleep(0.6)
+        tx_port = free_port()
+        tx = pf("--mode", "sender", "--local-addr", f"127.0.0.1:{tx_port}", "--remote-addr",
+                f"127.0.0.1:{port}", "--rate", 4, "--count", 400)
+        wait_bound(tx_port)     # its signal handlers come with its socket
+        time.sleep(0.3)
         tx.send_signal(signal.SIGUSR1)
         finish(tx)
         finish(rx)

@@ -178,9 +178,10 @@ class Fleet:
         self.procs.append(proc)
         return proc
 
-    def stop(self, proc, timeout=10):
-        """SIGTERM, then wait (SIGKILL after the timeout); returns the exit status."""
-        if proc.poll() is None:
+    def stop(self, proc, timeout=10, signal_it=True):
+        """SIGTERM (once: a second one during the shutdown would end it at once), then wait
+        (SIGKILL after the timeout); returns the exit status."""
+        if signal_it and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
@@ -211,7 +212,10 @@ class Fleet:
             sh("ip", "netns", "del", self.ns(i), check=False)
             shutil.rmtree(f"/etc/netns/{self.ns(i)}", ignore_errors=True)
         sh("ip", "link", "del", self.bridge, check=False)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if os.environ.get("PF_FLEET_KEEP"):         # debugging: keep the logs and records
+            print(f"fleet: kept {self.folder}")
+        else:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def leftovers(pid):
