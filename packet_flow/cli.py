@@ -24,8 +24,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["report"], ["search"]):
         import importlib
+        module = {"report": "packet_flow.report", "search": "packet_flow.rate_search"}[argv[0]]
         try:
-            return importlib.import_module(f"packet_flow.{argv[0]}").main(argv[1:])
+            return importlib.import_module(module).main(argv[1:])
         except PacketFlowError as exc:
             return _fail(exc, exc.exit_code)
         except OSError as exc:

@@ -1,5 +1,6 @@
 """The highest rate a path carries without loss (NDR) and with at most --max-loss (PDR):
-`packet-flow search` and packet_flow.search() (docs/search.md).
+`packet-flow search` and packet_flow.search() (docs/search.md; the module is not named
+`search`, which would shadow the function on the package).
 
 Rules:
 - Trials at fixed rates (RFC 2544 §26.1; the MLRsearch draft): a handshake trial at the

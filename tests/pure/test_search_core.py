@@ -5,7 +5,7 @@ import pytest
 
 from packet_flow import wire
 from packet_flow.errors import ConfigError, WireError
-from packet_flow.search import Bisection, Trial, bit_rates, ratio
+from packet_flow.rate_search import Bisection, Trial, bit_rates, ratio
 
 
 def test_answer_golden():
