@@ -142,6 +142,7 @@ SEARCH_SHORT_DIVISOR = 4    # short trials last a quarter of a full one (at most
 SEARCH_SHORT_S = 1.0
 SEARCH_MAX_TRIALS = 40
 SEARCH_ANSWER_S = 2.0       # wait this long after a trial's FINAL for the receiver's answer
+SEARCH_TIMER = "economy"    # trials sleep to each slot, at SCHED_FIFO (rate_search.Trials)
 SEARCH_SIZE = 64            # UDP payload bytes of a trial's packets
 SENDER_MISSED_MAX = 0.1     # a trial with more slots sent late (share of sent): sender-limited
 SENDER_SLOW_MAX = 0.01      # ... and one whose sender kept a rate this much below the trial's

@@ -16,8 +16,10 @@ Rules:
   trial lost its FINAL on the path: it fails.
 - Only path loss counts: sent - received - local_drops. A trial where the receiver dropped
   packets itself (local_drops) is `receiver-limited`; one where the sender skipped a slot,
-  sent more than SENDER_MISSED_MAX of them a slot late or more, or kept a rate more than
-  SENDER_SLOW_MAX below the trial's is `sender-limited`: an upper bound of the
+  sent more than SENDER_MISSED_MAX of them a slot late or more, kept a rate more than
+  SENDER_SLOW_MAX below the trial's, or lost no more packets than it sent late (the late
+  ones go out in bursts, which may be all the path dropped) is `sender-limited`: an upper
+  bound of the
   search, never a path result. When the search ends against such a bound it names the host,
   and the path's figure is only "at least" the highest rate that passed.
 - The core (classify, Bisection) is pure: no socket, no clock.
@@ -62,7 +64,8 @@ class Trial:
 
     def verdict(self, max_loss: float = 0.0) -> str:
         if (self.skipped_slots or self.missed_slots > defaults.SENDER_MISSED_MAX * self.sent
-                or self.achieved < self.rate * (1 - defaults.SENDER_SLOW_MAX)):
+                or self.achieved < self.rate * (1 - defaults.SENDER_SLOW_MAX)
+                or 0 < self.lost <= self.missed_slots):
             return "sender-limited"
         if self.local_drops:
             return "receiver-limited"
@@ -201,14 +204,20 @@ class Trials:
         self.out = out
 
     def run(self, rate, duration, phase) -> Trial:
-        from packet_flow.sender import SenderLoop
+        from packet_flow.sender import SenderLoop, precise_timer
         count = max(2, round(rate * duration))
         cfg = config.load([*self.argv, "--mode=sender", f"--rate={1000 / rate!r}",
                            f"--count={count}"], env={})
         summary = {}
         loop = SenderLoop(cfg, lambda rec: summary.update(rec) if rec.get("type") ==
                           "summary" else None, sock=self.sock)
-        loop.run()
+        # SCHED_FIFO at every rate (the probe takes it only for slow ones): a trial is short
+        # and bounded, and a sender preempted into bursts would blame the path for its
+        # lateness. The timer sleeps without spinning (SEARCH_TIMER): a spinning FIFO thread
+        # meets the kernel's real-time throttling (sched_rt_runtime_us, 0.95 s a second)
+        # within a full-length trial, a stall of 50 ms
+        with precise_timer(True):
+            loop.run()
         answer = self._answer(loop.session, rate)
         sent = int(summary.get("sent", loop.sent))
         missed, skipped = int(summary.get("missed_slots", 0)), int(summary.get("skipped_slots",
@@ -288,7 +297,7 @@ def search(*, max_loss=None, precision=defaults.SEARCH_PRECISION,
     every trial. Raises SearchError when
     the peer never answers or answers what cannot be right, ConfigError for bad options."""
     from packet_flow.api import _words
-    words = [f"--size={defaults.SEARCH_SIZE}",
+    words = [f"--size={defaults.SEARCH_SIZE}", f"--timer={defaults.SEARCH_TIMER}",
              *(_words(options) if argv is None else argv)]
     pdr_loss = ratio(max_loss) if max_loss is not None else None
     short = short_duration or min(defaults.SEARCH_SHORT_S,

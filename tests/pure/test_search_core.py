@@ -40,6 +40,10 @@ def test_verdicts_count_only_path_loss():
     assert _trial(10, received=990, skipped=1).verdict() == "sender-limited"
     assert _trial(10, missed=101).verdict() == "sender-limited"
     assert _trial(10, achieved=9.8).verdict() == "sender-limited"
+    # slots sent late go out in bursts: loss no larger than them is not the path's
+    assert _trial(10, received=990, missed=10).verdict() == "sender-limited"
+    assert _trial(10, received=990, missed=9).verdict() == "loss"
+    assert _trial(10, missed=50).verdict() == "pass"
     assert Trial(10, 1, "short", 10, 0, 0, 0, 0, 0, 10, answered=False).verdict() == "no-answer"
 
 
