@@ -98,6 +98,7 @@ class MeshReceiver(ReceiverLoop):
                                                 cfg.rcvbuf, gro=False)
         sockets.mark(sock, cfg.local.family, cfg.dscp, cfg.ttl)
         super().__init__(cfg, emit, on_packets, sock=sock, reflect=cfg.rtt, on_gaps=on_gaps)
+        self.table.on_final = None  # a peer's FINAL comes from its receive socket: no answer
         if cfg.rtt:
             from packet_flow import clock_error
             self.rx.error_estimate = clock_error.estimate()
