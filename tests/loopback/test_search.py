@@ -64,12 +64,16 @@ def test_loopback_search_names_the_limiting_host(receiver):
     # every trial's answer is what the receiver's own summaries say (once it has ended)
     receiver.stop()
     recs = records(out)
-    flows = [r for r in recs if r["type"] == "summary" and r["role"] == "receiver"]
-    assert sorted(t.received for t in result.trials) == sorted(f["received"] for f in flows)
+    # flows closed by their FINAL were answered; a trial whose FINAL the receiving host
+    # dropped got no answer (its flow never closed) and failed
+    flows = [r for r in recs if r["type"] == "summary" and r["role"] == "receiver"
+             and r["outcome"] == "final"]
+    answered = [t for t in result.trials if t.answered]
+    assert sorted(t.received for t in answered) == sorted(f["received"] for f in flows)
     # the answers' local drops: the flows' own and the receive ring's overwritten records
     overwritten = sum(r["overwritten"] for r in recs if r["type"] == "receiver")
-    assert sum(t.local_drops for t in result.trials) == \
-        sum(f["local_drops"] for f in flows) + overwritten
+    own = sum(f["local_drops"] for f in flows)
+    assert own <= sum(t.local_drops for t in answered) <= own + overwritten
     assert len(result.trials) <= 40
 
 
