@@ -129,6 +129,6 @@ PROMETHEUS_ACTIVE_S = 300.0   # render after every tick while a scraper came thi
 NAMES_MAX = 65536           # sender names kept by session (oldest first out)
 MESH_MAX_PEERS = 4096       # pairs one mesh node sends to
 MESH_SLICE_NS = 50_000_000  # longest schedule slice between two reads of the socket
-MESH_DRAIN_NS = 200_000_000  # received records go to the flow table at least this often
+MESH_LATENESS_SAMPLES = 1 << 16  # lateness samples the send thread takes back per slice
 MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart
 MESH_LINGER_S = 1.0         # after its own finals: receive (and answer) until peers finish

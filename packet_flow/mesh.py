@@ -10,9 +10,13 @@ Rules:
   --rate, and the pairs' offsets spread them across the interval (evenly for the peers of
   the start; a peer that joins later takes the middle of the largest gap). Lateness, missed
   and skipped slots are counted per pair. --timer economy wakes at most every MESH_WAKE_NS.
-- The loop runs in one thread: schedule slices of at most MESH_SLICE_NS, the socket read
-  between them (waiting in poll only while no slot is due within PUMP_MARGIN_NS); received
-  records reach the flow table every MESH_DRAIN_NS and at each interval tick.
+- Two threads: the schedule runs in a thread of its own, in slices of MESH_SLICE_NS of the
+  core's loop, which holds no GIL, so records and the flow table never delay a slot; changes
+  of the pairs (joins, leaves, SIGUSR1) are handed to it and done between two slices, and
+  it hands the lateness samples back. The calling thread reads the socket (waiting in poll),
+  answers (--rtt), and hands received records to the flow table at each interval tick and
+  when a quarter of the ring is waiting (the table's cost is per flow and batch: with 1000
+  peers, few big batches).
 - --rtt: the socket's receive core is a Reflector, so every node answers every peer (native
   REFLECTED replies), and the replies to this node's probes feed each pair's RttStats (by
   session); a reply of no pair here is counted as `stray_replies`.
@@ -26,8 +30,11 @@ Rules:
   for up to MESH_LINGER_S until the peers' flows have closed.
 """
 
+import collections
 import logging
+import queue
 import secrets
+import threading
 
 import numpy as np
 
@@ -102,7 +109,7 @@ class MeshReceiver(ReceiverLoop):
         self.names.learn(self.rx)
         if not len(recs):
             return
-        replies = (recs["kind"] == 1) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
+        replies = (recs["kind"] == _io.K_NATIVE) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
         if replies.any():
             self.on_replies(recs[replies])
             recs = recs[~replies]
@@ -137,7 +144,8 @@ class MeshLoop:
         self.interval_ns = max(1, round(cfg.rate_ms * 1e6))
         self.tx = _io.MeshSender(self.rxl.sock.fileno(), defaults.MESH_MAX_PEERS,
                                  size=cfg.size, batch=cfg.batch, key=cfg.key,
-                                 name=self.name.encode())
+                                 name=self.name.encode(),
+                                 lateness_capacity=defaults.MESH_LATENESS_SAMPLES)
         self.tx.lat_every = max(1, round(1e9 / self.interval_ns
                                          / defaults.LATENESS_SAMPLES_PER_S))
         self.tx.catchup_max = max(1, defaults.CATCHUP_NS // self.interval_ns)
@@ -149,16 +157,30 @@ class MeshLoop:
         self.listed = None              # the last peer tuple applied
         self.departed = {}              # host:port of peers that left -> when
         self.stray_replies = 0
+        # the flow table's cost is per flow and batch: hand it big batches (a quarter ring)
+        self.drain_at = defaults.RING_CAPACITY // 4
         self.stopping = False
         self.skip_pending = 0
+        self.ops = queue.SimpleQueue()          # (function, done event) for the send thread
+        self.lat_parts = collections.deque()    # (lateness, slot) from the send thread
+        self.sender = None                      # the send thread while it runs
+        self.failed = []
 
     # --- peers -------------------------------------------------------------------------------
 
     def _index(self):
         pairs = sorted(self.pairs.values(), key=lambda p: p.session)
         self.by_session = (np.array([p.session for p in pairs], np.uint64), pairs)
-        order = sorted(self.pairs.values(), key=lambda p: p.offset)
-        self.tx.set_order([p.slot for p in order])
+        order = [p.slot for p in sorted(self.pairs.values(), key=lambda p: p.offset)]
+        self._do(lambda: self.tx.set_order(order))
+
+    def _do(self, fn):
+        """Run fn on the MeshSender: in the send thread between two slices while it runs."""
+        if self.sender is None or not self.sender.is_alive():
+            return fn()
+        done = threading.Event()
+        self.ops.put((fn, done))
+        done.wait(10 * defaults.MESH_SLICE_NS / 1e9)
 
     def _apply(self, now_ns, first=False):
         """Bring the pairs in line with the peer source's current list."""
@@ -179,8 +201,8 @@ class MeshLoop:
             offset = offsets[i] if first else join_offset(
                 [p.offset for p in self.pairs.values()], self.interval_ns)
             pair = Pair(peer, self.free.pop(), offset, now_ns, self.cfg.rtt)
-            self.tx.set_peer(pair.slot, sockets.dest_tuple(peer.addr.sockaddr, peer.addr.family),
-                             pair.session, offset)
+            dest = sockets.dest_tuple(peer.addr.sockaddr, peer.addr.family)
+            self._do(lambda p=pair, d=dest: self.tx.set_peer(p.slot, d, p.session, p.offset))
             self.pairs[peer.key] = pair
             self.departed.pop(str(peer.addr), None)
             if not first:
@@ -190,7 +212,7 @@ class MeshLoop:
     def _leave(self, pair, now_ns):
         """A peer left discovery: its FINAL, its last records, its flows here closed."""
         log.info("mesh: peer %s (%s) left", pair.peer.name, pair.peer.addr)
-        self.tx.send_final(pair.slot)
+        self._do(lambda: self.tx.send_final(pair.slot))
         self._collect()
         self._interval(pair, now_ns)
         self._summary(pair, now_ns, "left")
@@ -235,9 +257,13 @@ class MeshLoop:
 
     def _collect(self):
         """The core's lateness samples, split by pair."""
-        lat, slot = self.tx.take_lateness()
-        if not len(lat):
+        if self.sender is None or not self.sender.is_alive():
+            self.lat_parts.append(self.tx.take_lateness())
+        parts = [self.lat_parts.popleft() for _ in range(len(self.lat_parts))]
+        if not parts:
             return
+        lat = np.concatenate([p[0] for p in parts])
+        slot = np.concatenate([p[1] for p in parts])
         by_slot = {p.slot: p for p in self.pairs.values()}
         order = np.argsort(slot, kind="stable")
         slots, starts = np.unique(slot[order], return_index=True)
@@ -324,8 +350,6 @@ class MeshLoop:
             _io.set_timerslack(defaults.TIMER_SLACK_NS)
         except OSError as exc:
             log.debug("timer slack unchanged: %s", exc)
-        if self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS and cfg.timer == "precise":
-            realtime_priority()
         tick_ns = int(cfg.interval * 1e9)
         self._warm_up()
         start = _io.mono_ns() + 1_000_000
@@ -334,37 +358,63 @@ class MeshLoop:
         if cfg.count:
             self.tx.end_round = cfg.count
             self.tx.final_at_end = True
-        precise = cfg.timer == "precise"
-        next_tick, last_tick, next_drain = start + tick_ns, start, start + defaults.MESH_DRAIN_NS
-        while not self.stopping:
+        self.sender = threading.Thread(target=self._send, args=(deadline_ns,),
+                                       name="mesh-sender", daemon=True)
+        self.sender.start()
+        next_tick, last_tick = start + tick_ns, start
+        while not self.stopping and self.sender.is_alive():
             now = _io.mono_ns()
-            until = min(next_tick, now + defaults.MESH_SLICE_NS)
-            if deadline_ns:
-                until = min(until, deadline_ns)
-            self.tx.run(until, precise)
-            slot = self.tx.next_ns or until
-            self.rxl.read(min(until, slot - defaults.PUMP_MARGIN_NS))
+            self.rxl.read(min(next_tick, now + defaults.MESH_SLICE_NS))
             if self.skip_pending:
-                for pair in self.pairs.values():
-                    self.tx.skip_sequence(pair.slot, self.skip_pending)
-                self.skip_pending = 0
+                n, self.skip_pending = self.skip_pending, 0
+                slots = [p.slot for p in self.pairs.values()]
+                self._do(lambda n=n, slots=slots: [self.tx.skip_sequence(s, n) for s in slots])
             now = _io.mono_ns()
-            if now >= next_drain:
+            if self.rxl.rx.head - self.rxl.rx.tail > self.drain_at:
                 self.rxl._drain(now)
-                next_drain = now + defaults.MESH_DRAIN_NS
             if now >= next_tick:
                 self._tick(now, last_tick)
                 self._apply(now)
                 last_tick = now
                 next_tick += tick_ns * max(1, (now - next_tick) // tick_ns + 1)
-            if cfg.count and self.tx.round >= cfg.count:
-                break
-            if deadline_ns and now >= deadline_ns:
-                break
+        self.stopping = True
+        self.sender.join()
+        if self.failed:
+            raise self.failed[0]
         if not (cfg.count and self.tx.round >= cfg.count):
             for pair in self.pairs.values():
                 self.tx.send_final(pair.slot)
         self._linger(last_tick)
+
+    def _send(self, deadline_ns):
+        """The send thread: the schedule in slices, the handed-over changes between them."""
+        cfg, precise = self.cfg, self.cfg.timer == "precise"
+        if self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS or not precise:
+            realtime_priority()     # this thread only; economy never spins, so always
+
+        try:
+            while not self.stopping:
+                while not self.ops.empty():
+                    fn, done = self.ops.get()
+                    fn()
+                    done.set()
+                until = _io.mono_ns() + defaults.MESH_SLICE_NS
+                if deadline_ns:
+                    until = min(until, deadline_ns)
+                self.tx.run(until, precise)
+                lat = self.tx.take_lateness()
+                if len(lat[0]):
+                    self.lat_parts.append(lat)
+                if (cfg.count and self.tx.round >= cfg.count) or \
+                        (deadline_ns and _io.mono_ns() >= deadline_ns):
+                    return
+                if not self.tx.next_ns:
+                    _io.sleep_until(until)          # no pairs (yet)
+        except BaseException as exc:       # handed to run(), raised there
+            self.failed.append(exc)
+        finally:
+            while not self.ops.empty():     # nobody waits longer for what will not run
+                self.ops.get()[1].set()
 
     def _linger(self, last_tick):
         """After this node's finals: receive and answer until the peers' flows have closed

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class ReceiverLoop:
     """Receives on cfg.local until stop() or the deadline; emits records through emit()."""
 
-    def __init__(self, cfg, emit, on_packets=None, mode=_io.WIRE_NATIVE, sock=None,
+    def __init__(self, cfg, emit, on_packets=None, mode=_io.K_NATIVE, sock=None,
                  reflect=False, on_gaps=None):
         self.cfg = cfg
         self.emit = emit

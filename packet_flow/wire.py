@@ -56,7 +56,7 @@ class Packet(NamedTuple):
     r_seq: int = 0
     t2_ns: int = 0
     t3_ns: int = 0
-    ttl: int = 0
+    sender_ttl: int = 0  # STAMP reply: the TTL its test packet had at the reflector
     name: bytes = b""       # the sender's name, in band (flag NAMED)
 
     @property
@@ -118,11 +118,12 @@ def encode_stamp(seq, tx_ns, ssid=0, error=0x0001, size=STAMP_SIZE):
     return body + bytes(max(size, STAMP_SIZE) - len(body))
 
 
-def encode_stamp_reflection(r_seq, t3_ns, t2_ns, sender, ttl, error=0x0001, ssid=0):
-    """RFC 8762 §4.3.1 unauthenticated Session-Reflector packet answering `sender` bytes."""
+def encode_stamp_reflection(r_seq, t3_ns, t2_ns, sender, sender_ttl, error=0x0001, ssid=0):
+    """RFC 8762 §4.3.1 unauthenticated Session-Reflector packet answering `sender` bytes,
+    which arrived with TTL (hop limit) `sender_ttl`."""
     s_seq, t1, s_err = struct.unpack_from(">I8sH", sender)
     body = _STAMP_REFLECTOR.pack(r_seq & 0xFFFFFFFF, ns_to_ntp(t3_ns), error, ssid,
-                                 ns_to_ntp(t2_ns), s_seq, t1, s_err, 0, ttl)
+                                 ns_to_ntp(t2_ns), s_seq, t1, s_err, 0, sender_ttl)
     return body + bytes(max(len(sender), STAMP_SIZE) - len(body))
 
 
@@ -139,9 +140,9 @@ def decode(data, key=None, stamp=None, reflector=False):
             seq, t1, _err, ssid = _STAMP_SENDER.unpack_from(data)
             return Packet("stamp", ssid, seq, ntp_to_ns(t1))
         data = data[:STAMP_SIZE] + bytes(max(0, STAMP_SIZE - n))    # no TTL byte: 0
-        r_seq, t3, _e, ssid, t2, seq, t1, _se, _mbz, ttl = _STAMP_REFLECTOR.unpack_from(data)
+        r_seq, t3, _e, ssid, t2, seq, t1, _se, _mbz, s_ttl = _STAMP_REFLECTOR.unpack_from(data)
         return Packet("stamp_reflected", ssid, seq, ntp_to_ns(t1), 0, r_seq,
-                      ntp_to_ns(t2), ntp_to_ns(t3), ttl)
+                      ntp_to_ns(t2), ntp_to_ns(t3), s_ttl)
     if n == LEGACY_SIZE:
         if key:
             raise WireError("no_tag")

@@ -88,7 +88,7 @@ def test_mesh_of_four_nodes_with_rtt_and_a_node_leaving(tmp_path):
         assert rx["session"] == tx["session"]
         assert (rx["received"], rx["lost"], rx["late"], rx["duplicates"]) == \
             (tx["sent"], 0, 0, 0), pair
-        assert tx["sent"] > 100 and rx["outcome"] == "final"
+        assert tx["sent"] > 40 and rx["outcome"] == "final"
         assert tx["outcome"] == ("left" if pair[1] == "node4" else "final"), pair
         if "node4" not in pair:     # round trips among the nodes that stayed: exact too
             assert (tx["reflected"], tx["lost"]) == (tx["sent"], 0), pair

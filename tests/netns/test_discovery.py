@@ -104,3 +104,22 @@ def test_srv_records_with_search_domain_and_sighup(fleet):
     assert w.seen()[-1]["peers"] == want                    # refresh 30 s: not looked up yet
     w.proc.send_signal(signal.SIGHUP)                       # reload: looked up at once
     w.wait(sorted([*want, f"{f.ip(4)}:{PORT + 2}"]), 5, "the host added before SIGHUP")
+
+
+def test_sighup_makes_a_mesh_node_look_up_its_peers(fleet):
+    """run.py's SIGHUP hook: a mesh node with a 30 s refresh probes a host added to DNS at
+    once after SIGHUP, not 30 s later."""
+    f = fleet(2)
+    f.publish([1])
+    args = ("--mode", "mesh", "--peers", f"dns:{f.name}:{PORT}", "--local-addr",
+            f"0.0.0.0:{PORT}", "--rate", 50, "--peer-refresh", 30, "--duration", 30,
+            "--timer", "economy", "--output", "jsonl:/dev/null", "--log-level", "info")
+    n1 = f.start(1, *args, "--name", "n1", name="n1")
+    n2 = f.start(2, *args, "--name", "n2", name="n2")        # DNS names only n1: it probes n1
+    wait_for(lambda: "new flow from" in f.text("n1"), 60, "n2 probing n1")
+    f.publish([1, 2])
+    time.sleep(2.0)
+    assert "new flow from" not in f.text("n2")               # n1 looks up again in 30 s ...
+    n1.send_signal(signal.SIGHUP)                            # ... or now
+    wait_for(lambda: "new flow from" in f.text("n2"), 5, "n1 probing n2 after SIGHUP")
+    assert f.stop(n1) == 0 and f.stop(n2) == 0

@@ -23,6 +23,8 @@ from datetime import datetime
 import pytest
 from fleet import Fleet, leftovers, wait_for, why_not
 
+from packet_flow.report_mesh import pair_matrix
+
 PORT = 8000
 REFRESH = 1.0
 INTERVAL = 1.0
@@ -168,6 +170,15 @@ def test_fleet_truth_join_and_leave(fleet):
     assert all(rx[(a, "n12")]["lost"] == rx[("n12", a)]["lost"] == 0
                for a in names if a != "n12")
     phases["rest"] = time.monotonic() - t0 - phases["start"] - phases["truth"]
+    # the report's pair matrix (report_mesh) of the 13 nodes' records says the same
+    matrix = pair_matrix([r for rs in recs.values() for r in rs])
+    assert matrix.names == sorted(names)
+    grid = matrix.grid("loss_percent")
+    at = {n: k for k, n in enumerate(matrix.names)}
+    assert {p for p in pairs if grid[at[p[0]], at[p[1]]] > 0} == set(dropped)
+    print("lost (rows send, columns receive):")
+    for a in names[:N]:
+        print(f"{a:>4} " + " ".join(f"{lost.get((a, b), '-'):>4}" for b in names[:N]))
     report = {"dropped": dropped, "join_discovered_probed_s": join_s,
               "phases_s": {k: round(v, 1) for k, v in phases.items()},
               "pairs_sent_before_peer_up": sum(v > 0 for v in short.values()),
