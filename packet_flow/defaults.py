@@ -77,7 +77,6 @@ COMPAT_MAX_PPS = 10_000     # per-packet `latency` points per second per flow
 SHUTDOWN_FLUSH_S = 5.0
 
 # Authentication
-TAG_BYTES = 16              # truncated HMAC-SHA-256 tag
 
 # InfluxDB sink: writer internals (added by the influx sink)
 SINK_CHUNK_POINTS = 50_000  # points per HTTP write request

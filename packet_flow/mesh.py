@@ -265,6 +265,8 @@ class MeshLoop:
             return
         lat = np.concatenate([p[0] for p in parts])
         slot = np.concatenate([p[1] for p in parts])
+        if not len(slot):           # np.split of nothing is one empty part, not none
+            return
         by_slot = {p.slot: p for p in self.pairs.values()}
         order = np.argsort(slot, kind="stable")
         slots, starts = np.unique(slot[order], return_index=True)
