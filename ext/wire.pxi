@@ -26,7 +26,10 @@
 #   | before the tag) -- the last 16 bytes of the datagram          |
 #   +---------------------------------------------------------------+
 #   flags: 0x01 FINAL (sender stops; the flow closes without loss), 0x02 AUTH (tag present),
-#          0x04 REFLECTED (came back from a reflector).
+#          0x04 REFLECTED (came back from a reflector), 0x08 NAMED (ext/names.pxi),
+#          0x10 ANSWER (a receiver's answer to a FINAL of at least ANSWER_SIZE (+ TAG) bytes:
+#          the header with the FINAL's session and sequence, then u64 received | u64 lost |
+#          u64 local_drops at 32, 40, 48; nothing else, so never longer than the FINAL).
 #
 # Legacy format (the Rust original, bincode 1.x): exactly 17 bytes,
 #   u64 sequence | u64 send time in µs since the epoch | u8 is_final (0 or 1), little-endian.
@@ -46,6 +49,8 @@ cpdef enum:
     FLAG_FINAL = 1
     FLAG_AUTH = 2
     FLAG_REFLECTED = 4
+    FLAG_ANSWER = 16        # a receiver's answer to a FINAL: its counts (packet_flow/search.py)
+    ANSWER_SIZE = 56        # header + u64 received | u64 lost | u64 local_drops (+ TAG)
     # wire formats, in the order of KINDS: the kind of a record (what its datagram parsed
     # as), what a Sender sends and what a Receiver expects (mode K_NATIVE also takes legacy)
     K_MALFORMED = 0

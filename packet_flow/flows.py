@@ -70,6 +70,7 @@ class FlowTable(FlowBook):
         super().__init__(destination, emit, stall_s, forget_s, window, budget, wall)
         self.on_packets = on_packets
         self.on_gaps = on_gaps
+        self.on_final = None        # on_final(flow, rec): a native flow closed by its FINAL rec
         self.unattributed = 0
         self.rejected = Counter()   # malformed datagrams by (source, reason) since take_rejected
         self.gro = False            # the socket coalesces (UDP GRO): a drop may be many datagrams
@@ -153,6 +154,8 @@ class FlowTable(FlowBook):
         flow.closed = True
         flow.final_tx = int(part["tx_ns"][f])
         flow.stats.close(None if flow.native else int(part["seq"][f]))
+        if self.on_final is not None and flow.native:
+            self.on_final(flow, part[f])
         self._interval(flow, now_ns)
         del self.flows[key]
         flow.until_ns = now_ns + flow.grace_ns()

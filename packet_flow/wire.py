@@ -9,6 +9,9 @@ tools use to build packets by hand. Formats:
   then zero padding, then (flag AUTH) a 16-byte truncated HMAC-SHA-256 of everything before.
   A named packet (flag NAMED, ext/names.pxi) has the name's length in byte 4 and the name
   at NAME_AT (56), after the reflector's fields, inside the tag.
+- answer (flag ANSWER): a receiver's answer to a FINAL, `search`'s trial outcome: the header
+  with the FINAL's session and sequence and the answer's send time, then `u64 received |
+  u64 lost | u64 local_drops`, then (flag AUTH) the tag; sent only to a FINAL at least as long.
 - legacy: the Rust original's 17 bytes `u64 seq | u64 send µs | u8 final`, little-endian.
 - STAMP (RFC 8762 unauthenticated, big-endian): 44-byte Session-Sender and
   Session-Reflector test packets; replies of 38 bytes (TWAMP-Light reflectors that end after
@@ -22,6 +25,8 @@ from typing import NamedTuple
 
 # The constants have one definition, in the extension (ext/wire.pxi).
 from packet_flow._io import (
+    ANSWER_SIZE,
+    FLAG_ANSWER,
     FLAG_AUTH,
     FLAG_FINAL,
     FLAG_NAMED,
@@ -42,6 +47,7 @@ from packet_flow.errors import WireError
 
 _NATIVE = struct.Struct("<2sBBIQQq")
 _REFLECT = struct.Struct("<Qqq")
+_COUNTS = struct.Struct("<QQQ")                  # answer: received | lost | local_drops
 _LEGACY = struct.Struct("<QQB")
 _STAMP_SENDER = struct.Struct(">I8sHH")           # seq | T1 | error estimate | SSID
 _STAMP_REFLECTOR = struct.Struct(">I8sHH8sI8sHHB")  # seq|T3|err|ssid|T2|sseq|T1|serr|mbz|ttl
@@ -88,6 +94,41 @@ def encode_native(session, seq, tx_ns, flags=0, size=0, key=None, reflect=None, 
     minimum = len(body) + (TAG if key else 0)
     body += bytes(max(size, minimum) - minimum)
     return body + tag(key, body) if key else body
+
+
+class Answer(NamedTuple):
+    session: int
+    seq: int             # the answered FINAL's sequence
+    tx_ns: int
+    received: int
+    lost: int
+    local_drops: int
+
+
+def encode_answer(session, seq, tx_ns, received, lost, local_drops, key=None):
+    """A receiver's answer to the FINAL (session, seq): ANSWER_SIZE bytes, + TAG with a key."""
+    flags = FLAG_ANSWER | (FLAG_AUTH if key else 0)
+    body = _NATIVE.pack(MAGIC, VERSION, flags, 0, session, seq, tx_ns) + \
+        _COUNTS.pack(received, lost, local_drops)
+    return body + tag(key, body) if key else body
+
+
+def decode_answer(data, key=None):
+    """An Answer from a datagram; WireError(reason) when it is none: `short`, `magic`,
+    `version`, `not_answer`, `no_tag`, `bad_tag` (the receiver's reason names)."""
+    if len(data) < ANSWER_SIZE or data[:2] != MAGIC:
+        raise WireError("short" if len(data) < ANSWER_SIZE else "magic")
+    if data[2] != VERSION:
+        raise WireError("version")
+    if not data[3] & FLAG_ANSWER:
+        raise WireError("not_answer")
+    if key:
+        if not data[3] & FLAG_AUTH or len(data) < ANSWER_SIZE + TAG:
+            raise WireError("no_tag")
+        if not hmac.compare_digest(tag(key, data[:ANSWER_SIZE]), data[ANSWER_SIZE:][:TAG]):
+            raise WireError("bad_tag")
+    _m, _v, _f, _r, session, seq, tx_ns = _NATIVE.unpack_from(data)
+    return Answer(session, seq, tx_ns, *_COUNTS.unpack_from(data, HEADER))
 
 
 def encode_legacy(seq, ts_us, final=False):

@@ -139,11 +139,12 @@ def test_blocked_stdout_cannot_hold_the_exit(tmp_path):
     os.close(wfd)
     try:
         # the console fills the pipe (4 KiB: ~0.2 s of lines): the output thread blocks,
-        # so the JSON file beside it stops growing (once the run has started and made it)
-        out, size, end = tmp_path / "run.jsonl", -1, time.monotonic() + 10
+        # so the JSON file beside it stops growing
+        size, end = -1, time.monotonic() + 10
         while time.monotonic() < end:
             time.sleep(0.3)
-            now = out.stat().st_size if out.exists() else 0
+            path = tmp_path / "run.jsonl"      # made once the probe has started
+            now = os.path.getsize(path) if path.exists() else -1
             if now == size and now > 0:
                 break
             size = now
