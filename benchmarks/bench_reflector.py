@@ -51,11 +51,11 @@ def blast(wire, mode, seconds, batch, segments, max_packets, window):
         sock.setsockopt(socket.IPPROTO_UDP, _io.UDP_GRO_, 1)
         stamp = wire == "stamp"
         tx = _io.Sender(sock.fileno(), sockets.dest_tuple(("127.0.0.1", port), socket.AF_INET),
-                        wire=_io.WIRE_STAMP if stamp else _io.WIRE_NATIVE, session=42,
+                        wire=_io.K_STAMP if stamp else _io.K_NATIVE, session=42,
                         size=_io.STAMP_SIZE if stamp else _io.REFLECTED_HEADER,
                         batch=max(1, batch // segments), segments=segments)
         rx = _io.Receiver(sock.fileno(), batch=batch, capacity=1 << 16,
-                          mode=_io.WIRE_STAMP_REFLECTED if stamp else _io.WIRE_NATIVE)
+                          mode=_io.K_STAMP_REFLECTED if stamp else _io.K_NATIVE)
         cpu0 = cpu_s(refl.pid)
         replies = 0
         t0 = time.monotonic()

@@ -57,9 +57,9 @@ cdef class Receiver:
         self.ctrl = NULL
 
     def __init__(self, int fd, int batch=64, uint64_t capacity=1 << 18, int bufsize=65536,
-                 key=None, int mode=0):
-        """mode WIRE_NATIVE: native and legacy packets; WIRE_STAMP: STAMP Session-Sender
-        packets; WIRE_STAMP_REFLECTED: STAMP replies (a sender reading its reflections).
+                 key=None, int mode=K_NATIVE):
+        """mode K_NATIVE: native and legacy packets; K_STAMP: STAMP Session-Sender
+        packets; K_STAMP_REFLECTED: STAMP replies (a sender reading its reflections).
         key: accept only native packets with a valid tag."""
         cdef int i
         if capacity < 1 or (capacity & (capacity - 1)):

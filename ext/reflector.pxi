@@ -28,9 +28,9 @@ cdef struct rate_t:
 
 
 cdef class Reflector(Receiver):
-    """A Receiver (same arguments; mode WIRE_NATIVE or WIRE_STAMP) that answers what it
-    receives, never with more bytes than it received; `reflected` counts the replies,
-    `reflect_errors` the replies the kernel refused, `limited` the requests refused a reply
+    """A Receiver (same arguments; mode K_NATIVE or K_STAMP) that answers what it
+    receives, never with more bytes than it received; `reflected` counts the replies the
+    kernel took, `reflect_errors` the replies it refused, `limited` the requests refused a reply
     because their source address had max_pps replies in its current second (0 = no
     limit; settable)."""
 
@@ -58,7 +58,7 @@ cdef class Reflector(Receiver):
         self.error_estimate = 0x0001
 
     def __init__(self, int fd, int batch=64, uint64_t capacity=1 << 18, int bufsize=65536,
-                 key=None, int mode=0, uint32_t max_pps=0):
+                 key=None, int mode=K_NATIVE, uint32_t max_pps=0):
         if bufsize < REFLECTED_HEADER + TAG:
             raise ValueError(f"a reflector's buffers must hold a reflected packet: "
                              f"bufsize >= {REFLECTED_HEADER + TAG}")
@@ -170,6 +170,7 @@ cdef class Reflector(Receiver):
     cdef Status _received(self, int nmsg, uint64_t head0) except ERROR nogil:
         # answers the batch just stored, from its own buffers, to its own source addresses
         cdef int i, n = self._answer(nmsg, head0), done = 0, nsend, gso_errno = 0
+        cdef uint64_t refused = self.reflect_errors
         cdef mmsghdr *out
         out = self.smsgs
         nsend = n
@@ -190,7 +191,7 @@ cdef class Reflector(Receiver):
             done = nsend
             out = self.smsgs
             nsend = n
-        self.reflected += n
+        self.reflected += n - (self.reflect_errors - refused)     # what the kernel took
         return DONE
 
     cdef int _coalesce(self, int n) noexcept nogil:

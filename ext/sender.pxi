@@ -121,11 +121,14 @@ cdef class Sender:
         self.ctrl = NULL
         self.error_estimate = 0x0001
 
-    def __init__(self, int fd, dest, int wire=0, uint64_t session=0, int size=0,
+    def __init__(self, int fd, dest, int wire=K_NATIVE, uint64_t session=0, int size=0,
                  int batch=64, int segments=1, key=None, Py_ssize_t lateness_capacity=1 << 20,
                  bytes name=b""):
-        cdef int minimum = (HEADER, LEGACY_SIZE, STAMP_SIZE)[wire]
-        if wire == WIRE_NATIVE and key:
+        cdef int minimum
+        if not K_NATIVE <= wire <= K_STAMP:
+            raise ValueError("wire must be K_NATIVE, K_LEGACY or K_STAMP")
+        minimum = (HEADER, LEGACY_SIZE, STAMP_SIZE)[wire - K_NATIVE]
+        if wire == K_NATIVE and key:
             minimum += TAG
         if batch < 1 or batch > 1024 or segments < 1 or segments > 128:
             raise ValueError("batch must be 1..1024 and segments 1..128")
@@ -133,14 +136,14 @@ cdef class Sender:
         self.wire = wire
         self.session = session
         self.size = max(size, minimum)
-        if wire == WIRE_LEGACY:
+        if wire == K_LEGACY:
             self.size = LEGACY_SIZE
-        if wire != WIRE_NATIVE:
+        if wire != K_NATIVE:
             name = b""
         self.size = named_size(self.size, name, bool(key))
         self.batch = batch
         self.segments = segments
-        self.keyed = bool(key) and wire == WIRE_NATIVE
+        self.keyed = bool(key) and wire == K_NATIVE
         if self.keyed:
             _hmac_init(&self.hkey, <const uint8_t *><char *>key, len(key))
         _sockaddr_from(dest, &self.dest, &self.dest_len)
@@ -191,12 +194,12 @@ cdef class Sender:
         return out
 
     cdef void _build(self, uint8_t *p, uint64_t seq, int64_t now, uint8_t flags) noexcept nogil:
-        if self.wire == WIRE_NATIVE:
+        if self.wire == K_NATIVE:
             _encode_native(p, self.session, seq, now,
                            flags | self.named | (FLAG_AUTH if self.keyed else 0))
             if self.keyed:
                 _sign(&self.hkey, p, self.size)
-        elif self.wire == WIRE_LEGACY:
+        elif self.wire == K_LEGACY:
             _encode_legacy(p, seq, now, flags)
         else:
             _encode_stamp(p, seq, now, self.error_estimate, self.session)

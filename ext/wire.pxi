@@ -26,7 +26,10 @@
 #   | before the tag) -- the last 16 bytes of the datagram          |
 #   +---------------------------------------------------------------+
 #   flags: 0x01 FINAL (sender stops; the flow closes without loss), 0x02 AUTH (tag present),
-#          0x04 REFLECTED (came back from a reflector).
+#          0x04 REFLECTED (came back from a reflector), 0x08 NAMED (ext/names.pxi),
+#          0x10 ANSWER (a receiver's answer to a FINAL of at least ANSWER_SIZE (+ TAG) bytes:
+#          the header with the FINAL's session and sequence, then u64 received | u64 lost |
+#          u64 local_drops at 32, 40, 48; nothing else, so never longer than the FINAL).
 #
 # Legacy format (the Rust original, bincode 1.x): exactly 17 bytes,
 #   u64 sequence | u64 send time in µs since the epoch | u8 is_final (0 or 1), little-endian.
@@ -46,12 +49,10 @@ cpdef enum:
     FLAG_FINAL = 1
     FLAG_AUTH = 2
     FLAG_REFLECTED = 4
-    # what a Sender sends / a Receiver expects (Receiver mode WIRE_NATIVE also takes legacy)
-    WIRE_NATIVE = 0
-    WIRE_LEGACY = 1
-    WIRE_STAMP = 2
-    WIRE_STAMP_REFLECTED = 3
-    # record kinds, in the order of KINDS
+    FLAG_ANSWER = 16        # a receiver's answer to a FINAL: its counts (packet_flow/search.py)
+    ANSWER_SIZE = 56        # header + u64 received | u64 lost | u64 local_drops (+ TAG)
+    # wire formats, in the order of KINDS: the kind of a record (what its datagram parsed
+    # as), what a Sender sends and what a Receiver expects (mode K_NATIVE also takes legacy)
     K_MALFORMED = 0
     K_NATIVE = 1
     K_LEGACY = 2
@@ -102,15 +103,17 @@ cdef packed struct rec_t:
     uint8_t kind
     uint8_t reason
     uint8_t flags
-    uint8_t ttl
+    uint8_t ttl             # IP TTL / hop limit of this datagram as it arrived here
     uint32_t drops          # the socket's drop count when this datagram was queued (SO_RXQ_OVFL)
     uint8_t coalesced       # 1: the receive timestamp is a later datagram's (same GRO buffer)
+    uint8_t sender_ttl      # STAMP reply: the TTL its test packet had at the reflector
 
 RECORD = np.dtype([
     ("flow", "<u8"), ("session", "<u8"), ("seq", "<u8"), ("tx_ns", "<i8"), ("rx_ns", "<i8"),
     ("r_seq", "<u8"), ("t2_ns", "<i8"), ("t3_ns", "<i8"), ("addr", "u1", (16,)),
     ("length", "<u4"), ("port", "<u2"), ("family", "u1"), ("kind", "u1"), ("reason", "u1"),
     ("flags", "u1"), ("ttl", "u1"), ("drops", "<u4"), ("coalesced", "u1"),
+    ("sender_ttl", "u1"),
 ])
 assert RECORD.itemsize == sizeof(rec_t)
 
@@ -243,8 +246,8 @@ cdef inline void _reflect_stamp(uint8_t *p, uint32_t r_seq, int64_t t2_ns, int64
 cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
                         const hmac_key *key, uint32_t least) noexcept nogil:
     # Fills the wire fields of r (kind, reason, flags, session, seq, tx_ns, r_seq, t2_ns,
-    # t3_ns; ttl for STAMP replies) from the datagram p[:n]. mode: WIRE_NATIVE (native and
-    # legacy), WIRE_STAMP or WIRE_STAMP_REFLECTED. key: require a valid tag (NULL: none).
+    # t3_ns; sender_ttl for STAMP replies) from the datagram p[:n]. mode: K_NATIVE (native
+    # and legacy), K_STAMP or K_STAMP_REFLECTED. key: require a valid tag (NULL: none).
     # least: a native test packet (not REFLECTED) shorter than this is R_SHORT_PROBE (a
     # reflector answers in the request's own size; checked before the tag, which costs more).
     r.kind = K_MALFORMED
@@ -256,7 +259,8 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
     r.r_seq = 0
     r.t2_ns = 0
     r.t3_ns = 0
-    if mode == WIRE_STAMP:
+    r.sender_ttl = 0
+    if mode == K_STAMP:
         if n < STAMP_SIZE:
             r.reason = R_SHORT
             return
@@ -265,7 +269,7 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
         r.session = (<uint64_t>p[14] << 8) | p[15]
         r.kind = K_STAMP
         return
-    if mode == WIRE_STAMP_REFLECTED:
+    if mode == K_STAMP_REFLECTED:
         # RFC 8762 §4.3.1 reflector packet: seq | T3 | err | mbz | T2 | sender seq | T1 | ...
         if n < STAMP_REPLY_MIN:
             r.reason = R_SHORT
@@ -276,7 +280,7 @@ cdef inline void _parse(const uint8_t *p, uint32_t n, rec_t *r, int mode,
         r.seq = _be32(p + 24)
         r.tx_ns = _ntp_to_ns(p + 28)
         r.session = (<uint64_t>p[14] << 8) | p[15]
-        r.ttl = p[40] if n > 40 else 0
+        r.sender_ttl = p[40] if n > 40 else 0
         r.kind = K_STAMP_REFLECTED
         return
     if n == LEGACY_SIZE:

@@ -22,12 +22,15 @@ def _fail(msg, code):
 def main(argv=None):
     """Entry point of the `packet-flow` console script and `python -m packet_flow`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["report"]:
-        from packet_flow import report
+    if argv[:1] in (["report"], ["search"]):
+        import importlib
+        module = {"report": "packet_flow.report", "search": "packet_flow.rate_search"}[argv[0]]
         try:
-            return report.main(argv[1:])
+            return importlib.import_module(module).main(argv[1:])
         except PacketFlowError as exc:
             return _fail(exc, exc.exit_code)
+        except OSError as exc:
+            return _fail(f"{exc.strerror or exc} ({type(exc).__name__})", 1)
     try:
         cfg = config.load(argv)
     except PacketFlowError as exc:

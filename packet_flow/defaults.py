@@ -77,7 +77,6 @@ COMPAT_MAX_PPS = 10_000     # per-packet `latency` points per second per flow
 SHUTDOWN_FLUSH_S = 5.0
 
 # Authentication
-TAG_BYTES = 16              # truncated HMAC-SHA-256 tag
 
 # InfluxDB sink: writer internals (added by the influx sink)
 SINK_CHUNK_POINTS = 50_000  # points per HTTP write request
@@ -132,3 +131,17 @@ MESH_SLICE_NS = 50_000_000  # longest schedule slice between two reads of the so
 MESH_LATENESS_SAMPLES = 1 << 16  # lateness samples the send thread takes back per slice
 MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart
 MESH_LINGER_S = 1.0         # after its own finals: receive (and answer) until peers finish
+
+# search (packet_flow/search.py): NDR/PDR trials
+SEARCH_PRECISION = 0.01     # stop when the bounds are this close (a ratio of the upper one)
+SEARCH_MAX_RATE = 1_000_000  # packets/s of the first trial (the sender's top rate)
+SEARCH_MIN_RATE = 1000      # packets/s of the first, handshake trial (it must be answered)
+SEARCH_TRIAL_S = 10.0       # a full-length (confirmation) trial
+SEARCH_SHORT_DIVISOR = 4    # short trials last a quarter of a full one (at most SEARCH_SHORT_S)
+SEARCH_SHORT_S = 1.0
+SEARCH_MAX_TRIALS = 40
+SEARCH_ANSWER_S = 2.0       # wait this long after a trial's FINAL for the receiver's answer
+SEARCH_TIMER = "economy"    # trials sleep to each slot, at SCHED_FIFO (rate_search.Trials)
+SEARCH_SIZE = 64            # UDP payload bytes of a trial's packets
+SENDER_MISSED_MAX = 0.1     # a trial with more slots sent late (share of sent): sender-limited
+SENDER_SLOW_MAX = 0.01      # ... and one whose sender kept a rate this much below the trial's

@@ -57,7 +57,7 @@ class DelayStats:
         if n:
             t = owd[-_JITTER_TAIL - 1 :]
             diff = np.diff(t) if prev is None or t.size < owd.size else np.diff(t, prepend=prev)
-            tail = np.abs(diff).astype(np.float64)
+            tail = np.abs(diff[-_JITTER_TAIL:]).astype(np.float64)
             self.jitter = (15 / 16) ** n * self.jitter + float(_JITTER_W[-tail.size :] @ tail) / 16
         self.last_owd = int(owd[-1])
         for a in (self.tallies.interval, self.tallies.total):

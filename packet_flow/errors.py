@@ -31,3 +31,8 @@ class ReportError(PacketFlowError):
     """A report input file is empty, truncated or not packet-flow JSON lines."""
 
     exit_code = 2
+
+
+class SearchError(PacketFlowError):
+    """A rate search cannot give a result: the peer never answers, or its answer cannot be
+    right (more received than sent, a bad tag under --key). No figure is invented."""

@@ -18,7 +18,7 @@ record's `flow` id). Rules:
   from the same address and port: the old flow's summary is emitted and a new flow opens.
 - Silence longer than `stall` marks the flow `stalled` (one warning, no invented loss; its
   interval records say how long it has been silent in `silent_s`). Longer than `forget`, the
-  flow shrinks to a compact record (analysis.Frozen: where its sequence stood and its totals)
+  flow shrinks to a compact record (results.Frozen: where its sequence stood and its totals)
   and its interval records stop. When it comes back, it resumes: the gap is loss, one burst,
   settled in the interval where it returns. At most FORGOTTEN_MAX records are kept, each for
   FORGOTTEN_KEEP_S; a flow that never comes back gets its summary with `outcome: "unknown"`
@@ -43,46 +43,22 @@ All per-packet work is per batch with numpy; the Python loop runs once per flow 
 """
 
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 
 import numpy as np
 
-from packet_flow import _io, defaults, records
+from packet_flow import _io, defaults
 from packet_flow.addresses import address
-from packet_flow.analysis import FlowStats
+from packet_flow.flowbook import Flow, FlowBook
 from packet_flow.lossruns import local_part
-from packet_flow.seqspace import counter_delta, highest_before
+from packet_flow.seqspace import highest_before
 
 log = logging.getLogger(__name__)
 
-WIRES = {1: "native", 2: "legacy", 3: "stamp", 4: "stamp_reflected"}
-_TX_NONE = np.iinfo(np.int64).min
 
-
-class Flow:
-    __slots__ = ("key", "kind", "source", "peer", "session", "wire", "stats", "last_ns",
-                 "first_ns", "tick_ns", "stalled", "closed", "malformed", "malformed_total",
-                 "tx_max", "final_tx", "until_ns", "after_final", "after_final_total", "fresh",
-                 "nbytes", "drops")
-
-    def __init__(self, key, kind, source, peer, session, wire, now_ns, seq_bits, window):
-        self.key, self.kind = key, kind
-        self.source, self.peer = source, peer
-        self.session = session
-        self.wire = wire
-        self.stats = FlowStats(seq_bits=seq_bits, window=window)
-        self.first_ns = self.last_ns = self.tick_ns = now_ns
-        self.stalled = self.closed = self.fresh = False
-        self.malformed = self.malformed_total = 0
-        self.after_final = self.after_final_total = 0
-        self.tx_max = self.final_tx = _TX_NONE
-        self.until_ns = 0
-        self.nbytes = 0     # what the table's memory account holds for this flow
-        self.drops = None   # the socket's drop count when the flow's last packet was queued
-
-
-class FlowTable:
-    """Feeds drained ring records to per-flow FlowStats and turns them into records.
+class FlowTable(FlowBook):
+    """Feeds drained ring records to per-flow FlowStats (the FlowBook keeps the flows and
+    turns them into records).
 
     emit(record) receives every record. For the original's per-packet InfluxDB points,
     on_packets(source, destination, rx_ns, owd_ns) receives each flow's packets per batch and
@@ -91,58 +67,17 @@ class FlowTable:
 
     def __init__(self, destination, emit, stall_s, forget_s, window, on_packets=None,
                  on_gaps=None, budget=defaults.MAX_FLOW_MEMORY_MIB << 20, wall=None):
-        self.destination = destination
-        # every `now_ns` the table is given is a CLOCK_MONOTONIC time (durations, stalls);
-        # wall(now_ns) is the wall-clock time records carry (default: the same number)
-        self.wall = wall or (lambda ns: ns)
-        self.emit = emit
-        self.stall_ns = int(stall_s * 1e9)
-        self.forget_ns = int(forget_s * 1e9)
-        self.window = window
+        super().__init__(destination, emit, stall_s, forget_s, window, budget, wall)
         self.on_packets = on_packets
         self.on_gaps = on_gaps
-        self.flows = {}             # open flows by key, least recently active first
-        self.closing = {}           # flows closed by FINAL, taking stragglers until until_ns
-        self.forgotten = OrderedDict()  # silent flows shrunk to a Frozen record, oldest first
+        self.on_final = None        # on_final(flow, rec): a native flow closed by its FINAL rec
         self.unattributed = 0
         self.rejected = Counter()   # malformed datagrams by (source, reason) since take_rejected
         self.gro = False            # the socket coalesces (UDP GRO): a drop may be many datagrams
-        self.untracked = 0          # packets of new flows refused: budget or MAX_FLOWS full
-        self.evicted = 0            # idle flows forgotten early to make room for new ones
-        self.budget = budget
-        self.memory = 0             # bytes accounted to the open and closing flows
-        self._new_bytes = defaults.FLOW_BYTES + 8 * min(window, defaults.SEQ_WINDOW_INITIAL)
-        self._pressure = [0, 0]     # untracked packets, evicted flows since the last warning
-
-    def _base(self, kind, flow, now_ns, since_ns):
-        return records.header(kind, "receiver", self.wall(now_ns), now_ns - since_ns,
-                              flow.source, self.destination, flow.session, wire=flow.wire)
-
-    def _interval(self, flow, now_ns):
-        rec = self._base("interval", flow, now_ns, flow.tick_ns)
-        rec.update(flow.stats.take_interval())
-        rec.update(malformed=flow.malformed, after_final=flow.after_final,
-                   stalled=flow.stalled, silent_s=round((now_ns - flow.last_ns) / 1e9, 3),
-                   closed=flow.closed)
-        flow.tick_ns = now_ns
-        flow.malformed = flow.after_final = 0
-        flow.fresh = False
-        self.emit(rec)
-
-    def _summary(self, flow, now_ns, outcome):
-        """outcome: `final` (FINAL seen), `restarted` (a new run replaced it), `unknown` (it
-        went silent and did not come back), `running` (still sending when the receiver
-        stopped)."""
-        rec = self._base("summary", flow, now_ns, flow.first_ns)
-        rec.update(flow.stats.summary())
-        rec.update(malformed=flow.malformed_total, after_final=flow.after_final_total,
-                   stalled=flow.stalled, silent_s=round((now_ns - flow.last_ns) / 1e9, 3),
-                   closed=flow.closed, outcome=outcome)
-        self.emit(rec)
 
     def ingest(self, recs, now_ns):
         """Account one drained batch of ring records (arrival order)."""
-        bad = recs["kind"] == 0
+        bad = recs["kind"] == _io.K_MALFORMED
         if bad.any():
             self._malformed(recs[bad])
             recs = recs[~bad]
@@ -157,20 +92,37 @@ class FlowTable:
             groups = ((fid, recs[idx]) for fid, idx in
                       zip(fids.tolist(), np.split(order, starts[1:]), strict=True))
         for fid, part in groups:
-            native = int(part["kind"][0]) == 1
+            native = int(part["kind"][0]) == _io.K_NATIVE
             self._feed(int(part["session"][0]) if native else fid, part, now_ns)
         if self.memory > self.budget:
             self._room(now_ns, new=False)
 
     def _feed(self, key, part, now_ns):
-        """One flow key's packets of this batch, in arrival order."""
+        """One flow key's packets of this batch, in arrival order. A FINAL closes the run;
+        what follows it goes round again (stragglers, a new run, or after_final)."""
+        while len(part):
+            flow, part = self._flow_for(key, part, now_ns)
+            if flow is None:
+                return
+            final = np.flatnonzero(part["flags"] & _io.FLAG_FINAL)
+            if not len(final):
+                self._absorb(flow, part, now_ns)
+                return
+            f = int(final[0])
+            self._close(key, flow, part[: f + 1], now_ns)
+            part = part[f + 1 :]
+
+    def _flow_for(self, key, part, now_ns):
+        """The open flow these packets belong to and the packets left for it: stragglers of a
+        closed run go to it, a legacy or STAMP restart ends the old run. (None, ...) when
+        nothing is left or the new flow does not fit (its packets are `untracked`)."""
         closing = self.closing.get(key)
         if closing is not None:
             part = self._straggle(closing, part, now_ns)
             if not len(part):
-                return
+                return None, part
         flow = self.flows.pop(key, None) or self._open(key, part[0], now_ns)
-        while flow is not None and flow.kind != 1:
+        while flow is not None and not flow.native:
             i = flow.stats.restart_at(part["seq"], part["tx_ns"], flow.tx_max)
             if i < 0:
                 break
@@ -187,31 +139,31 @@ class FlowTable:
         if flow is None:
             self.untracked += len(part)
             self._pressure[0] += len(part)
-            return
+            return None, part
         self.flows[key] = flow          # to the end: the most recently active
-        final = np.flatnonzero(part["flags"] & _io.FLAG_FINAL)
-        if not len(final):
-            self._absorb(flow, part, now_ns)
-            return
-        f = int(final[0])
+        return flow, part
+
+    def _close(self, key, flow, part, now_ns):
+        """The flow's packets up to and with its FINAL (the last of `part`)."""
+        f = len(part) - 1
         # a native FINAL is a probe; a legacy FINAL only says goodbye (it carries the next seq)
-        probes = part[: f + 1] if flow.kind == 1 else part[:f]
+        probes = part if flow.native else part[:f]
         if len(probes):
             self._absorb(flow, probes, now_ns)
         flow.last_ns = now_ns
         flow.closed = True
         flow.final_tx = int(part["tx_ns"][f])
-        flow.stats.close(None if flow.kind == 1 else int(part["seq"][f]))
+        flow.stats.close(None if flow.native else int(part["seq"][f]))
+        if self.on_final is not None and flow.native:
+            self.on_final(flow, part[f])
         self._interval(flow, now_ns)
         del self.flows[key]
-        flow.until_ns = now_ns + self._grace(flow)
+        flow.until_ns = now_ns + flow.grace_ns()
         older = self.closing.pop(key, None)     # a previous run of this source, in its grace
         if older is not None:
             self._summary(older, now_ns, "final")
             self._release(older)
         self.closing[key] = flow
-        if f + 1 < len(part):
-            self._feed(key, part[f + 1 :], now_ns)
 
     def _straggle(self, flow, part, now_ns):
         """Packets of a closed flow: those sent before its FINAL and not above it are late
@@ -222,7 +174,7 @@ class FlowTable:
         if late.any():
             self._absorb(flow, part[late] if not late.all() else part, now_ns)
         rest = part[~late]
-        new_run = rest[rest["tx_ns"] > flow.final_tx] if flow.kind != 1 else rest[:0]
+        new_run = rest[rest["tx_ns"] > flow.final_tx] if not flow.native else rest[:0]
         odd = len(rest) - len(new_run)
         if odd:
             if not flow.after_final_total:
@@ -233,21 +185,13 @@ class FlowTable:
             flow.fresh = True
         return new_run
 
-    def _grace(self, flow):
-        """How long a closed flow takes stragglers: its reorder horizon in time (the horizon
-        in sequences times the mean packet spacing), at least CLOSED_GRACE_S."""
-        st = flow.stats
-        n = st.summary()["received"] if st.horizon else 0
-        spacing = (flow.last_ns - flow.first_ns) / n if n else 0
-        return max(int(defaults.CLOSED_GRACE_S * 1e9), int(st.horizon * spacing))
-
     def _absorb(self, flow, part, now_ns):
         """Feed packets to the flow's statistics (and the per-packet compat outputs)."""
-        if flow.kind == 1:
-            self._rebind(flow, part)
+        if flow.native:
+            flow.rebind(part)
         else:
             flow.tx_max = max(flow.tx_max, int(part["tx_ns"].max()))
-        host = self._host_drops(flow, part["drops"])
+        host = flow.host_drops(part["drops"])
         if self.on_gaps is not None:
             self._gaps(flow, part, host)
         flow.stats.growable = self.memory < self.budget
@@ -264,62 +208,6 @@ class FlowTable:
             own = part[timed]
             self.on_packets(flow.source, self.destination, own["rx_ns"],
                             own["rx_ns"] - own["tx_ns"])
-
-    def _rebind(self, flow, part):
-        """A native flow whose newest packet comes from a new address or port (a NAT gave
-        the sender a new mapping): the flow goes on, its records show the new source."""
-        peer = (bytes(part["addr"][-1]), int(part["port"][-1]))
-        if peer == flow.peer or flow.stats.position(part["seq"][-1:])[0] <= 0:
-            return
-        old, flow.peer = flow.source, peer
-        flow.source = address(peer[0], peer[1], int(part["family"][-1]))
-        if flow.source != old:
-            log.info("flow session %s moved from %s to %s", flow.session, old, flow.source)
-
-    @staticmethod
-    def _host_drops(flow, drops):
-        """Drops of the socket between each packet and the flow's previous one (the u32
-        SO_RXQ_OVFL counter wraps)."""
-        host = counter_delta(drops, flow.drops)
-        flow.drops = int(drops[-1])
-        return host
-
-    def _account(self, flow):
-        nbytes = defaults.FLOW_BYTES + flow.stats.nbytes
-        self.memory += nbytes - flow.nbytes
-        flow.nbytes = nbytes
-
-    def _release(self, flow):
-        """The flow's memory leaves the account (it ended, or shrank to a Frozen record)."""
-        self.memory -= flow.nbytes
-        flow.nbytes = 0
-
-    def _room(self, now_ns, new=True):
-        """Make room until one more flow fits (new=True: the budget and MAX_FLOWS) or the
-        flows are back within the budget: forget the oldest idle flows first, then let the
-        oldest forgotten records go (with their summaries); False if it does not fit."""
-        extra = self._new_bytes if new else 0
-        while not self._fits(extra, new):
-            oldest = next(iter(self.flows.items()), None)
-            if oldest is not None and now_ns - oldest[1].last_ns > self.stall_ns:
-                self._forget(*oldest, now_ns)
-                self.evicted += 1
-                self._pressure[1] += 1
-            elif self.forgotten and self.memory + extra > self.budget:
-                self._expire(now_ns)
-            else:
-                break
-        return self._fits(extra, new)
-
-    def _expire(self, now_ns):
-        """The oldest forgotten record goes, with its summary."""
-        _, flow = self.forgotten.popitem(last=False)
-        self.memory -= defaults.FORGOTTEN_BYTES
-        self._summary(flow, now_ns, "unknown")
-
-    def _fits(self, extra, new):
-        count = len(self.flows) + len(self.closing)
-        return self.memory + extra <= self.budget and not (new and count >= defaults.MAX_FLOWS)
 
     def _gaps(self, flow, part, host):
         """Compat `packet_loss` points: the part of each gap lost on the path (what this
@@ -340,38 +228,17 @@ class FlowTable:
         flow = self.forgotten.pop(key, None) if resume else None
         if flow is not None:
             self.memory -= defaults.FORGOTTEN_BYTES
-            flow.stats = FlowStats.resume(flow.stats, self.window)
+            flow.resume(self.window)
             self._account(flow)
             log.warning("flow %s (session %s) is back after %.1f s of silence", flow.source,
                         flow.session, (now_ns - flow.last_ns) / 1e9)
             return flow
         if not self._room(now_ns):
             return None
-        kind = int(rec["kind"])
-        wire = WIRES.get(kind, "native")
-        port = int(rec["port"])
-        source = address(rec["addr"], port, int(rec["family"]))
-        session = "legacy" if kind == 2 else f"{int(rec['session']):016x}"
-        seq_bits = 32 if kind in (3, 4) else 64
-        flow = Flow(key, kind, source, (bytes(rec["addr"]), port), session, wire, now_ns,
-                    seq_bits, self.window)
+        flow = Flow(key, rec, now_ns, self.window)
         self._account(flow)
-        log.info("new flow from %s, session %s (%s)", source, session, wire)
+        log.info("new flow from %s, session %s (%s)", flow.source, flow.session, flow.wire)
         return flow
-
-    def _forget(self, key, flow, now_ns):
-        """Shrink a silent flow to its compact record (a last interval first); at most
-        FORGOTTEN_MAX records: the oldest goes, with its summary."""
-        flow.stats.close()
-        self._interval(flow, now_ns)
-        del self.flows[key]
-        self._release(flow)
-        flow.stats = flow.stats.freeze()
-        flow.peer = None            # the returning packet sets it (and the source if it moved)
-        self.forgotten[key] = flow
-        self.memory += defaults.FORGOTTEN_BYTES
-        if len(self.forgotten) > defaults.FORGOTTEN_MAX:
-            self._expire(now_ns)
 
     def _malformed(self, recs):
         by_source = {}
@@ -403,69 +270,3 @@ class FlowTable:
                for (source, reason), n in self.rejected.items()]
         self.rejected.clear()
         return out
-
-    def tick(self, now_ns):
-        """Emit one interval record per flow; mark stalls; forget flows silent too long;
-        summaries of closed flows past their grace time and of forgotten flows that expired."""
-        untracked, evicted = self._pressure
-        if untracked or evicted:
-            log.warning("flow memory budget (%d MiB, %d flows at most) full: %d idle flows "
-                        "evicted, %d packets of new flows untracked since the last interval",
-                        self.budget >> 20, defaults.MAX_FLOWS, evicted, untracked)
-            self._pressure = [0, 0]
-        for key, flow in list(self.flows.items()):
-            silent = now_ns - flow.last_ns
-            if silent > self.forget_ns:
-                log.warning("flow %s (session %s) silent for %.0f s: forgotten (it resumes "
-                            "where it stood if it comes back)", flow.source, flow.session,
-                            silent / 1e9)
-                self._forget(key, flow, now_ns)
-                continue
-            if silent > self.stall_ns and not flow.stalled:
-                flow.stalled = True
-                log.warning("flow %s (session %s) stalled: nothing for %.1f s",
-                            flow.source, flow.session, silent / 1e9)
-            self._interval(flow, now_ns)
-            self._account(flow)
-        for key, flow in list(self.closing.items()):
-            if flow.fresh:
-                self._interval(flow, now_ns)
-                self._account(flow)
-            if now_ns >= flow.until_ns:
-                self._summary(flow, now_ns, "final")
-                self._release(flow)
-                del self.closing[key]
-        keep_ns = int(defaults.FORGOTTEN_KEEP_S * 1e9)
-        while self.forgotten and now_ns - next(iter(self.forgotten.values())).last_ns > keep_ns:
-            self._expire(now_ns)
-
-    def end(self, source, now_ns, outcome, silent_ns=0):
-        """Close the open flows from `source` (host:port) silent for at least silent_ns that
-        sent no FINAL: a last interval and their summary with `outcome` (a mesh peer that
-        left discovery: `left`); returns how many. Gaps below their highest sequence are
-        settled; nothing after it counts as lost."""
-        ended = [(k, f) for k, f in self.flows.items()
-                 if f.source == source and now_ns - f.last_ns >= silent_ns]
-        for key, flow in ended:
-            flow.stats.close()
-            self._interval(flow, now_ns)
-            self._summary(flow, now_ns, outcome)
-            del self.flows[key]
-            self._release(flow)
-        return len(ended)
-
-    def finish(self, now_ns):
-        """At exit: a last interval and the summary of every flow."""
-        for flow in self.flows.values():
-            self._interval(flow, now_ns)
-            self._summary(flow, now_ns, "unknown" if flow.stalled else "running")
-        for flow in self.closing.values():
-            if flow.fresh:
-                self._interval(flow, now_ns)
-            self._summary(flow, now_ns, "final")
-        for flow in self.forgotten.values():
-            self._summary(flow, now_ns, "unknown")
-        self.flows.clear()
-        self.closing.clear()
-        self.forgotten.clear()
-        self.memory = 0

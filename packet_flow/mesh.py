@@ -98,6 +98,7 @@ class MeshReceiver(ReceiverLoop):
                                                 cfg.rcvbuf, gro=False)
         sockets.mark(sock, cfg.local.family, cfg.dscp, cfg.ttl)
         super().__init__(cfg, emit, on_packets, sock=sock, reflect=cfg.rtt, on_gaps=on_gaps)
+        self.table.on_final = None  # a peer's FINAL comes from its receive socket: no answer
         if cfg.rtt:
             from packet_flow import clock_error
             self.rx.error_estimate = clock_error.estimate()
@@ -109,7 +110,7 @@ class MeshReceiver(ReceiverLoop):
         self.names.learn(self.rx)
         if not len(recs):
             return
-        replies = (recs["kind"] == 1) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
+        replies = (recs["kind"] == _io.K_NATIVE) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
         if replies.any():
             self.on_replies(recs[replies])
             recs = recs[~replies]
@@ -269,6 +270,8 @@ class MeshLoop:
             return
         lat = np.concatenate([p[0] for p in parts])
         slot = np.concatenate([p[1] for p in parts])
+        if not len(slot):           # np.split of nothing is one empty part, not none
+            return
         by_slot = {p.slot: p for p in self.pairs.values()}
         order = np.argsort(slot, kind="stable")
         slots, starts = np.unique(slot[order], return_index=True)

@@ -5,9 +5,11 @@ it into FlowTable after every slice, and ticks interval records on the `interval
 (records.TickGrid).
 """
 
+import ipaddress
 import logging
+import socket
 
-from packet_flow import _io, defaults, records, sockets
+from packet_flow import _io, defaults, records, sockets, wire
 from packet_flow.flows import FlowTable
 from packet_flow.names import NameBook, node_name
 
@@ -17,7 +19,7 @@ log = logging.getLogger(__name__)
 class ReceiverLoop:
     """Receives on cfg.local until stop() or the deadline; emits records through emit()."""
 
-    def __init__(self, cfg, emit, on_packets=None, mode=_io.WIRE_NATIVE, sock=None,
+    def __init__(self, cfg, emit, on_packets=None, mode=_io.K_NATIVE, sock=None,
                  reflect=False, on_gaps=None):
         self.cfg = cfg
         self.emit = emit
@@ -42,11 +44,43 @@ class ReceiverLoop:
                                defaults.SEQ_WINDOW, on_packets, on_gaps,
                                budget=cfg.max_flow_memory << 20, wall=_io.wall_of)
         self.table.gro = sockets.gro_enabled(sock)
+        if not reflect:
+            self.table.on_final = self._answer
+        self.answers = self.answer_errors = self.unanswered = 0
+        self._overwritten_answered = 0
         self.stopping = False
         self._last = {}
 
     def stop(self):
         self.stopping = True
+
+    def _answer(self, flow, rec):
+        """Answer a native FINAL with the flow's counts (`search` learns a trial's outcome
+        from it): once per closed flow, in Python, never longer than the FINAL (a shorter
+        one is `unanswered`), signed with --key. Ring records overwritten since the last
+        answer were this host's drops: they count as local_drops, not loss."""
+        size = wire.ANSWER_SIZE + (_io.TAG if self.cfg.key else 0)
+        if int(rec["length"]) < size:
+            self.unanswered += 1
+            return
+        total = flow.stats.tallies.total
+        overwritten = self.rx.overwritten - self._overwritten_answered
+        self._overwritten_answered = self.rx.overwritten
+        data = wire.encode_answer(int(rec["session"]), int(rec["seq"]), _io.wall_of(_io.mono_ns()),
+                                  total.received, total.lost, total.local_drops + overwritten,
+                                  key=self.cfg.key)
+        raw, port = bytes(rec["addr"]), int(rec["port"])
+        if self.sock.family == socket.AF_INET:
+            to = (str(ipaddress.IPv4Address(raw[12:])), port)
+        else:
+            to = (str(ipaddress.IPv6Address(raw)) if int(rec["family"]) != 4
+                  else f"::ffff:{ipaddress.IPv4Address(raw[12:])}", port)
+        try:
+            self.sock.sendto(data, to)
+            self.answers += 1
+        except OSError as exc:
+            self.answer_errors += 1
+            log.warning("answer to %s failed: %s", flow.source, exc)
 
     def counters(self):
         """Cumulative receiver-wide counters (the `receiver` record holds their increments)."""
@@ -54,7 +88,9 @@ class ReceiverLoop:
                "overwritten": self.rx.overwritten,
                "kernel_drops": sockets.drops(self.sock, self.rx.kernel_drops),
                "unattributed_malformed": self.table.unattributed,
-               "untracked": self.table.untracked, "evicted": self.table.evicted}
+               "untracked": self.table.untracked, "evicted": self.table.evicted,
+               "answers": self.answers, "answer_errors": self.answer_errors,
+               "unanswered": self.unanswered}
         out.update(("malformed_" + k, v) for k, v in self.rx.malformed.items())
         if isinstance(self.rx, _io.Reflector):
             out.update(reflected=self.rx.reflected, reflect_errors=self.rx.reflect_errors,

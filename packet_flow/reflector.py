@@ -34,7 +34,7 @@ class ReflectorLoop(ReceiverLoop):
     as ReceiverLoop; `reflected` counts the replies sent."""
 
     def __init__(self, cfg, emit, on_packets=None, sock=None):
-        mode = _io.WIRE_STAMP if cfg.wire == "stamp" else _io.WIRE_NATIVE
+        mode = _io.K_STAMP if cfg.wire == "stamp" else _io.K_NATIVE
         super().__init__(cfg, emit, on_packets, mode=mode, sock=sock, reflect=True)
         self.rx.error_estimate = clock_error.estimate()
         self.rx.reflect_gso = sockets.gso_supported(self.sock)

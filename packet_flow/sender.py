@@ -34,7 +34,6 @@ from packet_flow.sender_replies import Replies
 
 log = logging.getLogger(__name__)
 
-WIRE = {"native": _io.WIRE_NATIVE, "legacy": _io.WIRE_LEGACY, "stamp": _io.WIRE_STAMP}
 UDP_IP_HEADERS = {socket.AF_INET: 8 + 20, socket.AF_INET6: 8 + 40}
 IP_MAX = 65535              # an IP datagram's largest length field (IPv6: payload only)
 
@@ -141,7 +140,7 @@ class SenderLoop:
             segments = gso_segments(size, self.mtu, family)
         tx = _io.Sender(self.sock.fileno(),
                         sockets.dest_tuple(cfg.remote.sockaddr, cfg.remote.family),
-                        wire=WIRE[cfg.wire], session=self.session, size=size,
+                        wire=_io.KINDS.index(cfg.wire), session=self.session, size=size,
                         batch=cfg.batch, segments=segments, key=cfg.key,
                         name=names.in_band_name(cfg))
         if cfg.wire == "stamp":

@@ -30,7 +30,7 @@ class Replies:
         self.stamp = cfg.wire == "stamp"
         self.rx = _io.Receiver(sock.fileno(), batch=cfg.batch, capacity=defaults.RTT_RING,
                                key=cfg.key if not self.stamp else None,
-                               mode=_io.WIRE_STAMP_REFLECTED if self.stamp else _io.WIRE_NATIVE)
+                               mode=_io.K_STAMP_REFLECTED if self.stamp else _io.K_NATIVE)
         self.stats = rtt.RttStats(seq_bits=32 if self.stamp else 64)
         self.cfg = cfg
         self.session = session
@@ -41,8 +41,8 @@ class Replies:
 
     def _ours(self, recs):
         if self.stamp:
-            return (recs["kind"] == 4) & np.isin(recs["session"], (0, self.session & 0xFFFF))
-        return ((recs["kind"] == 1) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
+            return (recs["kind"] == _io.K_STAMP_REFLECTED) & np.isin(recs["session"], (0, self.session & 0xFFFF))
+        return ((recs["kind"] == _io.K_NATIVE) & ((recs["flags"] & _io.FLAG_REFLECTED) != 0)
                 & (recs["session"] == self.session))
 
     def pump(self, wait_until_ns=0):

@@ -9,6 +9,9 @@ tools use to build packets by hand. Formats:
   then zero padding, then (flag AUTH) a 16-byte truncated HMAC-SHA-256 of everything before.
   A named packet (flag NAMED, ext/names.pxi) has the name's length in byte 4 and the name
   at NAME_AT (56), after the reflector's fields, inside the tag.
+- answer (flag ANSWER): a receiver's answer to a FINAL, `search`'s trial outcome: the header
+  with the FINAL's session and sequence and the answer's send time, then `u64 received |
+  u64 lost | u64 local_drops`, then (flag AUTH) the tag; sent only to a FINAL at least as long.
 - legacy: the Rust original's 17 bytes `u64 seq | u64 send µs | u8 final`, little-endian.
 - STAMP (RFC 8762 unauthenticated, big-endian): 44-byte Session-Sender and
   Session-Reflector test packets; replies of 38 bytes (TWAMP-Light reflectors that end after
@@ -22,6 +25,8 @@ from typing import NamedTuple
 
 # The constants have one definition, in the extension (ext/wire.pxi).
 from packet_flow._io import (
+    ANSWER_SIZE,
+    FLAG_ANSWER,
     FLAG_AUTH,
     FLAG_FINAL,
     FLAG_NAMED,
@@ -42,6 +47,7 @@ from packet_flow.errors import WireError
 
 _NATIVE = struct.Struct("<2sBBIQQq")
 _REFLECT = struct.Struct("<Qqq")
+_COUNTS = struct.Struct("<QQQ")                  # answer: received | lost | local_drops
 _LEGACY = struct.Struct("<QQB")
 _STAMP_SENDER = struct.Struct(">I8sHH")           # seq | T1 | error estimate | SSID
 _STAMP_REFLECTOR = struct.Struct(">I8sHH8sI8sHHB")  # seq|T3|err|ssid|T2|sseq|T1|serr|mbz|ttl
@@ -56,7 +62,7 @@ class Packet(NamedTuple):
     r_seq: int = 0
     t2_ns: int = 0
     t3_ns: int = 0
-    ttl: int = 0
+    sender_ttl: int = 0  # STAMP reply: the TTL its test packet had at the reflector
     name: bytes = b""       # the sender's name, in band (flag NAMED)
 
     @property
@@ -90,6 +96,41 @@ def encode_native(session, seq, tx_ns, flags=0, size=0, key=None, reflect=None, 
     return body + tag(key, body) if key else body
 
 
+class Answer(NamedTuple):
+    session: int
+    seq: int             # the answered FINAL's sequence
+    tx_ns: int
+    received: int
+    lost: int
+    local_drops: int
+
+
+def encode_answer(session, seq, tx_ns, received, lost, local_drops, key=None):
+    """A receiver's answer to the FINAL (session, seq): ANSWER_SIZE bytes, + TAG with a key."""
+    flags = FLAG_ANSWER | (FLAG_AUTH if key else 0)
+    body = _NATIVE.pack(MAGIC, VERSION, flags, 0, session, seq, tx_ns) + \
+        _COUNTS.pack(received, lost, local_drops)
+    return body + tag(key, body) if key else body
+
+
+def decode_answer(data, key=None):
+    """An Answer from a datagram; WireError(reason) when it is none: `short`, `magic`,
+    `version`, `not_answer`, `no_tag`, `bad_tag` (the receiver's reason names)."""
+    if len(data) < ANSWER_SIZE or data[:2] != MAGIC:
+        raise WireError("short" if len(data) < ANSWER_SIZE else "magic")
+    if data[2] != VERSION:
+        raise WireError("version")
+    if not data[3] & FLAG_ANSWER:
+        raise WireError("not_answer")
+    if key:
+        if not data[3] & FLAG_AUTH or len(data) < ANSWER_SIZE + TAG:
+            raise WireError("no_tag")
+        if not hmac.compare_digest(tag(key, data[:ANSWER_SIZE]), data[ANSWER_SIZE:][:TAG]):
+            raise WireError("bad_tag")
+    _m, _v, _f, _r, session, seq, tx_ns = _NATIVE.unpack_from(data)
+    return Answer(session, seq, tx_ns, *_COUNTS.unpack_from(data, HEADER))
+
+
 def encode_legacy(seq, ts_us, final=False):
     """The Rust original's 17-byte bincode packet."""
     return _LEGACY.pack(seq, ts_us, 1 if final else 0)
@@ -118,11 +159,12 @@ def encode_stamp(seq, tx_ns, ssid=0, error=0x0001, size=STAMP_SIZE):
     return body + bytes(max(size, STAMP_SIZE) - len(body))
 
 
-def encode_stamp_reflection(r_seq, t3_ns, t2_ns, sender, ttl, error=0x0001, ssid=0):
-    """RFC 8762 §4.3.1 unauthenticated Session-Reflector packet answering `sender` bytes."""
+def encode_stamp_reflection(r_seq, t3_ns, t2_ns, sender, sender_ttl, error=0x0001, ssid=0):
+    """RFC 8762 §4.3.1 unauthenticated Session-Reflector packet answering `sender` bytes,
+    which arrived with TTL (hop limit) `sender_ttl`."""
     s_seq, t1, s_err = struct.unpack_from(">I8sH", sender)
     body = _STAMP_REFLECTOR.pack(r_seq & 0xFFFFFFFF, ns_to_ntp(t3_ns), error, ssid,
-                                 ns_to_ntp(t2_ns), s_seq, t1, s_err, 0, ttl)
+                                 ns_to_ntp(t2_ns), s_seq, t1, s_err, 0, sender_ttl)
     return body + bytes(max(len(sender), STAMP_SIZE) - len(body))
 
 
@@ -139,9 +181,9 @@ def decode(data, key=None, stamp=None, reflector=False):
             seq, t1, _err, ssid = _STAMP_SENDER.unpack_from(data)
             return Packet("stamp", ssid, seq, ntp_to_ns(t1))
         data = data[:STAMP_SIZE] + bytes(max(0, STAMP_SIZE - n))    # no TTL byte: 0
-        r_seq, t3, _e, ssid, t2, seq, t1, _se, _mbz, ttl = _STAMP_REFLECTOR.unpack_from(data)
+        r_seq, t3, _e, ssid, t2, seq, t1, _se, _mbz, s_ttl = _STAMP_REFLECTOR.unpack_from(data)
         return Packet("stamp_reflected", ssid, seq, ntp_to_ns(t1), 0, r_seq,
-                      ntp_to_ns(t2), ntp_to_ns(t3), ttl)
+                      ntp_to_ns(t2), ntp_to_ns(t3), s_ttl)
     if n == LEGACY_SIZE:
         if key:
             raise WireError("no_tag")

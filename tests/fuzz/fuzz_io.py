@@ -75,10 +75,10 @@ class Target:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.cores = {}
-        modes = (io.WIRE_NATIVE, io.WIRE_STAMP, io.WIRE_STAMP_REFLECTED, io.WIRE_NATIVE)
+        modes = (io.K_NATIVE, io.K_STAMP, io.K_STAMP_REFLECTED, io.K_NATIVE)
         for b in range(16):
             mode, key, reflect = modes[b & 3], KEY if b & 4 else None, bool(b & 8)
-            if reflect and mode == io.WIRE_STAMP_REFLECTED:
+            if reflect and mode == io.K_STAMP_REFLECTED:
                 continue                  # nobody answers replies
             cls = io.Reflector if reflect else io.Receiver
             self.cores[b] = cls(self.sock.fileno(), batch=1, capacity=MAX_DATAGRAM, key=key,
@@ -151,6 +151,7 @@ def check(conf, dgram, seg, ttl, recs, replies):
                   int(rec["t2_ns"]), int(rec["t3_ns"]))
         want = (p.session, p.seq, _wrap(p.tx_ns), p.r_seq, _wrap(p.t2_ns), _wrap(p.t3_ns))
         assert fields == want, (fields, want, data.hex())
+        assert int(rec["sender_ttl"]) == p.sender_ttl
         if conf & 8 and (p.wire == "stamp" or p.wire == "native"
                          and not p.flags & wire.FLAG_REFLECTED):
             answered.append((data, p, int(rec["rx_ns"])))
@@ -166,7 +167,7 @@ def check(conf, dgram, seg, ttl, recs, replies):
             assert reply[end:len(reply) - tag] == data[end:len(data) - tag]
         else:
             q = wire.decode(reply, stamp="reflected")
-            assert (q.seq, q.ttl) == (p.seq, ttl)
+            assert (q.seq, q.sender_ttl) == (p.seq, ttl)
             assert reply[wire.STAMP_SIZE:] == data[wire.STAMP_SIZE:]
 
 

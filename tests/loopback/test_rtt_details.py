@@ -175,7 +175,7 @@ def test_compat_gap_points_continue_after_stamp_wrap():
     groups = [[top - 6, top - 5, top - 3], [top - 2, top - 1, 0, 1, 4], [5, 9, 10]]
     gaps, recs = [], []
     loop = ReceiverLoop(_cfg("-m", "receiver", "--local-addr", "127.0.0.1:0"), recs.append,
-                        mode=_io.WIRE_STAMP,
+                        mode=_io.K_STAMP,
                         on_gaps=lambda src, dst, rx, lost: gaps.extend(lost.tolist()))
     thread = threading.Thread(target=loop.run, args=(_io.mono_ns() + 5_000_000_000,))
     thread.start()
@@ -233,19 +233,46 @@ def test_ntp_eras_and_short_replies_in_the_core():
     t1, t2 = _utc_ns(NTP_2036, 250_000_000), _utc_ns(NTP_2036, 750_000_000)
     t3 = _utc_ns("2036-02-07T06:28:15", 500_000_000)     # the last second of era 0
     test = wire.encode_stamp(9, t1, ssid=3)
-    reply = wire.encode_stamp_reflection(4, t3, t2, test, ttl=61, ssid=3)
-    (rec,) = _receive(_io.WIRE_STAMP, [test])
+    reply = wire.encode_stamp_reflection(4, t3, t2, test, sender_ttl=61, ssid=3)
+    (rec,) = _receive(_io.K_STAMP, [test])
     assert (int(rec["kind"]), int(rec["seq"]), int(rec["tx_ns"])) == (3, 9, t1)
-    recs = _receive(_io.WIRE_STAMP_REFLECTED, [reply, reply[:38], reply[:37]])
+    recs = _receive(_io.K_STAMP_REFLECTED, [reply, reply[:38], reply[:37]])
     assert list(recs["kind"]) == [4, 4, 0]
     for r in recs[:2]:
         assert (int(r["seq"]), int(r["r_seq"])) == (9, 4)
         assert (int(r["tx_ns"]), int(r["t2_ns"]), int(r["t3_ns"])) == (t1, t2, t3)
     short = wire.decode(reply[:38], stamp="reflected")
-    assert (short.seq, short.r_seq, short.tx_ns, short.t2_ns, short.t3_ns, short.ttl) == \
+    assert (short.seq, short.r_seq, short.tx_ns, short.t2_ns, short.t3_ns, short.sender_ttl) == \
         (9, 4, t1, t2, t3, 0)
     with pytest.raises(wire.WireError, match="short"):
         wire.decode(reply[:37], stamp="reflected")
+
+
+def test_stamp_reply_sender_ttl_and_its_own_ip_ttl_are_two_fields():
+    """A STAMP reply carries the TTL its test packet had at the reflector (`sender_ttl`, as
+    the reference codec names it); the ring's `ttl` is the reply's own IP TTL as it arrived
+    here. One used to overwrite the other."""
+    t = _utc_ns("2030-01-01T00:00:00")
+    test = wire.encode_stamp(5, t)
+    replies = [wire.encode_stamp_reflection(1, t, t, test, sender_ttl=61),
+               wire.encode_stamp_reflection(2, t, t, test, sender_ttl=200)[:38]]
+    rsock, _ = sockets.receive_socket(("127.0.0.1", 0), socket.AF_INET, gro=False)
+    rx = _io.Receiver(rsock.fileno(), mode=_io.K_STAMP_REFLECTED, capacity=1 << 4)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 33)
+            for d in replies:
+                s.sendto(d, rsock.getsockname())
+        end = _io.mono_ns() + 2_000_000_000
+        while rx.datagrams < len(replies) and _io.mono_ns() < end:
+            rx.pump(_io.mono_ns() + 20_000_000, len(replies))
+        recs = rx.drain()
+    finally:
+        rsock.close()
+    assert list(recs["kind"]) == [_io.K_STAMP_REFLECTED] * 2
+    assert list(recs["ttl"]) == [33, 33]
+    assert list(recs["sender_ttl"]) == [61, 0]       # a 38-byte reply has no TTL byte
+    assert [wire.decode(d, stamp="reflected").sender_ttl for d in replies] == [61, 0]
 
 
 def test_twamp_light_reflector_with_38_byte_replies():
@@ -262,7 +289,7 @@ def test_twamp_light_reflector_with_38_byte_replies():
             if select.select([refl], [], [], 0.05)[0]:
                 data, peer = refl.recvfrom(2048)
                 t = _io.wall_ns()
-                refl.sendto(wire.encode_stamp_reflection(n, t, t, data, ttl=64)[:38], peer)
+                refl.sendto(wire.encode_stamp_reflection(n, t, t, data, sender_ttl=64)[:38], peer)
                 n += 1
 
     thread = threading.Thread(target=answer)

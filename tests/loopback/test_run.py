@@ -143,7 +143,8 @@ def test_blocked_stdout_cannot_hold_the_exit(tmp_path):
         size, end = -1, time.monotonic() + 10
         while time.monotonic() < end:
             time.sleep(0.3)
-            now = os.path.getsize(tmp_path / "run.jsonl")
+            path = tmp_path / "run.jsonl"      # made once the probe has started
+            now = os.path.getsize(path) if path.exists() else -1
             if now == size and now > 0:
                 break
             size = now

@@ -24,8 +24,13 @@ WITH_HUP = ("import signal, sys; signal.signal(signal.SIGHUP, lambda *a: None); 
             "from packet_flow import cli; sys.exit(cli.main())")
 
 
-def signal_run(proc, signals):
-    time.sleep(1.0)
+def signal_run(proc, out, signals):
+    """The signals 0.35 s apart, from the first record tick on (the handlers are in place
+    then, however long the interpreter took to start)."""
+    end = time.monotonic() + 20
+    while not (out.exists() and '"type":"sender"' in out.read_text()):
+        assert proc.poll() is None and time.monotonic() < end
+        time.sleep(0.05)
     for sig in signals:
         proc.send_signal(sig)
         time.sleep(0.35)
@@ -71,7 +76,7 @@ def test_sender_mode_sigusr1_and_sighup(tmp_path):
         tx = subprocess.Popen([sys.executable, "-c", WITH_HUP, *map(str, args)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         usr1, hup = signal.SIGUSR1, signal.SIGHUP
-        signal_run(tx, [usr1, hup, usr1, hup, usr1])
+        signal_run(tx, tx_out, [usr1, hup, usr1, hup, usr1])
         finish(tx)
         time.sleep(0.3)
     finally:
@@ -87,7 +92,7 @@ def test_both_mode_sigusr1(tmp_path):
     proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
               f"127.0.0.1:{port}", "--rate", 1, "--interval", 0.5, "--duration", 3.6,
               "--output", f"jsonl:{out}")
-    signal_run(proc, [signal.SIGUSR1] * 4)
+    signal_run(proc, out, [signal.SIGUSR1] * 4)
     finish(proc)
     recs = records(out)
     sent = check_schedule(recs, 4)

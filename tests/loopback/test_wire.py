@@ -80,11 +80,11 @@ def test_cython_sender_matches_reference(link):
     for data in _sent_bytes(link, session=0xABCDEF, size=80, key=b"k"):
         pkt = wire.decode(data, key=b"k")
         assert data == wire.encode_native(0xABCDEF, pkt.seq, pkt.tx_ns, size=80, key=b"k")
-    legacy = _sent_bytes(link, wire=_io.WIRE_LEGACY)
+    legacy = _sent_bytes(link, wire=_io.K_LEGACY)
     assert [wire.decode(d).seq for d in legacy] == [0, 1, 2]
     assert all(len(d) == 17 and d[16] == 0 for d in legacy)
     now = _io.wall_ns()
-    for i, d in enumerate(_sent_bytes(link, wire=_io.WIRE_STAMP, session=0x1234)):
+    for i, d in enumerate(_sent_bytes(link, wire=_io.K_STAMP, session=0x1234)):
         pkt = wire.decode(d, stamp="sender")
         assert len(d) == 44 and pkt.seq == i and pkt.session == 0x1234
         assert d[12:14] == b"\x00\x01" and d[16:] == bytes(28)

@@ -22,7 +22,7 @@ from vmserver import VMServer
 from packet_flow import cli
 from packet_flow.sinks import influxlink
 
-pytestmark = [pytest.mark.influx, pytest.mark.skipif(
+pytestmark = [pytest.mark.influx, pytest.mark.slow, pytest.mark.skipif(
     VM is None or INFLUXD is None, reason="victoria-metrics or influxd not installed "
     "(make test installs them)")]
 

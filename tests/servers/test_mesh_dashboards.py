@@ -53,9 +53,12 @@ def mesh_run(tmp_path_factory):
                    influx.url, "--username", influx.username, "--password", influx.password,
                    "--database", "mesh") for n in NODES}
     try:
-        end = time.monotonic() + 20             # running (signal handlers set): records come
-        while not all(os.path.exists(tmp / f"{n}.jsonl") and os.path.getsize(tmp / f"{n}.jsonl")
-                      for n in NODES):
+        # running (signal handlers set: records come) and scraped once by Prometheus (a
+        # counter's first sample is no increase: the skips must come after it)
+        end = time.monotonic() + 20
+        while not (all(os.path.exists(tmp / f"{n}.jsonl") and os.path.getsize(tmp / f"{n}.jsonl")
+                       for n in NODES) and
+                   len(prom.query("packet_flow_lost_packets_total == 0")) == len(PAIRS)):
             assert time.monotonic() < end and all(p.poll() is None for p in procs.values())
             time.sleep(0.05)
         for _ in range(2):

@@ -20,7 +20,8 @@ HAS_IPV6 = _has_ipv6()
 class Link:
     """A receive socket with a Receiver, and an unconnected send socket aimed at it."""
 
-    def __init__(self, family=socket.AF_INET, gro=True, capacity=1 << 18, key=None, mode=0):
+    def __init__(self, family=socket.AF_INET, gro=True, capacity=1 << 18, key=None,
+                 mode=_io.K_NATIVE):
         host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
         self.rsock, self.gro = sockets.receive_socket((host, 0), family, 16 << 20, gro=gro)
         self.addr = (host, self.rsock.getsockname()[1])

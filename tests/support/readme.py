@@ -71,7 +71,7 @@ def long_running(command: str) -> bool:
     words = shlex.split(command, comments=True)
     if not words or words[0] != "packet-flow" or "|" in words:
         return False
-    stops = {"--duration", "--count", "--print-config", "--generate-config", "report", "-h",
+    stops = {"--duration", "--count", "--print-config", "--generate-config", "report", "search", "-h",
              "--help", "--version"}
     return not any(w.split("=")[0] in stops for w in words)
 
@@ -176,6 +176,9 @@ def check_output(r: Ran, cwd: str) -> None:
         if flag in ("-o", "--output") and name.endswith(".png"):
             with open(os.path.join(cwd, name), "rb") as f:
                 assert f.read(8) == b"\x89PNG\r\n\x1a\n", f"{r.command}: {name} is no PNG"
+    if words[:1] == ["packet-flow"] and "search" in words:
+        assert re.search(r"^NDR: ", r.stdout, re.M), f"{r.command}: no NDR line\n{r.stdout}"
+        return
     if words[:1] != ["packet-flow"] or "report" in words or "|" in words:
         return
     mode = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--mode", "-m")),
