@@ -190,8 +190,11 @@ class MeshLoop:
             return
         self.listed = listed
         want = {p.key: p for p in listed if p.addr.family == self.cfg.local.family}
-        for key in [k for k in self.pairs if k not in want]:
-            self._leave(self.pairs.pop(key), now_ns)
+        gone = [self.pairs.pop(k) for k in [k for k in self.pairs if k not in want]]
+        if gone:
+            self._index()           # off the schedule before their FINALs: nothing after them
+        for pair in gone:
+            self._leave(pair, now_ns)
         new = [p for k, p in want.items() if k not in self.pairs]
         if len(self.pairs) + len(new) > defaults.MESH_MAX_PEERS:
             log.warning("mesh: %d peers, probing the first %d", len(self.pairs) + len(new),
@@ -214,6 +217,8 @@ class MeshLoop:
         """A peer left discovery: its FINAL, its last records, its flows here closed."""
         log.info("mesh: peer %s (%s) left", pair.peer.name, pair.peer.addr)
         self._do(lambda: self.tx.send_final(pair.slot))
+        self.rxl.read(_io.mono_ns())        # its replies so far count
+        self.rxl._drain(now_ns)
         self._collect()
         self._interval(pair, now_ns)
         self._summary(pair, now_ns, "left")
@@ -316,7 +321,9 @@ class MeshLoop:
             rec.update(late_stats(np.zeros(0, np.int64)))
         if pair.rtt is not None:
             pair.rtt.close()
-            rec.update(pair.rtt.summary(int(self.tx.seq[pair.slot])))
+            # a peer that left owes no replies: what went after its last one is not loss
+            sent = None if outcome == "left" else int(self.tx.seq[pair.slot])
+            rec.update(pair.rtt.summary(sent))
         self.emit(rec)
 
     def _warm_up(self):

@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from . import defaults, peers
+from . import defaults
 from .addresses import Addr, split_host_port
 from .masking import MASK, mask_url
 
@@ -180,6 +180,9 @@ def _outputs(items: list[str]) -> tuple[str, ...]:
 
 
 def _peers(items: list[str]) -> tuple[str, ...]:
+    # peers loads the extension and numpy (0.1 s): imported when used, so that
+    # --help, --version and a bad option answer at once
+    from . import peers
     try:
         return peers.check_entries(items)
     except ValueError as e:
@@ -189,6 +192,7 @@ def _peers(items: list[str]) -> tuple[str, ...]:
 def _name(text: str) -> str | None:
     if not text.strip():
         return None
+    from . import peers
     try:
         return peers.check_name(text)
     except ValueError as e:
