@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 
 import numpy as np
 
@@ -34,7 +33,7 @@ sys.path[:0] = [os.path.join(HERE, "..", "tests", "support"), os.path.join(HERE,
 from vmserver import VMServer  # noqa: E402
 
 import packet_flow  # noqa: E402
-from packet_flow import defaults  # noqa: E402
+from packet_flow import config, defaults  # noqa: E402
 from packet_flow.sinks.influx import InfluxSink  # noqa: E402
 from packet_flow.sinks.lineproto import format_int_points  # noqa: E402
 
@@ -71,12 +70,17 @@ def wait_written(sink: InfluxSink, n: int, limit: float) -> None:
         time.sleep(0.01)
 
 
+def sink_config(url: str, spool: str, *options: str):
+    """The sink's configuration as a run builds it (config.load, no environment): every
+    option the sink reads has its default, however many the sink comes to read."""
+    return config.load(["--influx-url", url, "--database", "packet_flow", "--token", "x",
+                        "--flush-interval", "0.05", "--spool-dir", spool, *options], env={})
+
+
 def bench_packets(url: str, spool: str, n: int, api: str = "auto") -> float:
     """InfluxSink.packets() in batches of 1024, cap off: points/s until all are written."""
-    cfg = types.SimpleNamespace(influx_url=url, database="packet_flow", token="x",
-                                compat_points=True, compat_max_pps=0, flush_interval=0.05,
-                                spool_dir=spool, hostname="bench", influx_api=api)
-    sink = InfluxSink(cfg)
+    sink = InfluxSink(sink_config(url, spool, "--influx-api", api, "--compat-points",
+                                  "--compat-max-pps", "0"))
     t0 = time.time_ns() - 7_200_000_000_000
     rx = t0 + np.arange(n, dtype=np.int64) * 1000
     owd = np.arange(n, dtype=np.int64) % 5_000_000
@@ -91,9 +95,7 @@ def bench_packets(url: str, spool: str, n: int, api: str = "auto") -> float:
 
 def bench_records(url: str, spool: str, n: int) -> float:
     """InfluxSink.record() of interval records (1000 flows, 25 fields each): records/s."""
-    cfg = types.SimpleNamespace(influx_url=url, database="packet_flow", token="x",
-                                flush_interval=0.05, spool_dir=spool, hostname="bench")
-    sink = InfluxSink(cfg)
+    sink = InfluxSink(sink_config(url, spool))
     rec = {"type": "interval", "role": "receiver", "time": 1767225600_000000000,
            "destination": "10.0.0.2:8000", "session": "00112233aabbccdd", "interval_s": 1.0,
            "received": 1000, "lost": 1, "late": 0, "duplicates": 0, "malformed": 0,
