@@ -189,9 +189,15 @@ def test_search_against_a_reflector(tmp_path):
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
-    assert result.ndr["rate"] == 3000 and result.ndr["at_max_rate"]
-    assert all(t.verdict() == "pass" and t.received == t.sent for t in result.trials)
-    assert [t.rate for t in result.trials] == [1000, 3000, 3000]
+    # nothing is lost on loopback; the sender's --rtt reply handling may make it late (its
+    # pace is estimated from its lateness there): then the search names the sender
+    assert all(t.lost == 0 and t.received == t.sent for t in result.trials), result.trials
+    assert {t.verdict() for t in result.trials} <= {"pass", "sender-limited"}
+    if result.ndr["limited_by"] is None:
+        assert result.ndr["rate"] == 3000 and result.ndr["at_max_rate"]
+        assert [t.rate for t in result.trials] == [1000, 3000, 3000]
+    else:
+        assert result.ndr["limited_by"] == "sender" and result.ndr["rate"] is None
 
 
 def test_reflector_that_never_replies():
