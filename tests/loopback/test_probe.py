@@ -7,7 +7,7 @@ import socket
 import time
 
 import pytest
-from probe import finish, free_port, pf, records, summaries, wait_bound
+from probe import finish, free_port, pf, records, summaries, wait_bound, wait_caught
 
 from packet_flow import wire
 
@@ -62,6 +62,7 @@ def test_sigusr1_skips_exactly_one_and_sigterm_is_clean(tmp_path):
     wait_bound(port)
     tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 2,
             "--output", f"jsonl:{tx_out}")
+    wait_caught(tx, signal.SIGUSR1)
     time.sleep(1.0)
     tx.send_signal(signal.SIGUSR1)
     time.sleep(1.0)

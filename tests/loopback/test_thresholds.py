@@ -4,7 +4,7 @@ exit status and the breach lines on stderr."""
 import signal
 import time
 
-from probe import free_port, pf, records, summaries, wait_bound
+from probe import free_port, pf, records, summaries, wait_bound, wait_caught
 
 
 def test_one_lost_packet_breaches_max_loss_0(tmp_path):
@@ -12,7 +12,7 @@ def test_one_lost_packet_breaches_max_loss_0(tmp_path):
     proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
               f"127.0.0.1:{port}", "--rate", 5, "--duration", 2, "--max-loss", "0",
               "--max-owd-p99", "10s", "--output", f"jsonl:{out}")
-    wait_bound(port)
+    wait_caught(proc, signal.SIGUSR1)
     time.sleep(0.7)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=20)

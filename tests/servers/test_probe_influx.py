@@ -5,7 +5,7 @@ import signal
 import time
 
 import pytest
-from probe import finish, free_port, pf, records, wait_bound  # noqa: E402
+from probe import finish, free_port, pf, records, wait_bound, wait_caught  # noqa: E402
 from vmserver import BINARY, VMServer  # noqa: E402
 
 pytestmark = [pytest.mark.influx, pytest.mark.skipif(
@@ -22,10 +22,9 @@ def test_probe_to_influx_with_compat_points(tmp_path):
                 "--interval", 0.5, "--influx-url", url, "--token", "any", "--compat-points",
                 "--spool-dir", tmp_path / "spool", "--output", f"jsonl:{tmp_path / 'rx.jsonl'}")
         wait_bound(port)
-        tx_port = free_port()
-        tx = pf("--mode", "sender", "--local-addr", f"127.0.0.1:{tx_port}", "--remote-addr",
-                f"127.0.0.1:{port}", "--rate", 4, "--count", 400)
-        wait_bound(tx_port)     # its signal handlers come with its socket
+        tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 4,
+                "--count", 400)
+        wait_caught(tx, signal.SIGUSR1)     # its handlers come after its socket and sinks
         time.sleep(0.3)
         tx.send_signal(signal.SIGUSR1)
         finish(tx)

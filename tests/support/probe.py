@@ -69,6 +69,21 @@ def wait_bound(port, timeout=5.0):
     raise AssertionError("receiver did not bind")
 
 
+def wait_caught(proc, sig, timeout=10.0):
+    """Wait until process `proc` has a handler for `sig` (SigCgt in /proc/PID/status): a
+    run installs its handlers after its sockets, outputs and loops, so a bound port does
+    not mean a signal would be caught (SIGUSR1 uncaught ends the process, -10)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, f"the process ended ({proc.returncode}) before its handler"
+        with open(f"/proc/{proc.pid}/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        if mask >> (sig - 1) & 1:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"no handler for {sig!r} after {timeout} s")
+
+
 def udp_queue(pid, port):
     """(rx_queue bytes, drops) of the UDP socket on `port` as process pid sees it."""
     with open(f"/proc/{pid}/net/udp", encoding="ascii") as f:
