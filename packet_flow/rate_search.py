@@ -186,8 +186,9 @@ def ratio(text) -> float:
 class Trials:
     """The I/O edge: runs trials from one socket and reads each trial's answer."""
 
-    def __init__(self, argv, answer_s, out=None):
-        self.argv = list(argv)
+    def __init__(self, argv, answer_s, reflector=False):
+        self.argv = list(argv) + (["--rtt"] if reflector else [])
+        self.reflector = reflector
         self.cfg = config.load([*self.argv, "--mode=sender", "--count=2"], env={})
         cfg = self.cfg
         if cfg.wire != "native":
@@ -202,7 +203,6 @@ class Trials:
         self.sock = sockets.send_socket(cfg.remote.family, cfg.dscp, cfg.ttl)
         self.answer_s = answer_s
         self.answered = 0
-        self.out = out
 
     def run(self, rate, duration, phase) -> Trial:
         """One trial: segments of at most SEARCH_SEGMENT_S, each its own flow and answer,
@@ -235,8 +235,10 @@ class Trials:
                           "summary" else None, sock=self.sock)
         with precise_timer(True):
             loop.run()
-        answer = self._answer(loop.session, rate)
         sent = int(summary.get("sent", loop.sent))
+        if self.reflector:
+            return self._reflected(summary, rate, duration, phase, sent)
+        answer = self._answer(loop.session, rate)
         missed, skipped = int(summary.get("missed_slots", 0)), int(summary.get("skipped_slots",
                                                                                 0))
         # the FINAL goes on slot sent - 1: the schedule took (sent - 1) / rate when kept
@@ -253,6 +255,27 @@ class Trials:
         return Trial(rate, duration, phase, sent, answer.received,
                      sent - answer.received - answer.local_drops, answer.local_drops, missed,
                      skipped, achieved)
+
+    def _reflected(self, summary, rate, duration, phase, sent) -> Trial:
+        """A segment's outcome from a reflector's replies: forward loss from the reflector's
+        sequence (as --rtt reports it); packets after the last reply count as lost. The
+        reflector's own drops cannot be told from the path's."""
+        missed, skipped = int(summary["missed_slots"]), int(summary["skipped_slots"])
+        # interval_s includes the wait for the last replies: the schedule's own time is its
+        # length plus the latest slot's lateness
+        took = (sent - 1) / rate + (summary.get("timer_late_max_us") or 0) / 1e6
+        achieved = (sent - 1) / took if took > 0 else rate
+        if not summary.get("reflected"):
+            if not self.answered:
+                raise SearchError(f"no reply from {self.cfg.remote} to a trial at {rate:.0f} "
+                                  "packets/s: is `packet-flow --mode reflector` listening "
+                                  "there, with the same --key?")
+            return Trial(rate, duration, phase, sent, 0, 0, 0, missed, skipped, achieved,
+                         answered=False)
+        self.answered += 1
+        lost = int(summary["forward_lost"]) + int(summary["unattributed_lost"])
+        return Trial(rate, duration, phase, sent, sent - lost, lost, 0, missed, skipped,
+                     achieved)
 
     def _answer(self, session, rate):
         """The receiver's answer to this trial's FINAL, None when none came in time."""
@@ -307,10 +330,11 @@ def search(*, max_loss=None, precision=defaults.SEARCH_PRECISION,
            max_rate=defaults.SEARCH_MAX_RATE, min_rate=defaults.SEARCH_MIN_RATE,
            trial_duration=defaults.SEARCH_TRIAL_S, short_duration=None,
            max_trials=defaults.SEARCH_MAX_TRIALS, answer_timeout=defaults.SEARCH_ANSWER_S,
-           progress=None, argv=None, **options) -> SearchResult:
+           progress=None, argv=None, reflector=False, **options) -> SearchResult:
     """Search the NDR (and with max_loss the PDR) to options["remote_addr"], where a
     packet-flow receiver runs. Other options are the probe's long names with `_` (size=,
-    key=, dscp=...), or `argv` command-line words instead. progress(trial) is called after
+    key=, dscp=...), or `argv` command-line words instead. reflector=True: the far end is
+    `packet-flow --mode reflector`, and a trial's outcome is --rtt's forward loss. progress(trial) is called after
     every trial. Raises SearchError when
     the peer never answers or answers what cannot be right, ConfigError for bad options."""
     from packet_flow.api import _words
@@ -319,7 +343,7 @@ def search(*, max_loss=None, precision=defaults.SEARCH_PRECISION,
     pdr_loss = ratio(max_loss) if max_loss is not None else None
     short = short_duration or min(defaults.SEARCH_SHORT_S,
                                   trial_duration / defaults.SEARCH_SHORT_DIVISOR)
-    trials = Trials(words, answer_timeout)
+    trials = Trials(words, answer_timeout, reflector)
     done: list[Trial] = []
 
     def step(rate, duration, phase):
@@ -398,6 +422,8 @@ def main(argv) -> int:
     ap.add_argument("--short-duration", type=float, default=None)
     ap.add_argument("--max-trials", type=int, default=defaults.SEARCH_MAX_TRIALS)
     ap.add_argument("--answer-timeout", type=float, default=defaults.SEARCH_ANSWER_S)
+    ap.add_argument("--reflector", action="store_true",
+                    help="the far end is a reflector: forward loss from its replies")
     ap.add_argument("--output", default="console", help="console or json:PATH (json:- stdout)")
     args, rest = ap.parse_known_args(argv)
     if args.output != "console" and not args.output.startswith("json:"):
@@ -415,7 +441,7 @@ def main(argv) -> int:
                     max_rate=args.max_rate, min_rate=args.min_rate,
                     trial_duration=args.trial_duration, short_duration=args.short_duration,
                     max_trials=args.max_trials, answer_timeout=args.answer_timeout,
-                    progress=progress)
+                    progress=progress, reflector=args.reflector)
     for line in report(result):
         print(line, file=table, flush=True)
     if to_json:

@@ -176,3 +176,38 @@ def test_cli_table_and_json_document(receiver, tmp_path):
         assert any(line.startswith(f"{name}: 3,000 packets/s") for line in lines), lines
     assert result["pdr"]["max_loss"] == 0.005
     assert result["trials"][-1]["phase"] == "full" and result["trials"][-1]["verdict"] == "pass"
+
+
+def test_search_against_a_reflector(tmp_path):
+    port = free_port()
+    proc = pf("--mode", "reflector", "--local-addr", f"127.0.0.1:{port}", "--duration", 60,
+              "--output", f"jsonl:{tmp_path / 'refl.jsonl'}")
+    try:
+        wait_bound(port)
+        result = packet_flow.search(remote_addr=f"127.0.0.1:{port}", reflector=True,
+                                    max_rate=3000, trial_duration=0.4)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    # nothing is lost on loopback; the sender's --rtt reply handling may make it late (its
+    # pace is estimated from its lateness there): then the search names the sender
+    assert all(t.lost == 0 and t.received == t.sent for t in result.trials), result.trials
+    assert {t.verdict() for t in result.trials} <= {"pass", "sender-limited"}
+    if result.ndr["limited_by"] is None:
+        assert result.ndr["rate"] == 3000 and result.ndr["at_max_rate"]
+        assert [t.rate for t in result.trials] == [1000, 3000, 3000]
+    else:
+        assert result.ndr["limited_by"] == "sender" and result.ndr["rate"] is None
+
+
+def test_reflector_that_never_replies():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        run = search_cli("--remote-addr", f"127.0.0.1:{port}", "--reflector",
+                         "--trial-duration", "0.4")
+    assert run.returncode == 1
+    (line,) = run.stderr.splitlines()
+    assert line == (f"packet-flow: error: no reply from 127.0.0.1:{port} to a trial at 1000 "
+                    "packets/s: is `packet-flow --mode reflector` listening there, with the "
+                    "same --key?")
