@@ -164,8 +164,11 @@ def _flood(pattern, port, rx_pid):
 def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, budget_mib):
     port, out, tx_out = free_port(), tmp_path / "rx.jsonl", tmp_path / "tx.jsonl"
     extra = ("--max-flow-memory", budget_mib) if budget_mib else ()
+    # no flood flow goes idle (stalls) within the run, however long the load makes the
+    # flood: none is evicted, each is kept or untracked
     rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--interval", 3600,
-            "--duration", 60, "--rcvbuf", 64 << 20, "--output", f"jsonl:{out}", *extra)
+            "--duration", 60, "--stall-timeout", 58, "--rcvbuf", 64 << 20,
+            "--output", f"jsonl:{out}", *extra)
     real = None
     try:
         wait_bound(port)
