@@ -28,6 +28,7 @@ from probe import (  # noqa: E402
     summaries,
     udp_queue,  # noqa: E402
     wait_bound,
+    wait_caught,
 )
 
 from packet_flow import _io, config, defaults, wire  # noqa: E402
@@ -37,7 +38,7 @@ from packet_flow.reflector import ReflectorLoop  # noqa: E402
 
 S = 1_000_000_000
 FLOOD_SESSIONS = 20_000
-REAL = 8000                 # packets of the real flow beside the flood (4 s)
+REAL_MIN = 2000             # packets of the real flow before the flood (1 s at 0.5 ms)
 
 
 # ---------------------------------------------------------------- 1. pure: the budget
@@ -161,20 +162,24 @@ def _flood(pattern, port, rx_pid):
 
 @pytest.mark.parametrize("pattern,budget_mib", [("jump", None), ("random", 64)])
 def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, budget_mib):
-    port, out = free_port(), tmp_path / "rx.jsonl"
+    port, out, tx_out = free_port(), tmp_path / "rx.jsonl", tmp_path / "tx.jsonl"
     extra = ("--max-flow-memory", budget_mib) if budget_mib else ()
     rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--interval", 3600,
             "--duration", 60, "--rcvbuf", 64 << 20, "--output", f"jsonl:{out}", *extra)
     real = None
     try:
         wait_bound(port)
+        # the real flow runs until the flood has ended (however long the load makes it),
+        # then stops on SIGTERM: its own summary says how many it sent
         real = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 0.5,
-                  "--count", REAL, "--output", "jsonl:/dev/null")
+                  "--duration", 50, "--output", f"jsonl:{tx_out}")
+        wait_caught(real, signal.SIGTERM)
         time.sleep(1.0)                                  # the real flow exists first
         per = 2 if pattern == "jump" else 3
         sent = _flood(pattern, port, rx.pid)
         assert sent == FLOOD_SESSIONS * per
-        assert real.poll() is None, "the flood outlasted the real flow: nothing ran beside it"
+        assert real.poll() is None, "the real flow ended before the flood: nothing ran beside it"
+        real.send_signal(signal.SIGTERM)
         finish(real)
         end = time.monotonic() + 20
         while udp_queue(rx.pid, port)[0] and time.monotonic() < end:
@@ -194,12 +199,14 @@ def test_spoofed_session_flood_keeps_receiver_memory_bounded(tmp_path, pattern, 
     recs = records(out)
     (totals,) = [r for r in recs if r["type"] == "receiver"]
     flows = summaries(recs)
-    mine = [f for f in flows if f["received"] == REAL]
+    (real_sent,) = [r["sent"] for r in summaries(records(tx_out), "sender")]
+    assert real_sent > REAL_MIN
+    mine = [f for f in flows if f["received"] == real_sent]
     assert len(mine) == 1
     f = mine[0]
     assert (f["lost"], f["late"], f["duplicates"], f["closed"]) == (0, 0, 0, True)
     flood = [f for f in flows if f is not mine[0]]
-    assert totals["kernel_drops"] == 0 and totals["datagrams"] == sent + REAL
+    assert totals["kernel_drops"] == 0 and totals["datagrams"] == sent + real_sent
     # every spoofed session is either a flow or untracked, all its datagrams with it
     assert len(flood) + totals["untracked"] // per == FLOOD_SESSIONS
     assert totals["untracked"] % per == 0 and totals["evicted"] == 0
