@@ -195,7 +195,9 @@ def test_search_against_a_reflector(tmp_path):
     assert {t.verdict() for t in result.trials} <= {"pass", "sender-limited"}
     if result.ndr["limited_by"] is None:
         assert result.ndr["rate"] == 3000 and result.ndr["at_max_rate"]
-        assert [t.rate for t in result.trials] == [1000, 3000, 3000]
+        # the handshake, the top rate short and full (a late trial is run again)
+        assert {t.rate for t in result.trials} == {1000, 3000}
+        assert result.trials[-1].phase == "full" and result.trials[-1].verdict() == "pass"
     else:
         assert result.ndr["limited_by"] == "sender" and result.ndr["rate"] is None
 
