@@ -22,7 +22,9 @@ Rules:
   bound of the
   search, never a path result. When the search ends against such a bound it names the host,
   and the path's figure is only "at least" the highest rate that passed.
-- The core (classify, Bisection) is pure: no socket, no clock.
+- A sender-limited trial is run again up to SEARCH_SENDER_RETRIES times (a late wake-up is
+  chance, a host's limit repeats); every trial is in the table, the last one counts.
+- The core (Trial.verdict, Bisection) is pure: no socket, no clock.
 """
 
 from __future__ import annotations
@@ -344,16 +346,23 @@ def search(*, max_loss=None, precision=defaults.SEARCH_PRECISION,
     short = short_duration or min(defaults.SEARCH_SHORT_S,
                                   trial_duration / defaults.SEARCH_SHORT_DIVISOR)
     trials = Trials(words, answer_timeout, reflector)
-    done: list[Trial] = []
+    done: list[Trial] = []          # every trial, as the table shows them
+    counted: list[Trial] = []       # the trials the bounds come from
 
     def step(rate, duration, phase):
-        if len(done) >= max_trials:
-            raise SearchError(f"no result within {max_trials} trials (--max-trials): the "
-                              "outcomes disagree too often; nothing reported")
-        trial = trials.run(rate, duration, phase)
-        done.append(trial)
-        if progress is not None:
-            progress(trial)
+        # a sender late by chance is tried again (SEARCH_SENDER_RETRIES) before its limit
+        # bounds the search: a host's hiccup is not its limit
+        for _ in range(1 + defaults.SEARCH_SENDER_RETRIES):
+            if len(done) >= max_trials:
+                raise SearchError(f"no result within {max_trials} trials (--max-trials): the "
+                                  "outcomes disagree too often; nothing reported")
+            trial = trials.run(rate, duration, phase)
+            done.append(trial)
+            if progress is not None:
+                progress(trial)
+            if trial.verdict() != "sender-limited":
+                break
+        counted.append(trial)
         return trial
 
     try:
@@ -364,7 +373,7 @@ def search(*, max_loss=None, precision=defaults.SEARCH_PRECISION,
                 results.append(None)
                 continue
             bis = Bisection(loss, max_rate, precision)
-            for t in done:
+            for t in counted:
                 bis.add(t)
             while (nxt := bis.next()) is not None:
                 rate, phase = nxt

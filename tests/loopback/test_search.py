@@ -74,7 +74,7 @@ def test_loopback_search_names_the_limiting_host(receiver):
     overwritten = sum(r["overwritten"] for r in recs if r["type"] == "receiver")
     own = sum(f["local_drops"] for f in flows)
     assert own <= sum(t.local_drops for t in result.trials) <= own + overwritten
-    assert len(result.trials) <= 40
+    assert len(result.trials) <= 60
 
 
 def test_peer_that_never_answers():
@@ -195,7 +195,9 @@ def test_search_against_a_reflector(tmp_path):
     assert {t.verdict() for t in result.trials} <= {"pass", "sender-limited"}
     if result.ndr["limited_by"] is None:
         assert result.ndr["rate"] == 3000 and result.ndr["at_max_rate"]
-        assert [t.rate for t in result.trials] == [1000, 3000, 3000]
+        # the handshake, the top rate short and full (a late trial is run again)
+        assert {t.rate for t in result.trials} == {1000, 3000}
+        assert result.trials[-1].phase == "full" and result.trials[-1].verdict() == "pass"
     else:
         assert result.ndr["limited_by"] == "sender" and result.ndr["rate"] is None
 
