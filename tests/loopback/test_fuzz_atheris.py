@@ -28,7 +28,7 @@ FUZZ = os.path.join(HERE, "fuzz")
 sys.path.insert(0, FUZZ)
 import fuzz_io  # noqa: E402
 
-FUZZ_SECONDS = int(os.environ.get("PF_FUZZ_SECONDS", "60"))   # shorter for a quick local run
+FUZZ_SECONDS = int(os.environ.get("PF_FUZZ_SECONDS", "30"))   # shorter for a quick local run
 SEEDS = sorted(glob.glob(os.path.join(FUZZ, "corpus", "io", "*")))
 ARTIFACTS = ("crash-", "leak-", "timeout-", "oom-")   # what libFuzzer names its findings
 CRASHES = sorted(p for p in glob.glob(os.path.join(FUZZ, "crashes", "*"))
