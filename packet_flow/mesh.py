@@ -161,7 +161,7 @@ class MeshLoop:
         # the flow table's cost is per flow and batch: hand it big batches (a quarter ring)
         self.drain_at = defaults.RING_CAPACITY // 4
         self.stopping = False
-        self.skip_pending = 0
+        self.skips_asked = self.skips_done = 0    # handler raises one, the loop the other
         self.ops = queue.SimpleQueue()          # (function, done event) for the send thread
         self.lat_parts = collections.deque()    # (lateness, slot) from the send thread
         self.sender = None                      # the send thread while it runs
@@ -352,7 +352,7 @@ class MeshLoop:
 
     def skip(self):
         """SIGUSR1: every pair leaves one sequence number unused (deliberate loss)."""
-        self.skip_pending += 1
+        self.skips_asked += 1
 
     def run(self, deadline_ns=0):
         cfg = self.cfg
@@ -375,8 +375,9 @@ class MeshLoop:
         while not self.stopping and self.sender.is_alive():
             now = _io.mono_ns()
             self.rxl.read(min(next_tick, now + defaults.MESH_SLICE_NS))
-            if self.skip_pending:
-                n, self.skip_pending = self.skip_pending, 0
+            n = self.skips_asked - self.skips_done
+            if n:
+                self.skips_done += n
                 slots = [p.slot for p in self.pairs.values()]
                 self._do(lambda n=n, slots=slots: [self.tx.skip_sequence(s, n) for s in slots])
             now = _io.mono_ns()

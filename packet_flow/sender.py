@@ -121,7 +121,9 @@ class SenderLoop:
         self.tx = self._core(packet_bytes(cfg.wire, size, bool(cfg.key)))
         self.source = None
         self.stopping = False
-        self.skip_pending = 0
+        # the signal handler only raises skips_asked, the loop only skips_done: a signal
+        # that lands in the middle of the loop's update cannot be lost
+        self.skips_asked = self.skips_done = 0
         self.records = SenderRecords(self.tx, self._head, emit, self.replies)
 
     def _core(self, size):
@@ -165,7 +167,7 @@ class SenderLoop:
 
     def skip(self):
         """SIGUSR1: leave one sequence number unused (deliberate loss)."""
-        self.skip_pending += 1
+        self.skips_asked += 1
 
     def _head(self, kind, now_ns, since_ns):
         cfg = self.cfg
@@ -214,10 +216,11 @@ class SenderLoop:
                 self.records.collect()
             if self.replies is not None:
                 self.replies.pump(min(until, self._slot(start)) - defaults.PUMP_MARGIN_NS)
-            if self.skip_pending:
-                tx.skip_sequence(self.skip_pending)
-                log.info("skipped %d sequence number(s) on request", self.skip_pending)
-                self.skip_pending = 0
+            skips = self.skips_asked - self.skips_done
+            if skips:
+                self.skips_done += skips
+                tx.skip_sequence(skips)
+                log.info("skipped %d sequence number(s) on request", skips)
             now = _io.mono_ns()
             # wait for the tick only when no slot comes first: tx.run also returns early, on
             # a signal (SIGUSR1) or at --count, and the slots before the tick are then still

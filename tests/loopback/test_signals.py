@@ -24,16 +24,19 @@ WITH_HUP = ("import signal, sys; signal.signal(signal.SIGHUP, lambda *a: None); 
             "from packet_flow import cli; sys.exit(cli.main())")
 
 
-def signal_run(proc, out, signals):
-    """The signals 0.35 s apart, from the first record tick on (the handlers are in place
-    then, however long the interpreter took to start)."""
+def signal_run(proc, out, signals, apart=0.35):
+    """The signals `apart` s apart, from the first record tick on (the handlers are in place
+    then, however long the interpreter took to start). Two signals of one kind must come
+    further apart than one schedule slice (the record interval, 0.5 s here): a signal that
+    lands while the sender spins or sends, not sleeps, is taken when the slice ends, and
+    a second one of the same kind before then merges with it, as POSIX signals do."""
     end = time.monotonic() + 20
     while not (out.exists() and '"type":"sender"' in out.read_text()):
         assert proc.poll() is None and time.monotonic() < end
         time.sleep(0.05)
     for sig in signals:
         proc.send_signal(sig)
-        time.sleep(0.35)
+        time.sleep(apart)
 
 
 def check_schedule(recs, skips):
@@ -92,7 +95,7 @@ def test_both_mode_sigusr1(tmp_path):
     proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
               f"127.0.0.1:{port}", "--rate", 1, "--interval", 0.5, "--duration", 3.6,
               "--output", f"jsonl:{out}")
-    signal_run(proc, out, [signal.SIGUSR1] * 4)
+    signal_run(proc, out, [signal.SIGUSR1] * 4, apart=0.65)
     finish(proc)
     recs = records(out)
     sent = check_schedule(recs, 4)
