@@ -326,6 +326,15 @@ class MeshLoop:
             rec.update(pair.rtt.summary(sent))
         self.emit(rec)
 
+    def _node_record(self, now_ns, since_ns):
+        """The node's `receiver` record: the socket's counters, the peers it probes (`peers`)
+        and the peers probing it (`probed_by`: the source addresses of its open flows)."""
+        rec = self.rxl._receiver_record(now_ns, since_ns)
+        rec.update(peers=len(self.pairs),
+                   probed_by=len({f.source for f in self.rxl.table.flows.values()}),
+                   stray_replies=self.stray_replies)
+        return rec
+
     def _warm_up(self):
         """Run the record path once before the first slot (first calls cost milliseconds)."""
         probe = np.arange(1000, dtype=np.int64)
@@ -341,9 +350,7 @@ class MeshLoop:
         self._collect()
         for pair in self.pairs.values():
             self._interval(pair, now_ns)
-        rec = self.rxl._receiver_record(now_ns, since_ns)
-        rec.update(peers=len(self.pairs), stray_replies=self.stray_replies)
-        self.emit(rec)
+        self.emit(self._node_record(now_ns, since_ns))
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -447,9 +454,7 @@ class MeshLoop:
         for pair in self.pairs.values():
             self._interval(pair, now)
             self._summary(pair, now, "final")
-        rec = self.rxl._receiver_record(now, last_tick)
-        rec.update(peers=len(self.pairs), stray_replies=self.stray_replies)
-        self.emit(rec)
+        self.emit(self._node_record(now, last_tick))
 
     def close(self):
         close = getattr(self.source, "close", None)

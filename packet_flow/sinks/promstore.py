@@ -265,6 +265,9 @@ class SeriesStore:
                 for reason, n in (rec.get("malformed") or {}).items():
                     wide["malformed:" + reason] = wide.get("malformed:" + reason, 0) + n
                 wide["flows"] = rec.get("flows") or 0
+                if "probed_by" in rec:          # a mesh node: its pairs in and out
+                    wide["node"] = (rec.get("destination_name") or "", rec["probed_by"],
+                                    rec.get("peers") or 0)
             else:
                 return      # a receiver flow's summary adds nothing to the interval sums
 
@@ -315,4 +318,10 @@ class SeriesStore:
                       if f.startswith("malformed:")]))
         fams.append(("gauge", p + "flows", "Flows open at the receiver.", ("destination",),
                      [((d,), w.get("flows", 0)) for d, w in wide]))
+        nodes = [(d, w["node"]) for d, w in wide if "node" in w]
+        for i, name, text in ((1, "probed_by", "Peers probing this mesh node (the source "
+                               "addresses of its open flows: incoming pairs)."),
+                              (2, "peers", "Peers this mesh node probes (outgoing pairs).")):
+            fams.append(("gauge", p + name, text, ("destination", "destination_name"),
+                         [((d, node[0]), node[i]) for d, node in nodes]))
         return fams

@@ -82,6 +82,18 @@ def flows_in(f, i):
     return len(senders(f, i))
 
 
+def probed_by_after(f, procs, since):
+    """{node: probed_by} of each running node's first `receiver` record after `since` (a
+    wall-clock time), waiting for it (records come every --interval)."""
+    def first(i):
+        return next((r["probed_by"] for r in records(f, i) if r["type"] == "receiver"
+                     and datetime.fromisoformat(r["time"]).timestamp() > since), None)
+
+    wait_for(lambda: all(first(i) is not None for i in procs), 10 * INTERVAL,
+             "a receiver record from every node")
+    return {f"n{i}": first(i) for i in procs}
+
+
 def nft_drop(f, host, table, rule):
     f.nft(host, f"""table inet {table} {{
         counter dropped {{}}
@@ -214,6 +226,8 @@ def test_fleet_subsets(fleet):
     assert set(out_deg.values()) == {4} and min(in_deg.values()) >= 1
     wait_for(lambda: all(flows_in(f, i) == in_deg[f"n{i}"] for i in procs), 30,
              "every chosen pair flowing")
+    probed = {"before": probed_by_after(f, procs, time.time())}
+    assert probed["before"] == in_deg           # each node's receiver record: who probes it
 
     gone = 7
     f.publish([i for i in range(1, N + 1) if i != gone])
@@ -222,12 +236,17 @@ def test_fleet_subsets(fleet):
              "the nodes that probed n7 choosing again")
     time.sleep(2 * REFRESH)     # nobody else changes its choice
     assert f.stop(procs.pop(gone)) == 0
+    stopped = time.time()
     after = set()
     for i in procs:
         picks = set(first[f"n{i}"])
         for _, m in chosen(i)[1:]:
             picks = (picks | peer_names(m.group(2))) - peer_names(m.group(3))
         after |= {(f"n{i}", b) for b in picks}
+    # n7's FINALs closed its flows: the nodes it probed lost one prober, and the nodes that
+    # took its place in a choice gained one
+    probed["after"] = probed_by_after(f, procs, stopped)
+    assert probed["after"] == {f"n{i}": sum(b == f"n{i}" for _, b in after) for i in procs}
     removed, added = before - after, after - before
     involved = {p for p in before if f"n{gone}" in p}
     assert removed == involved
@@ -246,5 +265,6 @@ def test_fleet_subsets(fleet):
     received = {(r["source_name"], r["destination_name"]) for i in range(1, N + 1)
                 for r in records(f, i) if r["type"] == "summary" and r["role"] == "receiver"}
     assert received == sent                         # who probes a node: its incoming pairs
-    print("subset:", json.dumps({"in_degree": in_deg, "removed": len(removed),
+    print("subset:", json.dumps({"in_degree": in_deg, "probed_by": probed,
+                                 "removed": len(removed),
                                  "added": len(added), "probers_of_n7": sorted(probers)}))
