@@ -71,8 +71,8 @@ def test_both_with_rtt_is_refused_at_start():
     proc = pf("-m", "both", "--rtt")
     stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 2 and stdout == ""
-    assert stderr == ("packet-flow: error: option --rtt from cli: works in --mode sender only, "
-                      "not --mode both (cli): run the peer with --mode reflector\n")
+    assert stderr == ("packet-flow: error: option --rtt from cli: works in --mode sender or mesh "
+                      "only, not --mode both (cli): run the peer with --mode reflector\n")
 
 
 def _report(*args):
