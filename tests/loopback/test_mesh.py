@@ -4,9 +4,11 @@ read back through its JSON-lines output."""
 import os
 import signal
 import time
+import urllib.request
 
 import pytest
 from probe import bound, finish, free_port, pf, records, summaries, wait_bound
+from servers import free_port as free_tcp_port
 
 
 def test_a_senders_name_reaches_the_receiver(tmp_path):
@@ -115,3 +117,81 @@ def test_mesh_of_four_nodes_with_rtt_and_a_node_leaving(tmp_path):
                 assert r["destination_name"] in names + [f"{h}" for h in hosts]
     assert "pair matrix" in consoles[0] and all(len(x) <= 80 for x in consoles[0].split("\n"))
     print(consoles[0][consoles[0].index("pair matrix"):])     # shown with pytest -s
+
+
+def _metrics(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+@pytest.mark.slow
+def test_mesh_series_of_a_departed_peer_leave_metrics_after_forget_timeout(tmp_path):
+    """Three nodes; node a (peers from a file) serves /metrics. b leaves a's file (a ends
+    its pair to b as `left`) and stops: a's series of both directions with b stay on /metrics
+    until --forget-timeout after their counters last moved, then go; c's stay."""
+    pid = os.getpid()
+    ha, hb, hc = (f"127.{pid >> 8 & 0x7F}.{pid & 0xFF}.{i}" for i in (11, 12, 13))
+    port, web, forget = free_port(), free_tcp_port(), 2.5
+    peers = tmp_path / "peers"
+    peers.write_text(f"{hb}:{port}\n{hc}:{port}\n")
+    common = ("--mode", "mesh", "--rate", 20, "--interval", 0.5, "--stall-timeout", 1,
+              "--forget-timeout", forget, "--duration", 30, "--timer", "economy")
+    a = pf(*common, "--name", "a", "--local-addr", f"{ha}:{port}", "--peers", f"file:{peers}",
+           "--prometheus-listen", f"127.0.0.1:{web}", "--output", f"jsonl:{tmp_path / 'a'}")
+    b = pf(*common, "--name", "b", "--local-addr", f"{hb}:{port}", "--peers",
+           f"{ha}:{port},{hc}:{port}")
+    c = pf(*common, "--name", "c", "--local-addr", f"{hc}:{port}", "--peers",
+           f"{ha}:{port},{hb}:{port}")
+
+    def series(text, host):
+        """Which of a's two series with `host` are on the page: (a -> host, host -> a)."""
+        lines = text.splitlines()
+        return (any(s.startswith("packet_flow_sent_packets_total{") and
+                    f'destination="{host}:{port}"' in s for s in lines),
+                any(s.startswith("packet_flow_received_packets_total{") and
+                    f'source="{host}"' in s for s in lines))
+
+    try:
+        end = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < end and a.poll() is None, "no series for b and c"
+            try:
+                page = _metrics(web)
+            except OSError:
+                page = ""
+            if series(page, hb) == series(page, hc) == (True, True):
+                break
+            time.sleep(0.1)
+        peers.write_text(f"{hc}:{port}\n")          # b leaves a's discovery
+        while not _left(tmp_path / "a"):
+            assert time.monotonic() < end, "a did not end its pair to b"
+            time.sleep(0.05)
+        t_left = t_term = time.monotonic()
+        b.send_signal(signal.SIGTERM)
+        finish(b)
+        t_stopped = time.monotonic()
+        present, absent = [None, None], [None, None]    # last seen, first gone: (tx, rx)
+        while None in absent:
+            now = time.monotonic()
+            assert now < t_stopped + forget + 6, f"b's series still there: {present}"
+            page = _metrics(web)
+            for k, there in enumerate(series(page, hb)):
+                if there:
+                    assert absent[k] is None, "a series came back"
+                    present[k] = now
+                elif absent[k] is None:
+                    absent[k] = now
+            assert series(page, hc) == (True, True)
+            time.sleep(0.1)
+        assert f'"{hb}' not in page                  # nothing left of b at all
+        for k, since in enumerate((t_left, t_term)):
+            assert present[k] is not None and present[k] >= since + forget - 0.5, (k, present)
+            assert absent[k] <= t_stopped + forget + 3, (k, absent)
+        for p in (a, c):
+            p.send_signal(signal.SIGTERM)
+            finish(p)
+    finally:
+        for p in (a, b, c):
+            if p.poll() is None:
+                p.kill()
+    print("forget:", [round(x - t_left, 2) for x in (*present, *absent)])
