@@ -7,7 +7,9 @@ Rules (field names of the JSON-lines records in docs/options.md):
   None, never NaN. ``loss_percent`` is ``lost / (received + local_drops + lost)``.
 - Interval percentiles are exact (numpy's default linear interpolation over the interval's
   delay arrays); summary percentiles come from LogHistogram (at most 0.2 % relative error);
-  summary min, max and mean are exact.
+  summary min, max and mean are exact. The interval's delay arrays reach the life's
+  histograms when they are read (``fold``: at the end of the interval, or for a summary), not
+  batch by batch.
 - ``bursts`` maps a loss-burst length to its count; a count that nets to 0 is dropped.
 """
 
@@ -54,6 +56,7 @@ class Tally:
         if interval:
             self.owd_parts: list[np.ndarray] = []
             self.ipdv_parts: list[np.ndarray] = []
+            self.folded = (0, 0)  # how many of the parts the life's histograms hold
         else:
             self.owd_hist = LogHistogram()
             self.ipdv_hist = LogHistogram()
@@ -122,8 +125,32 @@ class Tallies:
         self.interval.burst(length, count)
         self.total.burst(length, count)
 
+    def add(self, owd: np.ndarray, ipdv: np.ndarray) -> None:
+        """Delays and |IPDV| values of one batch, kept for the interval (their counts, sums
+        and extremes are the caller's)."""
+        t = self.interval
+        if owd.size:
+            t.owd_parts.append(owd)
+            t.parts_bytes += owd.nbytes
+        if ipdv.size:
+            t.ipdv_parts.append(ipdv)
+            t.parts_bytes += ipdv.nbytes
+
+    def fold(self) -> None:
+        """The interval's delay arrays not yet counted go into the life's histograms."""
+        t, total = self.interval, self.total
+        a, b = t.folded
+        if a < len(t.owd_parts):
+            parts = t.owd_parts[a:]
+            total.owd_hist.add(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        if b < len(t.ipdv_parts):
+            parts = t.ipdv_parts[b:]
+            total.ipdv_hist.add(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        t.folded = (len(t.owd_parts), len(t.ipdv_parts))
+
     def take_interval(self, jitter_ns: float) -> dict:
         """The interval's record fields; a new interval starts."""
+        self.fold()
         rec = self.interval.record(jitter_ns)
         self.interval = Tally(True)
         return rec
