@@ -11,7 +11,9 @@ import pytest
 from packet_flow import _io
 from packet_flow.analysis import FlowStats
 from packet_flow.flows import FlowTable
+from packet_flow.histogram import LogHistogram
 from packet_flow.inorder import Lanes
+from packet_flow.results import PERCENTILES, percentiles_of
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S
@@ -108,3 +110,24 @@ def test_lanes_judge_each_part_alone():
     assert Lanes(r, np.array([0, 3, 6])).ok.tolist() == [True, False, False]
     r["drops"][6:] = 1          # ... before a part's first: FlowStats judges that
     assert Lanes(r, np.array([0, 3, 6])).ok.tolist() == [True, False, True]
+
+
+def test_histograms_and_percentiles_of_many_flows_at_once_equal_one_by_one():
+    rng = np.random.default_rng(3)
+    sizes = [0, 1, 5, 300, 2, 0, 77]
+    values = [np.concatenate([rng.integers(-5_000, 5_000, n), np.zeros(n // 3, np.int64),
+                              rng.integers(1, 1 << 40, n)]) for n in sizes]
+    one = [LogHistogram() for _ in values]
+    for h, v in zip(one, values, strict=True):
+        h.add(v)
+    many = [LogHistogram() for _ in values]
+    LogHistogram.add_many(many, np.concatenate(values), [v.size for v in values])
+    for a, b in zip(one, many, strict=True):
+        assert (a.n, a.zeros) == (b.n, b.zeros)
+        for x, y in ((a._pos, b._pos), (a._neg, b._neg)):
+            assert np.array_equal(x.mids()[0], y.mids()[0])
+            assert np.array_equal(x.mids()[1], y.mids()[1])
+    got = percentiles_of([[v[: v.size // 2], v[v.size // 2 :]] for v in values], PERCENTILES)
+    for v, row in zip(values, got, strict=True):
+        want = np.percentile(v, PERCENTILES) if v.size else [np.nan] * len(PERCENTILES)
+        assert np.allclose(row, want, equal_nan=True, rtol=0, atol=1e-6)
