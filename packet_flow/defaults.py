@@ -50,7 +50,7 @@ GSO_BELOW_NS = 20_000       # use UDP GSO when the interval is shorter than this
 RING_CAPACITY = 1 << 17     # records in the receive ring (96 bytes each: 12 MiB)
 RCVBUF_BYTES = 8 << 20
 RECEIVE_COALESCE_NS = 500_000  # after draining the socket, let datagrams queue this long
-RECEIVE_COALESCE_MAX_NS = 5_000_000  # ... or longer at low rates (half a batch), at most this
+RECEIVE_COALESCE_MAX_NS = 20_000_000  # ... or longer at low rates (half a batch), at most this
 SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection (at most)
 SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it needs
 MAX_FLOWS = 10_000          # flows tracked at once (bounds the work of every interval tick)
@@ -129,7 +129,8 @@ NAMES_MAX = 65536           # sender names kept by session (oldest first out)
 MESH_MAX_PEERS = 4096       # pairs one mesh node sends to
 MESH_SLICE_NS = 50_000_000  # longest schedule slice between two reads of the socket
 MESH_LATENESS_SAMPLES = 1 << 16  # lateness samples the send thread takes back per slice
-MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart
+MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart ...
+MESH_WAKE_MAX_NS = 10_000_000  # ... or a 10th of a pair's interval, at most this
 MESH_LINGER_S = 1.0         # after its own finals: receive (and answer) until peers finish
 
 # search (packet_flow/search.py): NDR/PDR trials

@@ -9,7 +9,7 @@ Rules:
 - One schedule serves every pair (_io.MeshSender): each pair keeps its own exact grid at
   --rate, and the pairs' offsets spread them across the interval (evenly for the peers of
   the start; a peer that joins later takes the middle of the largest gap). Lateness, missed
-  and skipped slots are counted per pair. --timer economy wakes at most every MESH_WAKE_NS.
+  and skipped slots are counted per pair. --timer economy wakes at most every economy_wake(interval).
 - Two threads: the schedule runs in a thread of its own, in slices of MESH_SLICE_NS of the
   core's loop, which holds no GIL, so records and the flow table never delay a slot; changes
   of the pairs (joins, leaves, SIGUSR1) are handed to it and done between two slices, and
@@ -52,6 +52,13 @@ log = logging.getLogger(__name__)
 def spread(n, interval_ns):
     """Offsets of n pairs spread evenly across the interval."""
     return [i * interval_ns // n for i in range(n)]
+
+
+def economy_wake(interval_ns):
+    """The economy timer's least time between two wake-ups: MESH_WAKE_NS, or a 10th of a
+    pair's interval for slow pairs (at most MESH_WAKE_MAX_NS): each wake-up sends more slots
+    at once, and no slot is late by more than a small share of its interval."""
+    return max(defaults.MESH_WAKE_NS, min(interval_ns // 10, defaults.MESH_WAKE_MAX_NS))
 
 
 def join_offset(offsets, interval_ns):
@@ -150,7 +157,7 @@ class MeshLoop:
         self.tx.lat_every = max(1, round(1e9 / self.interval_ns
                                          / defaults.LATENESS_SAMPLES_PER_S))
         self.tx.catchup_max = max(1, defaults.CATCHUP_NS // self.interval_ns)
-        self.tx.wake_ns = defaults.MESH_WAKE_NS if cfg.timer == "economy" else 0
+        self.tx.wake_ns = economy_wake(self.interval_ns) if cfg.timer == "economy" else 0
         self.source = source or PeerSource.from_config(cfg).start()
         self.pairs = {}                 # peer key -> Pair
         self.free = list(range(defaults.MESH_MAX_PEERS - 1, -1, -1))

@@ -19,13 +19,23 @@ log = logging.getLogger(__name__)
 
 
 def late_stats(lat_ns):
-    """timer_late_p50/p99/max_us of lateness samples in ns (None when there are none)."""
+    """timer_late_p50/p99/max_us of lateness samples in ns (None when there are none):
+    numpy's linear percentiles, from one sort (records of a thousand pairs a tick)."""
     if not len(lat_ns):
         return {"timer_late_p50_us": None, "timer_late_p99_us": None, "timer_late_max_us": None}
-    p50, p99 = np.percentile(lat_ns, [50, 99])
-    return {"timer_late_p50_us": round(float(p50) / 1e3, 3),
-            "timer_late_p99_us": round(float(p99) / 1e3, 3),
-            "timer_late_max_us": round(float(lat_ns.max()) / 1e3, 3)}
+    a = np.sort(lat_ns)
+    last = a.size - 1
+
+    def at(p):
+        r = p / 100 * last
+        lo = int(r)
+        x, y = float(a[lo]), float(a[min(lo + 1, last)])
+        t, d = r - lo, y - x
+        return y - d * (1 - t) if t >= 0.5 else x + d * t  # numpy's _lerp
+
+    return {"timer_late_p50_us": round(at(50) / 1e3, 3),
+            "timer_late_p99_us": round(at(99) / 1e3, 3),
+            "timer_late_max_us": round(float(a[-1]) / 1e3, 3)}
 
 
 class SenderRecords:
