@@ -110,7 +110,7 @@ def mesh_row(n, rate_ms, timer, window, tmp):
     time.sleep(0.5)
     proc = pf("--mode", "mesh", "--local-addr", node, "--peers", f"file:{peers}", "--name",
               "node", "--rate", rate_ms, "--timer", timer, "--interval", 10, "--duration",
-              seconds, "--output", f"jsonl:{out}")
+              seconds, "--output", f"jsonl:{out}", *os.environ.get("PF_EXTRA", "").split())
     started = time.monotonic()
     cpu, rss = measure([proc.pid], started, window)
     proc.wait(seconds + 30)

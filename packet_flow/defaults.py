@@ -40,7 +40,8 @@ SPIN_NS = 100_000           # precise timer: first spin; it then adapts to the w
 REALTIME_PRIORITY = 10      # precise timer: SCHED_FIFO priority where permitted
 REALTIME_MIN_INTERVAL_NS = 200_000  # ... only for intervals this long (spin <= ~1/2 of a core)
 TIMER_SLACK_NS = 1          # prctl(PR_SET_TIMERSLACK): 1 ns = as exact as the kernel allows
-BATCH_MAX = 64              # packets per sendmmsg/recvmmsg
+BATCH_MAX = 64              # packets per sendmmsg/recvmmsg ...
+MESH_BATCH = 256            # ... in mesh mode, unless --batch is given
 CATCHUP_NS = 5_000_000      # a sender this far behind skips slots instead of sending them late
 LATENESS_SAMPLES_PER_S = 100_000  # timer lateness is measured on at most this many slots/s
 GSO_SEGMENTS = 64           # packets per UDP_SEGMENT super-datagram

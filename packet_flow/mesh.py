@@ -54,6 +54,12 @@ def spread(n, interval_ns):
     return [i * interval_ns // n for i in range(n)]
 
 
+def mesh_batch(cfg):
+    """Packets per sendmmsg/recvmmsg: --batch when given, else MESH_BATCH (a node's traffic
+    is many peers' packets: bigger batches, fewer system calls and wake-ups)."""
+    return cfg.batch if cfg.sources.get("batch", "default") != "default" else defaults.MESH_BATCH
+
+
 def economy_wake(interval_ns):
     """The economy timer's least time between two wake-ups: MESH_WAKE_NS, or a 10th of a
     pair's interval for slow pairs (at most MESH_WAKE_MAX_NS): each wake-up sends more slots
@@ -104,7 +110,8 @@ class MeshReceiver(ReceiverLoop):
             sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
                                                 cfg.rcvbuf, gro=False)
         sockets.mark(sock, cfg.local.family, cfg.dscp, cfg.ttl)
-        super().__init__(cfg, emit, on_packets, sock=sock, reflect=cfg.rtt, on_gaps=on_gaps)
+        super().__init__(cfg, emit, on_packets, sock=sock, reflect=cfg.rtt, on_gaps=on_gaps,
+                         batch=mesh_batch(cfg))
         self.table.on_final = None  # a peer's FINAL comes from its receive socket: no answer
         if cfg.rtt:
             from packet_flow import clock_error
@@ -151,7 +158,7 @@ class MeshLoop:
         self.local = self.rxl.local
         self.interval_ns = max(1, round(cfg.rate_ms * 1e6))
         self.tx = _io.MeshSender(self.rxl.sock.fileno(), defaults.MESH_MAX_PEERS,
-                                 size=cfg.size, batch=cfg.batch, key=cfg.key,
+                                 size=cfg.size, batch=mesh_batch(cfg), key=cfg.key,
                                  name=self.name.encode(),
                                  lateness_capacity=defaults.MESH_LATENESS_SAMPLES)
         self.tx.lat_every = max(1, round(1e9 / self.interval_ns
