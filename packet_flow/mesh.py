@@ -285,7 +285,8 @@ class MeshLoop:
         return {"type": kind, "role": "sender", "time": _io.wall_of(now_ns),
                 "source": self.local, "destination": str(peer.addr),
                 "source_name": self.name,
-                "destination_name": self.names.by_source.get(str(peer.addr), peer.name),
+                "destination_name": self.names.by_source.get(str(peer.addr))
+                or self.source.name_of(peer),
                 "session": f"{pair.session:016x}", "wire": "native", "mesh": True,
                 "interval_s": round((now_ns - since_ns) / 1e9, 6)}
 
