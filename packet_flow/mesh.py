@@ -27,7 +27,8 @@ Rules:
   is an outage: its flows stall as any flow does.
 - The end (--duration, a signal): every pair sends its FINAL; with --count N every pair's
   N-th packet, on its own slot, is its FINAL. Then the node keeps receiving (and answering)
-  for up to MESH_LINGER_S until the peers' flows have closed.
+  for up to MESH_LINGER_S until the peers' flows have closed, or until stop() is called
+  again (a second signal); the records follow either way.
 """
 
 import collections
@@ -160,7 +161,7 @@ class MeshLoop:
         self.stray_replies = 0
         # the flow table's cost is per flow and batch: hand it big batches (a quarter ring)
         self.drain_at = defaults.RING_CAPACITY // 4
-        self.stopping = False
+        self.stopping = self.hurry = False
         self.skips_asked = self.skips_done = 0    # handler raises one, the loop the other
         self.ops = queue.SimpleQueue()          # (function, done event) for the send thread
         self.lat_parts = collections.deque()    # (lateness, slot) from the send thread
@@ -356,6 +357,8 @@ class MeshLoop:
     # --- the loop ----------------------------------------------------------------------------
 
     def stop(self):
+        """Stop probing: the FINALs, then the linger; asked while stopping, end the linger."""
+        self.hurry = self.stopping
         self.stopping = True
 
     def skip(self):
@@ -439,7 +442,7 @@ class MeshLoop:
         """After this node's finals: receive and answer until the peers' flows have closed
         (and with --rtt the last replies are in), at most MESH_LINGER_S; then the records."""
         end = _io.mono_ns() + int(defaults.MESH_LINGER_S * 1e9)
-        while _io.mono_ns() < end:
+        while _io.mono_ns() < end and not self.hurry:
             self.rxl.read(min(end, _io.mono_ns() + defaults.MESH_SLICE_NS))
             now = _io.mono_ns()
             self.rxl._drain(now)

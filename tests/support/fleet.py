@@ -180,7 +180,7 @@ class Fleet:
         return proc
 
     def stop(self, proc, timeout=10, signal_it=True):
-        """SIGTERM (once: a second one during the shutdown would end it at once), then wait
+        """SIGTERM (once: a second one would end a mesh node's linger early), then wait
         (SIGKILL after the timeout); returns the exit status."""
         if signal_it and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
