@@ -42,10 +42,10 @@ import numpy as np
 from packet_flow import _io, defaults, rtt, sockets
 from packet_flow.discovery import PeerSource
 from packet_flow.errors import ConfigError
-from packet_flow.histogram import LogHistogram
 from packet_flow.receiver import ReceiverLoop
-from packet_flow.sender import realtime_priority
-from packet_flow.sender_records import late_stats
+from packet_flow.records import TickGrid
+from packet_flow.sender import precise_timer
+from packet_flow.sender_records import Lateness, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +68,16 @@ def join_offset(offsets, interval_ns):
 class Pair:
     """This node's flow to one peer: slot in the MeshSender, session, records' state."""
 
-    __slots__ = ("peer", "slot", "session", "offset", "start_ns", "tick_ns", "last", "lat",
-                 "hist", "late_min", "late_max", "rtt")
+    __slots__ = ("peer", "slot", "session", "offset", "start_ns", "tick_ns", "last", "late",
+                 "rtt")
 
     def __init__(self, peer, slot, offset, now_ns, with_rtt):
         self.peer, self.slot, self.offset = peer, slot, offset
         self.session = secrets.randbits(64)
         self.start_ns = self.tick_ns = now_ns
         self.last = (0, 0, 0, 0)
-        self.lat = []
-        self.hist = LogHistogram()
-        self.late_min = self.late_max = 0
+        self.late = Lateness()
         self.rtt = rtt.RttStats() if with_rtt else None
-
-    def add_lateness(self, lat):
-        self.hist.add(lat)
-        first = self.hist.n == len(lat)
-        self.late_min = int(lat.min()) if first else min(self.late_min, int(lat.min()))
-        self.late_max = max(self.late_max, int(lat.max()))
-        self.lat.append(lat)
 
 
 class MeshReceiver(ReceiverLoop):
@@ -279,7 +270,7 @@ class MeshLoop:
         for s, part in zip(slots.tolist(), np.split(lat[order], starts[1:]), strict=True):
             pair = by_slot.get(s)
             if pair is not None:
-                pair.add_lateness(part)
+                pair.late.add(part)
 
     def _record(self, pair, kind, now_ns, since_ns):
         peer = pair.peer
@@ -298,12 +289,10 @@ class MeshLoop:
 
     def _interval(self, pair, now_ns):
         now = self._counts(pair)
-        lat = np.concatenate(pair.lat) if pair.lat else np.zeros(0, np.int64)
-        pair.lat = []
         rec = self._record(pair, "sender", now_ns, pair.tick_ns)
         rec.update(sent=now[0] - pair.last[0], missed_slots=now[1] - pair.last[1],
                    skipped_slots=now[2] - pair.last[2], send_errors=now[3] - pair.last[3],
-                   **late_stats(lat))
+                   **pair.late.interval())
         if pair.rtt is not None:
             rec.update(pair.rtt.take_interval())
         pair.last, pair.tick_ns = now, now_ns
@@ -313,14 +302,7 @@ class MeshLoop:
         sent, missed, skipped, errors = self._counts(pair)
         rec = self._record(pair, "summary", now_ns, pair.start_ns)
         rec.update(sent=sent, missed_slots=missed, skipped_slots=skipped, send_errors=errors,
-                   outcome=outcome)
-        if pair.hist.n:
-            p50, p99 = pair.hist.quantiles([50, 99], pair.late_min, pair.late_max)
-            rec.update(timer_late_p50_us=round(p50 / 1e3, 3),
-                       timer_late_p99_us=round(p99 / 1e3, 3),
-                       timer_late_max_us=round(pair.late_max / 1e3, 3))
-        else:
-            rec.update(late_stats(np.zeros(0, np.int64)))
+                   outcome=outcome, **pair.late.summary())
         if pair.rtt is not None:
             pair.rtt.close()
             # a peer that left owes no replies: what went after its last one is not loss
@@ -336,14 +318,6 @@ class MeshLoop:
                    probed_by=len({f.source for f in self.rxl.table.flows.values()}),
                    stray_replies=self.stray_replies)
         return rec
-
-    def _warm_up(self):
-        """Run the record path once before the first slot (first calls cost milliseconds)."""
-        probe = np.arange(1000, dtype=np.int64)
-        LogHistogram().add(probe)
-        LogHistogram().quantiles([50, 99], 0, 999)
-        late_stats(probe)
-        rtt.RttStats().take_interval()
 
     def _tick(self, now_ns, since_ns):
         self.rxl._drain(now_ns)
@@ -367,25 +341,20 @@ class MeshLoop:
 
     def run(self, deadline_ns=0):
         cfg = self.cfg
-        try:
-            _io.set_timerslack(defaults.TIMER_SLACK_NS)
-        except OSError as exc:
-            log.debug("timer slack unchanged: %s", exc)
-        tick_ns = int(cfg.interval * 1e9)
-        self._warm_up()
+        warm_up()
         start = _io.mono_ns() + 1_000_000
         self.tx.start(start, self.interval_ns, defaults.SPIN_NS)
         self._apply(start, first=True)
         if cfg.count:
             self.tx.end_round = cfg.count
             self.tx.final_at_end = True
-        self.sender = threading.Thread(target=self._send, args=(deadline_ns,),
+        self.sender = threading.Thread(target=self._send_thread, args=(deadline_ns,),
                                        name="mesh-sender", daemon=True)
         self.sender.start()
-        next_tick, last_tick = start + tick_ns, start
+        ticks = TickGrid(start, int(cfg.interval * 1e9))
         while not self.stopping and self.sender.is_alive():
             now = _io.mono_ns()
-            self.rxl.read(min(next_tick, now + defaults.MESH_SLICE_NS))
+            self.rxl.read(min(ticks.next_ns, now + defaults.MESH_SLICE_NS))
             n = self.skips_asked - self.skips_done
             if n:
                 self.skips_done += n
@@ -394,11 +363,9 @@ class MeshLoop:
             now = _io.mono_ns()
             if self.rxl.rx.head - self.rxl.rx.tail > self.drain_at:
                 self.rxl._drain(now)
-            if now >= next_tick:
-                self._tick(now, last_tick)
+            if now >= ticks.next_ns:
+                self._tick(now, ticks.tick(now))
                 self._apply(now)
-                last_tick = now
-                next_tick += tick_ns * max(1, (now - next_tick) // tick_ns + 1)
         self.stopping = True
         self.sender.join()
         if self.failed:
@@ -406,14 +373,20 @@ class MeshLoop:
         if not (cfg.count and self.tx.round >= cfg.count):
             for pair in self.pairs.values():
                 self.tx.send_final(pair.slot)
-        self._linger(last_tick)
+        self._linger(ticks.last_ns)
+
+    def _send_thread(self, deadline_ns):
+        """The send thread: the schedule at timer slack TIMER_SLACK_NS, and at SCHED_FIFO
+        where its spin is a small share of the interval (economy never spins, so always);
+        both as they were afterwards (sender.precise_timer)."""
+        realtime = self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS or \
+            self.cfg.timer != "precise"
+        with precise_timer(realtime):
+            self._send(deadline_ns)
 
     def _send(self, deadline_ns):
         """The send thread: the schedule in slices, the handed-over changes between them."""
         cfg, precise = self.cfg, self.cfg.timer == "precise"
-        if self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS or not precise:
-            realtime_priority()     # this thread only; economy never spins, so always
-
         try:
             while not self.stopping:
                 while not self.ops.empty():
