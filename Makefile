@@ -6,14 +6,23 @@ PORT   ?= 8000
 APT_TEST_PACKAGES := victoria-metrics influxdb nftables iproute2 iperf3 irtt sockperf prometheus ethtool libssl-dev clang conntrack dnsmasq-base curl
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run check-build test deps venv lint bench clean
+.PHONY: run check-build test deps venv lint bench clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 
+# The package installed in place with its test extras; done again only when what the build
+# reads changed (pyproject.toml, setup.py, ext/) or the built extension is missing.
+INSTALLED := $(VENV)/.installed
+$(INSTALLED): $(BIN)/python pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxi ext/includes/*) \
+              $(if $(wildcard packet_flow/_io*.so),,FORCE)
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+FORCE:
+
 RUN_RECORDS ?= make-run.jsonl
-RUN_INSTALL ?= $(BIN)/pip install -q .
+RUN_INSTALL ?= $(BIN)/pip install -q . && rm -f $(INSTALLED)
 
 # What the build needs (C compiler, Python headers, venv, OpenSSL headers): checked first;
 # when something is missing, mk/check-build.sh prints the one apt-get command and make stops.
@@ -44,10 +53,9 @@ deps:
 	    $(SUDO) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
-venv: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+venv: $(INSTALLED)
 
-lint: venv
+lint: $(INSTALLED)
 	$(BIN)/ruff check packet_flow tests benchmarks setup.py
 
 test: deps venv lint

@@ -60,7 +60,7 @@ def recv_ns(size, key, n):
                 break
             recs = rx.drain()
             got += len(recs)
-            bad += int((recs["kind"] == 0).sum())
+            bad += int((recs["kind"] == _io.K_MALFORMED).sum())
         dt = time.perf_counter_ns() - t
         if got != n or bad:
             raise RuntimeError(f"received {got} of {n}, {bad} rejected (queue too small?)")

@@ -383,6 +383,12 @@ def _check_thresholds(vals: dict, bad) -> None:
                       "or --rtt")
 
 
+# what to do instead of --rtt in a mode that sends no probes of its own to time
+_RTT_HINT = {"both": "run the peer with --mode reflector",
+             "receiver": "give --rtt to the sender and run this side with --mode reflector",
+             "reflector": "give --rtt to the sender that probes this reflector"}
+
+
 def opt_env(name: str) -> str:
     """The environment variable of an option, e.g. opt_env("rate") == "PACKET_FLOW_RATE"."""
     return BY_NAME[name].env
@@ -414,9 +420,9 @@ def _finish(vals: dict, sources: dict, typed: dict, generate: bool) -> Config:
                 vals[name] = a._replace(port=defaults.STAMP_PORT,
                                         sockaddr=(a.sockaddr[0], defaults.STAMP_PORT,
                                                   *a.sockaddr[2:]))
-    if vals["rtt"] and vals["mode"] == "both":
-        raise bad("rtt", f"works in --mode sender only, not --mode both "
-                  f"({sources['mode']}): run the peer with --mode reflector")
+    if vals["rtt"] and vals["mode"] in _RTT_HINT:
+        raise bad("rtt", f"works in --mode sender or mesh only, not --mode {vals['mode']} "
+                  f"({sources['mode']}): {_RTT_HINT[vals['mode']]}")
     if vals["rtt"] and vals["wire"] == "legacy":
         raise bad("rtt", f"needs --wire native or stamp, not legacy ({sources['wire']}): "
                   "legacy packets cannot carry reflector timestamps")

@@ -115,6 +115,7 @@ PEER_REFRESH_S = 30.0       # re-resolve names, dns: and srv: entries this often
 PEER_REFRESH_MIN_S = 0.1
 PEER_FILE_POLL_S = 1.0      # a peers file is re-read within this long of a change
 PEER_LOOKUP_TIMEOUT_S = 5.0  # longest wait for one lookup (at most the refresh interval)
+PEER_NAME_KEEP_S = 60.0     # a PTR name is kept this long after its peer left (its last records)
 PEER_EMPTY_REFRESHES = 3    # an empty DNS answer removes peers only this many refreshes in a row
 PEER_SUBSET = 0             # 0 = probe every peer
 DNS_PORT = 53

@@ -3,16 +3,16 @@
 per flow at exit.
 
 Rules: every column has a legend (the header's, and the sender's before its first line).
-Rejected datagrams (a receiver record's `rejected`) are told once per source and cause at
-once, then at most once per REJECTED_REPEAT_S of record time per source and cause, with what
-to check; counts not yet told are told at close."""
+Rejected datagrams (a receiver record's `rejected`) are told as rejected.py says, with the
+record's time, wrapped to 80 columns."""
 
 import sys
 import textwrap
 import threading
 import time
 
-from packet_flow import defaults, matrix
+from packet_flow import matrix
+from packet_flow.sinks.rejected import RejectedTeller
 
 _TIME_UNITS = ((1e-3, "n"), (1.0, "µ"), (1e3, "m"), (1e6, "s"))      # scales of µs
 _COUNT_UNITS = ((1, ""), (1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T"), (1e15, "P"))
@@ -67,22 +67,6 @@ SENDER_LEGEND = (
     "        with --rtt: rtt p50/p99, and lost, late, dup on the way out (fwd) /\n"
     "        on the way back (back): late 1/0 = 1 late out, 0 late back")
 
-# why a datagram was rejected (the receiver's malformed reasons) and what to check
-REJECTED = {
-    "short": ("too short for any packet-flow packet",
-              "check --wire on both ends (a STAMP sender needs --wire stamp here)"),
-    "magic": ("not packet-flow packets",
-              "a STAMP sender needs --wire stamp here; check --wire on both ends"),
-    "version": ("from another packet-flow version", "run one version on both ends"),
-    "truncated": ("shorter than their header says", "check the sender's --size and the MTU"),
-    "legacy": ("17-byte datagrams that are not legacy packets", "check --wire on both ends"),
-    "no_tag": ("not signed, and this receiver has --key",
-               "give the sender the same --key (legacy packets cannot carry one)"),
-    "bad_tag": ("signed with another key", "check that --key is the same on both ends"),
-    "short_probe": ("probes too short to reflect", "check the sender's --size"),
-}
-
-
 class ConsoleSink:
     """Writes human-readable lines to a text stream (stdout unless told otherwise)."""
 
@@ -95,7 +79,7 @@ class ConsoleSink:
         self.lock = threading.Lock()
         self.summaries = []
         self.sender_legend = False
-        self.rejected = {}      # (source, reason) -> [time told (s), count not yet told]
+        self.rejected = RejectedTeller(self._tell_rejected)
 
     def _write(self, line):
         with self.lock:
@@ -135,32 +119,11 @@ class ConsoleSink:
             if rec.get("overwritten") or rec.get("kernel_drops"):
                 self._write(f"{t} receiver: ring overwritten {rec['overwritten']}, "
                             f"kernel drops {rec['kernel_drops']}")
-            self._rejected(rec.get("rejected") or (), rec["time"] / 1e9)
+            self.rejected.add(rec.get("rejected") or (), rec["time"] / 1e9)
 
-    def _rejected(self, items, now_s):
-        """Tell rejected datagrams once per source and cause, then at most once per
-        REJECTED_REPEAT_S (see the module rules)."""
-        for item in items:
-            key = (item["source"], item["reason"])
-            seen = self.rejected.get(key)
-            if seen is None:
-                self.rejected[key] = [now_s, 0]
-                self._tell_rejected(key, item["count"], now_s, None)
-            elif now_s - seen[0] >= defaults.REJECTED_REPEAT_S:
-                self._tell_rejected(key, seen[1] + item["count"], now_s, seen[0])
-                seen[:] = [now_s, 0]
-            else:
-                seen[1] += item["count"]
-
-    def _tell_rejected(self, key, count, now_s, since_s):
-        source, reason = key
-        why, check = REJECTED.get(reason, (reason, "check --wire and --key on both ends"))
+    def _tell_rejected(self, now_s, text):
         t = time.strftime("%H:%M:%S", time.gmtime(now_s))
-        since = "" if since_s is None else \
-            f" since {time.strftime('%H:%M:%S', time.gmtime(since_s))}"
-        text = (f"{t} rejected {count} datagram{'s' if count != 1 else ''} from {source}"
-                f"{since}: {why} ({reason}); {check}")
-        self._write("\n".join(textwrap.wrap(text, 80, subsequent_indent=" " * 9,
+        self._write("\n".join(textwrap.wrap(f"{t} {text}", 80, subsequent_indent=" " * 9,
                                              break_on_hyphens=False)))
 
     def header(self):
@@ -173,9 +136,7 @@ class ConsoleSink:
     def close(self, timeout=0, counters=None):
         """Print the summary per flow, and the other outputs' counters (InfluxDB: points
         written, retried, spooled, dropped)."""
-        for key, (told_s, count) in self.rejected.items():
-            if count:
-                self._tell_rejected(key, count, time.time(), told_s)
+        self.rejected.close()
         lines = summary_table(self.summaries).split("\n") if self.summaries else []
         lines += matrix.lines(self.summaries)       # a mesh run's pair matrix
         for name, got in (counters or {}).items():

@@ -16,6 +16,7 @@ from packet_flow import defaults
 from packet_flow.errors import ConfigError
 from packet_flow.sinks.console import ConsoleSink
 from packet_flow.sinks.jsonl import JsonlSink
+from packet_flow.sinks.rejected import RejectedLog
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,10 @@ class Fanout:
 
 def build_sinks(cfg):
     """Sinks named by cfg.outputs; the console moves to stderr when JSON goes to stdout.
-    Standard streams are written through StdStream (see there)."""
-    sinks, last = [], []
+    Standard streams are written through StdStream (see there). Without a console, rejected
+    datagrams are logged (RejectedLog)."""
+    sinks = [] if "console" in cfg.outputs else [RejectedLog()]
+    last = []
     if cfg.prometheus_listen is not None:
         # made first (a port in use fails before anything opens), closed last (its close
         # waits for a final scrape)

@@ -48,7 +48,6 @@ SOL_SOCKET, SCM_TIMESTAMPNS, SO_RXQ_OVFL = 1, 35, 40
 IPPROTO_IP, IP_TTL, IPPROTO_IPV6, IPV6_HOPLIMIT = 0, 2, 41, 52
 SOL_UDP, UDP_GRO = 17, 104
 RX_NS = 1_764_633_600_123_456_789      # the kernel timestamp every fuzzed datagram carries
-KINDS = {"native": 1, "legacy": 2, "stamp": 3, "stamp_reflected": 4}
 STAMP = {0: None, 1: "sender", 2: "reflected", 3: None}
 
 
@@ -125,8 +124,8 @@ def expect(data, conf):
     try:
         p = wire.decode(data, key=key, stamp=STAMP[conf & 3], reflector=bool(conf & 8))
     except WireError as e:
-        return 0, str(e), None
-    return KINDS[p.wire], "ok", p
+        return KINDS.index("malformed"), str(e), None
+    return KINDS.index(p.wire), "ok", p
 
 
 def _wrap(v):
@@ -171,13 +170,17 @@ def check(conf, dgram, seg, ttl, recs, replies):
             assert reply[wire.STAMP_SIZE:] == data[wire.STAMP_SIZE:]
 
 
-REASONS = ()
+REASONS = KINDS = ()      # the names of the module under test (use)
+
+
+def use(io):
+    global REASONS, KINDS
+    REASONS, KINDS = io.REASONS, io.KINDS
 
 
 def replay(io, data):
     """Run one input against the module io (no atheris): raises on any failed check."""
-    global REASONS
-    REASONS = io.REASONS
+    use(io)
     Target(io)(data)
 
 
@@ -185,8 +188,7 @@ def main():
     import atheris
 
     io = load(sys.argv.pop(1))
-    global REASONS
-    REASONS = io.REASONS
+    use(io)
     target = Target(io)
     atheris.Setup(sys.argv, target)
     atheris.Fuzz()

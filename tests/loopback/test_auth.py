@@ -130,7 +130,7 @@ def test_extension_tag_matches_python_hmac(key, size):
         lk.ssock.sendto(good, lk.addr)
         lk.ssock.sendto(bytes(bad), lk.addr)
         recs = lk.collect(2)
-        assert [int(k) for k in recs["kind"]] == [1, 0]
+        assert [int(k) for k in recs["kind"]] == [_io.K_NATIVE, _io.K_MALFORMED]
         assert _io.REASONS[int(recs["reason"][1])] == "bad_tag"
     finally:
         plain.close()
@@ -256,6 +256,6 @@ def test_keyed_receiver_rejects_unauthenticated_legacy_packets(link):
     lk = link(gro=False, key=KEY)
     lk.ssock.sendto(wire.encode_legacy(1, time.time_ns() // 1000), lk.addr)
     (rec,) = lk.collect(1)
-    assert int(rec["kind"]) == 0 and _io.REASONS[int(rec["reason"])] == "no_tag"
+    assert int(rec["kind"]) == _io.K_MALFORMED and _io.REASONS[int(rec["reason"])] == "no_tag"
     with pytest.raises(WireError):
         wire.decode(wire.encode_legacy(1, 2), key=KEY)

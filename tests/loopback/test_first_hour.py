@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import pytest
 from probe import finish, free_port, pf, records, wait_bound
 
 
@@ -27,10 +28,14 @@ def _told(text):
             if re.match(r"\d\d:\d\d:\d\d ", line)]
 
 
-def test_rejected_traffic_says_why_and_what_to_check(tmp_path):
+@pytest.mark.parametrize("output", ["console", "jsonl"])
+def test_rejected_traffic_says_why_and_what_to_check(tmp_path, output):
+    """The console tells rejected traffic in its table; a run without a console (JSON lines
+    only) logs the same lines as warnings on stderr."""
     port, keyed, stamp = free_port(), free_port(), free_port()
     rx = pf("-m", "receiver", "--local-addr", f"127.0.0.1:{port}", "--key", "right",
-            "--duration", "60", "--interval", "60")
+            "--duration", "60", "--interval", "60",
+            "--output", "console" if output == "console" else f"jsonl:{tmp_path / 'rx.jsonl'}")
     wait_bound(port)
     out = tmp_path / "tx.jsonl"
     finish(pf("-m", "sender", "--remote-addr", f"127.0.0.1:{port}", "--local-addr",
@@ -40,8 +45,10 @@ def test_rejected_traffic_says_why_and_what_to_check(tmp_path):
               f"127.0.0.1:{stamp}", "--wire", "stamp", "--count", "10", "--rate", "5",
               "--output", f"jsonl:{out}"))
     sent = [r["sent"] for r in records(out) if r["type"] == "summary"]
-    stdout, _ = stop(rx)
-    assert _told(stdout) == [
+    stdout, stderr = stop(rx)
+    told = _told(stdout) if output == "console" else \
+        re.findall(r" WARNING packet_flow\.sinks\.rejected: (.*)", stderr)
+    assert told == [
         f"rejected {sent[0]} datagrams from 127.0.0.1:{keyed}: signed with another key "
         "(bad_tag); check that --key is the same on both ends",
         f"rejected {sent[1]} datagrams from 127.0.0.1:{stamp}: not packet-flow packets "
@@ -71,8 +78,8 @@ def test_both_with_rtt_is_refused_at_start():
     proc = pf("-m", "both", "--rtt")
     stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 2 and stdout == ""
-    assert stderr == ("packet-flow: error: option --rtt from cli: works in --mode sender only, "
-                      "not --mode both (cli): run the peer with --mode reflector\n")
+    assert stderr == ("packet-flow: error: option --rtt from cli: works in --mode sender or mesh "
+                      "only, not --mode both (cli): run the peer with --mode reflector\n")
 
 
 def _report(*args):

@@ -36,7 +36,6 @@ from packet_flow.errors import WireError
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEY = b"fuzz-key"
 MAX_UDP = 65507
-KINDS = {"native": 1, "legacy": 2}
 SPRAY = 2000                                   # session ids in the spray test
 SESSIONS = (0x1111111111111111, 0x2222222222222222, 0x3333333333333333, 0x4444444444444444)
 
@@ -80,14 +79,14 @@ def _expect(data, key):
     try:
         p = wire.decode(data, key=key)
     except WireError as e:
-        return (0, str(e), 0, 0, 0, None, 0, 0, 0)
+        return (_io.K_MALFORMED, str(e), 0, 0, 0, None, 0, 0, 0)
     tx = (p.tx_ns + 2**63) % 2**64 - 2**63       # the core's int64 arithmetic wraps
     flags = data[16] if p.wire == "legacy" else p.flags
-    return (KINDS[p.wire], "ok", p.session, p.seq, tx, flags, p.r_seq, p.t2_ns, p.t3_ns)
+    return (_io.KINDS.index(p.wire), "ok", p.session, p.seq, tx, flags, p.r_seq, p.t2_ns, p.t3_ns)
 
 
 def _got(r):
-    flags = int(r["flags"]) if int(r["kind"]) else None
+    flags = int(r["flags"]) if int(r["kind"]) != _io.K_MALFORMED else None
     return (int(r["kind"]), _io.REASONS[int(r["reason"])], int(r["session"]), int(r["seq"]),
             int(r["tx_ns"]), flags, int(r["r_seq"]), int(r["t2_ns"]), int(r["t3_ns"]))
 

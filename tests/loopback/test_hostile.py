@@ -46,7 +46,7 @@ REAL_MIN = 2000             # packets of the real flow before the flood (1 s at 
 
 def _recs(fid, seqs, port=4000):
     r = np.zeros(len(seqs), _io.RECORD)
-    r["kind"] = 1
+    r["kind"] = _io.K_NATIVE
     r["flow"] = r["session"] = fid
     r["seq"] = seqs
     r["tx_ns"] = 1_000

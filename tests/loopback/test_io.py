@@ -36,7 +36,7 @@ def test_loopback_round_trip_exact(link, family, segments):
     sender = lk.sender(session=0xFEED, size=64, batch=64, segments=segments)
     recs = _blast(lk, sender, N)
     assert len(recs) == N and sender.sent == N
-    assert np.all(recs["kind"] == 1) and np.all(recs["length"] == 64)
+    assert np.all(recs["kind"] == _io.K_NATIVE) and np.all(recs["length"] == 64)
     assert np.array_equal(np.sort(recs["seq"]), np.arange(N, dtype=np.uint64))
     assert np.all(recs["session"] == 0xFEED)
     assert len(np.unique(recs["flow"])) == 1
@@ -86,7 +86,7 @@ def test_malformed_counted_by_reason_never_raises(link):
     assert len(recs) == len(junk) + 1
     assert lk.rx.malformed == {"short": 2, "magic": 2, "version": 1, "truncated": 1,
                                "legacy": 1, "no_tag": 0, "bad_tag": 0, "short_probe": 0}
-    assert int(recs[-1]["kind"]) == 1 and int(recs[-1]["seq"]) == 9
+    assert int(recs[-1]["kind"]) == _io.K_NATIVE and int(recs[-1]["seq"]) == 9
     assert lk.rx.datagrams == len(junk) + 1
 
 
@@ -96,7 +96,7 @@ def test_authentication_in_the_core(link):
     lk.ssock.sendto(wire.encode_native(1, 1, 0, key=b"k2"), lk.addr)
     lk.ssock.sendto(wire.encode_native(1, 2, 0), lk.addr)
     recs = lk.collect(3)
-    assert list(recs["kind"]) == [1, 0, 0]
+    assert list(recs["kind"]) == [_io.K_NATIVE, _io.K_MALFORMED, _io.K_MALFORMED]
     assert lk.rx.malformed["bad_tag"] == 1 and lk.rx.malformed["no_tag"] == 1
 
 

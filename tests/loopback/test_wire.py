@@ -107,7 +107,7 @@ def test_cython_receiver_matches_reference(session, seq, tx, size, final):
         assert int(recs[0]["session"]) == ref.session and int(recs[0]["seq"]) == ref.seq
         assert int(recs[0]["tx_ns"]) == ref.tx_ns and int(recs[0]["flags"]) == ref.flags
         assert int(recs[0]["length"]) == len(data)
-        assert int(recs[1]["kind"]) == 2 and int(recs[1]["seq"]) == seq
+        assert int(recs[1]["kind"]) == _io.K_LEGACY and int(recs[1]["seq"]) == seq
         assert int(recs[1]["tx_ns"]) == (tx // 1000) * 1000 and int(recs[1]["flags"]) == final
     finally:
         lk.close()
@@ -127,4 +127,4 @@ def test_cython_reasons_match_reference(link):
             wire.decode(data)
         want.append(str(info.value))
     assert got == want
-    assert np.all(recs["kind"] == 0)
+    assert np.all(recs["kind"] == _io.K_MALFORMED)

@@ -8,8 +8,10 @@ a real DNS server (dnsmasq) answering NAME with the hosts' addresses.
 - Join: n13 is added to the hosts file, SIGHUP to dnsmasq: every other node probes it within
   one --peer-refresh. Leave: n12 is removed from DNS, then stopped: every pair towards it
   ends `left`, and nothing from or to it is counted lost.
-- --peer-subset 4: every node probes exactly 4, everyone is probed, and when a node leaves
-  only the pairs that involved it change: one replacement for each node that probed it.
+- --peer-subset 4: every node probes exactly 4, everyone is probed (each node's probed_by
+  says by how many), and when a node leaves only the pairs that involved it change: one
+  replacement for each node that probed it. Peers that never probe back are named by their
+  PTR records.
 Everything is bounded (--duration, timeouts) and removed, pass or fail.
 """
 
@@ -80,6 +82,18 @@ def senders(f, i):
 
 def flows_in(f, i):
     return len(senders(f, i))
+
+
+def probed_by_after(f, procs, since):
+    """{node: probed_by} of each running node's first `receiver` record after `since` (a
+    wall-clock time), waiting for it (records come every --interval)."""
+    def first(i):
+        return next((r["probed_by"] for r in records(f, i) if r["type"] == "receiver"
+                     and datetime.fromisoformat(r["time"]).timestamp() > since), None)
+
+    wait_for(lambda: all(first(i) is not None for i in procs), 10 * INTERVAL,
+             "a receiver record from every node")
+    return {f"n{i}": first(i) for i in procs}
 
 
 def nft_drop(f, host, table, rule):
@@ -214,6 +228,8 @@ def test_fleet_subsets(fleet):
     assert set(out_deg.values()) == {4} and min(in_deg.values()) >= 1
     wait_for(lambda: all(flows_in(f, i) == in_deg[f"n{i}"] for i in procs), 30,
              "every chosen pair flowing")
+    probed = {"before": probed_by_after(f, procs, time.time())}
+    assert probed["before"] == in_deg           # each node's receiver record: who probes it
 
     gone = 7
     f.publish([i for i in range(1, N + 1) if i != gone])
@@ -222,12 +238,17 @@ def test_fleet_subsets(fleet):
              "the nodes that probed n7 choosing again")
     time.sleep(2 * REFRESH)     # nobody else changes its choice
     assert f.stop(procs.pop(gone)) == 0
+    stopped = time.time()
     after = set()
     for i in procs:
         picks = set(first[f"n{i}"])
         for _, m in chosen(i)[1:]:
             picks = (picks | peer_names(m.group(2))) - peer_names(m.group(3))
         after |= {(f"n{i}", b) for b in picks}
+    # n7's FINALs closed its flows: the nodes it probed lost one prober, and the nodes that
+    # took its place in a choice gained one
+    probed["after"] = probed_by_after(f, procs, stopped)
+    assert probed["after"] == {f"n{i}": sum(b == f"n{i}" for _, b in after) for i in procs}
     removed, added = before - after, after - before
     involved = {p for p in before if f"n{gone}" in p}
     assert removed == involved
@@ -235,16 +256,20 @@ def test_fleet_subsets(fleet):
                                                                    for p in added)
     codes = stop_all(f, procs)
     assert set(codes.values()) == {0}, codes
-    # what the nodes sent is what they chose: sender summaries name exactly these pairs (a
-    # peer that does not probe this node back is named by its address: no name in band)
-    sent = {(r["source_name"], by_ip.get(r["destination_name"], r["destination_name"]))
-            for i in range(1, N + 1) for r in records(f, i)
-            if r["type"] == "summary" and r["role"] == "sender"}
+    # what the nodes sent is what they chose: sender summaries name exactly these pairs; a
+    # peer that never probes this node back (no name in band) is named by its PTR record
+    # (n{i}.mesh.test: the node's own name has no dot, so n{i}), in every sender record
+    tx = [r for i in range(1, N + 1) for r in records(f, i) if r["role"] == "sender"]
+    assert {r["destination_name"] for r in tx} <= set(by_ip.values())
+    sent = {(r["source_name"], r["destination_name"]) for r in tx if r["type"] == "summary"}
+    silent = {(a, b) for a, b in sent if (b, a) not in sent}
+    assert silent                               # pairs whose receiver never probed back
     # (n7, out of DNS but still running until stopped, may pick another peer itself)
     assert {p for p in sent if p[0] != f"n{gone}"} == {p for p in before | after
                                                        if p[0] != f"n{gone}"}
     received = {(r["source_name"], r["destination_name"]) for i in range(1, N + 1)
                 for r in records(f, i) if r["type"] == "summary" and r["role"] == "receiver"}
     assert received == sent                         # who probes a node: its incoming pairs
-    print("subset:", json.dumps({"in_degree": in_deg, "removed": len(removed),
+    print("subset:", json.dumps({"in_degree": in_deg, "probed_by": probed,
+                                 "removed": len(removed), "named_by_ptr": len(silent),
                                  "added": len(added), "probers_of_n7": sorted(probers)}))

@@ -108,7 +108,7 @@ def test_default_when_no_layer_sets_it(kind):
     ],
 )
 def test_bool_layers(tmp_path, cli, env, file, want, source):
-    argv, environ = [], {}
+    argv, environ = ["-m", "sender"], {}
     if file is not None:
         argv += ["--config-file", toml_file(tmp_path, f"rtt = {file}\n")]
     if env is not None:
@@ -321,6 +321,14 @@ def test_generate_config_writes_every_default_and_loads_back(tmp_path):
         ([], {"PACKET_FLOW_RTT": "maybe"},
          "option --rtt: value 'maybe' from env PACKET_FLOW_RTT: not a boolean "
          "(1/0/true/false/yes/no)"),
+        # --rtt in a mode that sends no probes of its own (it was ignored)
+        (["-m", "reflector", "--rtt"], {},
+         "option --rtt from cli: works in --mode sender or mesh only, not --mode reflector "
+         "(cli): give --rtt to the sender that probes this reflector"),
+        ([], {"PACKET_FLOW_RTT": "yes"},
+         "option --rtt: value 'yes' from env PACKET_FLOW_RTT: works in --mode sender or mesh "
+         "only, not --mode receiver (default): give --rtt to the sender and run this side with "
+         "--mode reflector"),
         # credentials: a receiver or both needs them once an InfluxDB sink is configured
         ([], {"PACKET_FLOW_INFLUX_URL": "http://db:8086"},
          "option --token: not set (default): mode 'receiver' writes to InfluxDB (--influx-url "
@@ -364,6 +372,11 @@ def test_config_errors_exit_2_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"packet-flow: error: option --output: value 'jsonl:{missing}' from cli: folder "
         f"'{missing.parent}' of '{missing}' does not exist\n")
+    assert cli.main(["-m", "receiver", "--rtt"]) == 2
+    assert capsys.readouterr().err == (
+        "packet-flow: error: option --rtt from cli: works in --mode sender or mesh only, not "
+        "--mode receiver (cli): give --rtt to the sender and run this side with --mode "
+        "reflector\n")
     assert cli.main(["-m", "both", "--interval", "0.0001", "--duration", "1"]) == 2
     assert capsys.readouterr().err == (
         "packet-flow: error: option --interval: value '0.0001' from cli: must be at least 0.001 s\n")

@@ -13,13 +13,13 @@ MS = 1_000_000
 T0 = 1_800_000_000 * S
 
 
-def recs(seq, kind=1, session=7, port=5000, final_at=None, tx0=T0, step=MS, tx=None,
+def recs(seq, kind=_io.K_NATIVE, session=7, port=5000, final_at=None, tx0=T0, step=MS, tx=None,
          addr=(127, 0, 0, 2)):
     """Ring records for sequences `seq` (arrival order) sent `step` ns apart from tx0."""
     seq = np.asarray(seq, np.uint64)
     r = np.zeros(len(seq), _io.RECORD)
     r["kind"] = kind
-    r["session"] = session if kind == 1 else 0
+    r["session"] = session if kind == _io.K_NATIVE else 0
     r["seq"] = seq
     r["tx_ns"] = tx0 + seq.astype(np.int64) * step if tx is None else tx
     r["rx_ns"] = r["tx_ns"] + 100_000
@@ -27,7 +27,7 @@ def recs(seq, kind=1, session=7, port=5000, final_at=None, tx0=T0, step=MS, tx=N
     r["addr"][:, 12:] = addr
     r["port"] = port
     r["family"] = 4
-    r["flow"] = hash((bytes(addr), port, session if kind == 1 else 0)) & (2**63 - 1)
+    r["flow"] = hash((bytes(addr), port, session if kind == _io.K_NATIVE else 0)) & (2**63 - 1)
     if final_at is not None:
         r["flags"][final_at] = _io.FLAG_FINAL
     return r
@@ -82,13 +82,13 @@ def test_native_packets_after_final_are_counted_not_a_new_flow():
 
 def test_legacy_final_is_a_goodbye_with_the_next_sequence():
     tb = Table()
-    tb.t.ingest(recs([*range(100), 100], kind=2, final_at=100), T0 + S)
+    tb.t.ingest(recs([*range(100), 100], kind=_io.K_LEGACY, final_at=100), T0 + S)
     tb.t.finish(T0 + 2 * S)
     (s,) = tb.summaries()
     assert (s["received"], s["lost"], s["closed"]) == (100, 0, True)
     assert s["owd_max_us"] == 100.0                  # the goodbye gave no delay sample
     tb = Table()                                      # 98 and 99 never came: lost
-    tb.t.ingest(recs([*range(98), 100], kind=2, final_at=98), T0 + S)
+    tb.t.ingest(recs([*range(98), 100], kind=_io.K_LEGACY, final_at=98), T0 + S)
     tb.t.finish(T0 + 2 * S)
     (s,) = tb.summaries()
     assert (s["received"], s["lost"], s["loss_bursts"], s["max_loss_burst"]) == (98, 2, 1, 2)
@@ -96,10 +96,10 @@ def test_legacy_final_is_a_goodbye_with_the_next_sequence():
 
 def test_legacy_restart_without_final_is_a_new_flow():
     tb = Table()
-    tb.t.ingest(recs(range(5000), kind=2), T0 + S)
+    tb.t.ingest(recs(range(5000), kind=_io.K_LEGACY), T0 + S)
     restart = T0 + 5000 * MS + 50 * MS
-    tb.t.ingest(recs(range(3000), kind=2, tx0=restart), T0 + 2 * S)
-    tb.t.ingest(recs([3000], kind=2, tx0=restart, final_at=0), T0 + 3 * S)
+    tb.t.ingest(recs(range(3000), kind=_io.K_LEGACY, tx0=restart), T0 + 2 * S)
+    tb.t.ingest(recs([3000], kind=_io.K_LEGACY, tx0=restart, final_at=0), T0 + 3 * S)
     tb.t.finish(T0 + 5 * S)
     first, second = tb.summaries()
     assert (first["received"], first["lost"], first["late"], first["duplicates"]) == (5000, 0, 0, 0)
@@ -112,11 +112,11 @@ def test_legacy_restart_without_final_is_a_new_flow():
 def test_legacy_restart_inside_one_batch_and_after_final():
     tb = Table()
     restart = T0 + 300 * MS
-    both = np.concatenate([recs(range(200), kind=2), recs(range(100), kind=2, tx0=restart)])
+    both = np.concatenate([recs(range(200), kind=_io.K_LEGACY), recs(range(100), kind=_io.K_LEGACY, tx0=restart)])
     tb.t.ingest(both, T0 + S)
-    tb.t.ingest(recs([100], kind=2, tx0=restart, final_at=0), T0 + S)
+    tb.t.ingest(recs([100], kind=_io.K_LEGACY, tx0=restart, final_at=0), T0 + S)
     again = T0 + 600 * MS                              # a third run, inside the grace time
-    tb.t.ingest(recs(range(50), kind=2, tx0=again), T0 + S + 100 * MS)
+    tb.t.ingest(recs(range(50), kind=_io.K_LEGACY, tx0=again), T0 + S + 100 * MS)
     tb.t.finish(T0 + 2 * S)
     got = [(s["received"], s["lost"], s["late"], s["duplicates"], s["outcome"])
            for s in tb.summaries()]
@@ -127,7 +127,7 @@ def test_legacy_restart_inside_one_batch_and_after_final():
 def test_reordered_legacy_packets_are_not_a_restart():
     tb = Table()
     order = [*range(1500), 200, *range(1500, 2000)]  # 200 duplicated late, old send time
-    tb.t.ingest(recs(order, kind=2), T0 + S)
+    tb.t.ingest(recs(order, kind=_io.K_LEGACY), T0 + S)
     tb.t.finish(T0 + 2 * S)
     (s,) = tb.summaries()
     assert (s["received"], s["duplicates"], s["outcome"]) == (2000, 1, "running")
@@ -182,9 +182,9 @@ def test_nat_rebinding_keeps_the_session_and_shows_the_new_source():
 def test_stamp_sender_restarting_with_the_same_ssid_is_a_new_flow():
     tb = Table()
     near_wrap = 2**32 - 100                           # its 32-bit sequence wraps first
-    tb.t.ingest(recs([(near_wrap + i) % 2**32 for i in range(300)], kind=3,
+    tb.t.ingest(recs([(near_wrap + i) % 2**32 for i in range(300)], kind=_io.K_STAMP,
                      tx=T0 + np.arange(300) * MS), T0 + S)
-    tb.t.ingest(recs(range(200), kind=3, tx0=T0 + 400 * MS), T0 + 2 * S)
+    tb.t.ingest(recs(range(200), kind=_io.K_STAMP, tx0=T0 + 400 * MS), T0 + 2 * S)
     tb.t.finish(T0 + 3 * S)
     first, second = tb.summaries()
     assert (first["received"], first["lost"], first["outcome"]) == (300, 0, "restarted")

@@ -169,3 +169,23 @@ def test_influxql_mesh_dashboard(mesh_run):
             assert {p for p, v in cells.items() if v > 0} == {("a", "b"), ("a", "c")}
         else:
             assert all(0 < v < 50_000 for v in cells.values())          # µs on loopback
+
+
+def test_who_probes_each_node(mesh_run):
+    """Each node's `receiver` records say who probes it (`probed_by`) and whom it probes
+    (`peers`): 2 and 2 in a mesh of three, in the records, in Prometheus' gauges and in
+    InfluxDB's packet_flow_receiver points (the largest value of the run: at the end every
+    flow has closed and probed_by is 0)."""
+    recs, influx, prom, at = mesh_run
+    want = {n: (2, 2) for n in NODES}
+    mine = {n: max((r["probed_by"], r["peers"]) for r in rs if r["type"] == "receiver")
+            for n, rs in recs.items()}
+    assert mine == want
+    gauges = {}
+    for name in ("probed_by", "peers"):
+        for s in prom.query(f"max_over_time(packet_flow_{name}[1m])", at=at):
+            gauges.setdefault(s["metric"]["destination_name"], []).append(float(s["value"][1]))
+    assert gauges == {n: [2.0, 2.0] for n in NODES}
+    rows = influx.rows('SELECT max("probed_by") AS "probed_by", max("peers") AS "peers" FROM '
+                       '"packet_flow_receiver" GROUP BY "destination_name"', "mesh")
+    assert {r["destination_name"]: (r["probed_by"], r["peers"]) for r in rows} == want
