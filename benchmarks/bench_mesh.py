@@ -110,7 +110,7 @@ def mesh_row(n, rate_ms, timer, window, tmp):
     time.sleep(0.5)
     proc = pf("--mode", "mesh", "--local-addr", node, "--peers", f"file:{peers}", "--name",
               "node", "--rate", rate_ms, "--timer", timer, "--interval", 10, "--duration",
-              seconds, "--output", f"jsonl:{out}")
+              seconds, "--output", f"jsonl:{out}", *os.environ.get("PF_EXTRA", "").split())
     started = time.monotonic()
     cpu, rss = measure([proc.pid], started, window)
     proc.wait(seconds + 30)
@@ -154,13 +154,15 @@ def main():
     ap.add_argument("--peers", default="1000,100")
     ap.add_argument("--window", default="4,14")
     ap.add_argument("--separate", type=int, default=10)
+    ap.add_argument("--only-mesh", action="store_true", help="only the economy mesh rows")
     args = ap.parse_args()
     window = tuple(float(x) for x in args.window.split(","))
     print(f"uptime: {open('/proc/loadavg').read().split()[:3]}")
     print(f"{'load':<42}{'CPU %':>8}{'RSS MiB':>9}{'timer p99':>11}  counts")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [(int(n), 100.0, "economy") for n in args.peers.split(",")]
-        rows += [(1, 1.0, "precise"), (10, 10.0, "precise")]
+        if not args.only_mesh:
+            rows += [(1, 1.0, "precise"), (10, 10.0, "precise")]
         for n, rate_ms, timer in rows:
             got = mesh_row(n, rate_ms, timer, window, tmp)
             pps = n * 1000 / rate_ms
@@ -170,6 +172,8 @@ def main():
                   f"{'exact' if got['exact'] else 'NOT exact'} ({got['pairs']} pairs out, "
                   f"{got['flows']} flows in)")
         m = args.separate
+        if not m:
+            return
         cpu, rss = separate_row(m, 100.0, window)
         print(f"{f'today: {m} sender processes x 10/s':<42}{cpu:>8.2f}{rss:>9.1f}"
               f"{'':>11}  per process {cpu / m:.2f} %")

@@ -204,7 +204,7 @@ cdef class MeshSender:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef Status _due(self, int64_t now) except ERROR nogil:
-        # send every slot due by `now` (at most one batch)
+        # send every slot due by `now`, a batch at a time
         cdef int m = 0, j
         cdef int i
         cdef int64_t slot, t, wall = _wall() - _mono()
@@ -219,30 +219,34 @@ cdef class MeshSender:
             for j in range(self.norder):
                 self._skipped[self.order[j]] += behind
                 self._missed[self.order[j]] += behind
-        while m < self.batch:
-            if self.end_round and self.round >= self.end_round:
-                break
-            slot = self._deadline()
-            if slot > now:
-                break
-            i = self.order[self.cursor]
-            flags = FLAG_FINAL if self.final_at_end and self.round + 1 == self.end_round else 0
-            self._put(m, i, wall, flags)
-            t = _mono()
-            if self.round % self.lat_every == 0 and self.lat_n < self.lat.shape[0]:
-                self.lat[self.lat_n] = t - slot
-                self.lat_peer[self.lat_n] = i
-                self.lat_n += 1
-            if t - slot >= self.interval_ns:
-                self._missed[i] += 1
-            m += 1
-            self.cursor += 1
-            if self.cursor == self.norder:
-                self.cursor = 0
-                self.round += 1
-        if m:
-            self._out(m)
-        return DONE
+        while True:
+            while m < self.batch:
+                if self.end_round and self.round >= self.end_round:
+                    break
+                slot = self._deadline()
+                if slot > now:
+                    break
+                i = self.order[self.cursor]
+                flags = FLAG_FINAL if self.final_at_end and self.round + 1 == self.end_round \
+                    else 0
+                self._put(m, i, wall, flags)
+                t = _mono()
+                if self.round % self.lat_every == 0 and self.lat_n < self.lat.shape[0]:
+                    self.lat[self.lat_n] = t - slot
+                    self.lat_peer[self.lat_n] = i
+                    self.lat_n += 1
+                if t - slot >= self.interval_ns:
+                    self._missed[i] += 1
+                m += 1
+                self.cursor += 1
+                if self.cursor == self.norder:
+                    self.cursor = 0
+                    self.round += 1
+            if m:
+                self._out(m)
+            if m < self.batch or self.lat_n + self.batch > self.lat.shape[0]:
+                return DONE
+            m = 0                   # a full batch went: more may be due
 
     cdef Status _run(self, int64_t until_ns, int64_t spin) except ERROR nogil:
         cdef int64_t deadline, now, target

@@ -186,6 +186,61 @@ class FlowStats:
             a.late += late
             a.duplicates += dups
 
+    def continues(self, seq0: int, n: int) -> bool:
+        """Whether n consecutive packets from raw sequence seq0 on may take the fast lane
+        (inorder.py, ``extend``): seq0 is the next sequence, nothing below it is missing or
+        in an open loss run, and the ring holds them without growing."""
+        ring, losses, top = self.ring, self.losses, self._top
+        if self._first is None or top < 0 or (seq0 - self._first - top - 1) & self._mask:
+            return False
+        if losses.open_start >= 0 or n > ring.size or (
+                2 * n > ring.size and ring.size < ring.max_size and self.growable):
+            return False
+        return losses.settled >= top - 1 or \
+            ring.arrived(losses.settled + 1, top).size == top - losses.settled
+
+    def extend(self, owd: np.ndarray, steps: np.ndarray, owd_sum: int, lo: int, hi: int,
+               neg: int, weighted: float, step_sum: int) -> None:
+        """The fast lane's step (``continues`` said yes): this flow's next owd.size packets, in
+        order, none coalesced, with their delays, the |IPDV| of consecutive ones (``steps``,
+        one fewer, summing to step_sum), the delays' exact sum, extremes and negative count,
+        and their weighted jitter sum (inorder.py). The same state and tallies as update()."""
+        n, ring, top0 = owd.size, self.ring, self._top
+        top = top0 + n
+        first = int(owd[0])
+        prev = int(ring.slots[ring.slot(top0)])  # the delay of the sequence before
+        ipdv_n, ipdv_sum = n - 1, step_sum
+        if prev not in (EMPTY, UNTIMED):
+            step = abs(first - prev)
+            steps = np.append(steps, step)
+            ipdv_n, ipdv_sum = n, step_sum + step
+        delays, decay = self.delays, 15 / 16
+        m = n - 1
+        if delays.last_owd is not None:
+            weighted += abs(first - delays.last_owd) * decay ** m
+            m = n
+        delays.jitter = decay ** m * delays.jitter + weighted / 16
+        delays.last_owd = int(owd[-1])
+        at = 0
+        for sl in ring.span(top0 + 1, top):
+            ring.slots[sl] = owd[at : at + sl.stop - sl.start]
+            at += sl.stop - sl.start
+        losses = self.losses
+        losses.settled = max(losses.settled, top - self._horizon - 1)
+        losses.forget_below(top - ring.size)
+        self._top = top
+        for a in (self.tallies.interval, self.tallies.total):
+            a.received += n
+            a.owd_n += n
+            a.owd_sum += owd_sum
+            a.owd_min = lo if a.owd_min is None else min(a.owd_min, lo)
+            a.owd_max = hi if a.owd_max is None else max(a.owd_max, hi)
+            a.negative_owd += neg
+            a.jitter_n += m
+            a.ipdv_n += ipdv_n
+            a.ipdv_sum += ipdv_sum
+        self.tallies.add(owd, steps)
+
     def _classify(self, useq: np.ndarray, owd: np.ndarray):
         """Slow path (some packet not above the previous one): late, duplicates, horizon."""
         top0, ring, settled = self._top, self.ring, self.losses.settled
@@ -297,6 +352,7 @@ class FlowStats:
         """The compact state a forgotten flow keeps (see Frozen); this FlowStats can go.
         Settles every gap up to the highest sequence first (as close())."""
         self.close()
+        self.tallies.fold()
         total = self.tallies.total
         return Frozen(self._bits, (self.highest + 1) & self._mask, self._horizon, total,
                       total.record(self.delays.jitter))
@@ -321,6 +377,7 @@ class FlowStats:
 
     def summary(self) -> dict:
         """Record fields for the whole life of the flow so far (does not reset anything)."""
+        self.tallies.fold()
         rec = self.tallies.total.record(self.delays.jitter)
         if self._prior is not None:  # resumed: the frozen values where nothing came since
             rec.update((k, v) for k, v in self._prior.stats.items() if rec[k] is None)

@@ -40,7 +40,8 @@ SPIN_NS = 100_000           # precise timer: first spin; it then adapts to the w
 REALTIME_PRIORITY = 10      # precise timer: SCHED_FIFO priority where permitted
 REALTIME_MIN_INTERVAL_NS = 200_000  # ... only for intervals this long (spin <= ~1/2 of a core)
 TIMER_SLACK_NS = 1          # prctl(PR_SET_TIMERSLACK): 1 ns = as exact as the kernel allows
-BATCH_MAX = 64              # packets per sendmmsg/recvmmsg
+BATCH_MAX = 64              # packets per sendmmsg/recvmmsg ...
+MESH_BATCH = 256            # ... in mesh mode, unless --batch is given
 CATCHUP_NS = 5_000_000      # a sender this far behind skips slots instead of sending them late
 LATENESS_SAMPLES_PER_S = 100_000  # timer lateness is measured on at most this many slots/s
 GSO_SEGMENTS = 64           # packets per UDP_SEGMENT super-datagram
@@ -50,7 +51,7 @@ GSO_BELOW_NS = 20_000       # use UDP GSO when the interval is shorter than this
 RING_CAPACITY = 1 << 17     # records in the receive ring (96 bytes each: 12 MiB)
 RCVBUF_BYTES = 8 << 20
 RECEIVE_COALESCE_NS = 500_000  # after draining the socket, let datagrams queue this long
-RECEIVE_COALESCE_MAX_NS = 5_000_000  # ... or longer at low rates (half a batch), at most this
+RECEIVE_COALESCE_MAX_NS = 20_000_000  # ... or longer at low rates (half a batch), at most this
 SEQ_WINDOW = 1 << 17        # sequences remembered for duplicate/late detection (at most)
 SEQ_WINDOW_INITIAL = 1 << 10  # ... at first; a flow's window doubles as it needs
 MAX_FLOWS = 10_000          # flows tracked at once (bounds the work of every interval tick)
@@ -114,6 +115,7 @@ PEER_REFRESH_S = 30.0       # re-resolve names, dns: and srv: entries this often
 PEER_REFRESH_MIN_S = 0.1
 PEER_FILE_POLL_S = 1.0      # a peers file is re-read within this long of a change
 PEER_LOOKUP_TIMEOUT_S = 5.0  # longest wait for one lookup (at most the refresh interval)
+PEER_NAME_KEEP_S = 60.0     # a PTR name is kept this long after its peer left (its last records)
 PEER_EMPTY_REFRESHES = 3    # an empty DNS answer removes peers only this many refreshes in a row
 PEER_SUBSET = 0             # 0 = probe every peer
 DNS_PORT = 53
@@ -129,7 +131,8 @@ NAMES_MAX = 65536           # sender names kept by session (oldest first out)
 MESH_MAX_PEERS = 4096       # pairs one mesh node sends to
 MESH_SLICE_NS = 50_000_000  # longest schedule slice between two reads of the socket
 MESH_LATENESS_SAMPLES = 1 << 16  # lateness samples the send thread takes back per slice
-MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart
+MESH_WAKE_NS = 1_000_000    # economy timer: wake-ups at least this far apart ...
+MESH_WAKE_MAX_NS = 10_000_000  # ... or a 10th of a pair's interval, at most this
 MESH_LINGER_S = 1.0         # after its own finals: receive (and answer) until peers finish
 
 # search (packet_flow/search.py): NDR/PDR trials

@@ -67,9 +67,7 @@ class DelayStats:
             a.owd_max = hi if a.owd_max is None else max(a.owd_max, hi)
             a.negative_owd += neg
             a.jitter_n += n
-        self.tallies.interval.owd_parts.append(owd)
-        self.tallies.interval.parts_bytes += owd.nbytes
-        self.tallies.total.owd_hist.add(owd)
+        self.tallies.add(owd, owd[:0])
 
     def ipdv(self, seq: np.ndarray, owd: np.ndarray, ring: DelayRing, highest: int) -> None:
         """|IPDV| of the pairs (s-1, s) this batch completes: seq its unique sequences sorted,
@@ -101,6 +99,4 @@ class DelayStats:
         for a in (self.tallies.interval, self.tallies.total):
             a.ipdv_n += int(ipdv.size)
             a.ipdv_sum += total
-        self.tallies.interval.ipdv_parts.append(ipdv)
-        self.tallies.interval.parts_bytes += ipdv.nbytes
-        self.tallies.total.ipdv_hist.add(ipdv)
+        self.tallies.add(ipdv[:0], ipdv)

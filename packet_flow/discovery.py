@@ -12,6 +12,13 @@ Rules:
   answer applies at once: a node that left DNS leaves the mesh at the next refresh. A peers
   file that cannot be read or parsed keeps its last good entries.
 - Then the node leaves itself out (peers.is_self), and --peer-subset keeps K (peers.select).
+- Names for records: a peer known only by its address (a dns: record, an IP literal) is named
+  by its PTR record (reverse DNS through the system resolver: /etc/hosts, then DNS), looked
+  up in the background once while it stays listed (and kept PEER_NAME_KEEP_S after it left,
+  for its last records), shortened to its first label when this node's own name has no dot
+  (names.ptr_name); loopback addresses are not asked. A lookup that does not answer ends the
+  round: the rest are asked after the next refresh. The name only labels records (name_of):
+  a peer's key, and so the subsets, stay its address.
 """
 
 from __future__ import annotations
@@ -84,6 +91,17 @@ def lookup_srv(name: str) -> list[tuple[str, int]]:
         raise LookupFailed(str(e)) from None
 
 
+def lookup_name(sockaddr: tuple) -> str | None:
+    """The name of an address's PTR record (getnameinfo), None when it has none;
+    LookupFailed when the resolver did not answer."""
+    try:
+        return socket.getnameinfo(sockaddr, socket.NI_NAMEREQD)[0]
+    except socket.gaierror as e:
+        if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            return None
+        raise LookupFailed(f"{sockaddr[0]}: {e.strerror or e}") from None
+
+
 def bounded(fn: Callable, timeout: float, what: str):
     """fn() in a helper thread, waited for at most `timeout` seconds (LookupFailed after)."""
     done, box = threading.Event(), []
@@ -148,11 +166,15 @@ class PeerSource:
                  resolve: Callable[[str, int], list[Addr]] = lookup_addrs,
                  resolve_srv: Callable[[str], list[tuple[str, int]]] = lookup_srv,
                  local: Callable[[Addr], bool] = is_local,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None,
+                 reverse: Callable[[tuple], str | None] = lookup_name) -> None:
         self.entries = [parse_entry(e) for e in split_entries(entries)]
         self.me, self.refresh_s, self.subset = me, refresh_s, subset
         self.timeout = timeout or min(defaults.PEER_LOOKUP_TIMEOUT_S, max(refresh_s, 0.2))
         self._resolve, self._resolve_srv, self._local = resolve, resolve_srv, local
+        self._reverse = reverse
+        self._ptr: dict[str, str | None] = {}       # address -> its PTR name (None: none)
+        self._unlisted: dict[str, float] = {}       # address of _ptr no longer listed -> since
         self._locals: dict[str, bool] = {}
         self._states: dict[Entry, _State] = {}
         self._current: tuple[Peer, ...] = ()
@@ -168,6 +190,11 @@ class PeerSource:
     def peers(self) -> tuple[Peer, ...]:
         """The current peers, sorted by key; never blocks. The same tuple until it changes."""
         return self._current
+
+    def name_of(self, peer: Peer) -> str:
+        """What records call a peer: its PTR name for one known by its address only, once
+        looked up (see the module's rules), else its name. Never blocks."""
+        return self._ptr.get(peer.addr.sockaddr[0]) or peer.name
 
     def start(self) -> PeerSource:
         """Resolve once (each lookup bounded by the timeout), then refresh in the background."""
@@ -191,6 +218,7 @@ class PeerSource:
         poll = defaults.PEER_FILE_POLL_S if any(
             isinstance(e, FileEntry) for e in self.entries) else float("inf")
         due = time.monotonic() + self.refresh_s
+        self._name()
         while not self._stop.is_set():
             woke = self._wake.wait(max(0.0, min(poll, due - time.monotonic())))
             self._wake.clear()
@@ -202,8 +230,30 @@ class PeerSource:
             reread, self._reread = self._reread, False
             try:
                 self.refresh(resolve, reread)
+                self._name()
             except Exception:               # the mesh goes on with the peers it has
                 log.exception("peers: refresh failed")
+
+    def _name(self) -> None:
+        """Ask the PTR names of the listed peers known by their address only, each once."""
+        own = self.me.name
+        unnamed = {p.addr.sockaddr[0]: p.addr for p in self._current if p.name == p.addr.host
+                   and not ipaddress.ip_address(p.addr.host.split("%")[0]).is_loopback}
+        now, ptr = time.monotonic(), self._ptr
+        for ip in ptr.keys() - unnamed.keys():      # a peer that left: its last records
+            if now - self._unlisted.setdefault(ip, now) > defaults.PEER_NAME_KEEP_S:
+                del ptr[ip], self._unlisted[ip]
+        for ip, addr in unnamed.items():
+            self._unlisted.pop(ip, None)
+            if ip in ptr:
+                continue
+            try:
+                found = bounded(lambda a=addr: self._reverse(a.sockaddr), self.timeout,
+                                f"PTR {ip}")
+            except LookupFailed as e:
+                log.debug("peers: %s; asked again after the next refresh", e)
+                return
+            ptr[ip] = names.ptr_name(found, own) if found else None
 
     def refresh(self, resolve: bool = True, reread: bool = False) -> bool:
         """One pass: read files that changed (all with reread), look names up (all with

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from packet_flow import _io, defaults, records
+from packet_flow import _io, defaults, records, results
 from packet_flow.addresses import address
 from packet_flow.analysis import FlowStats
 from packet_flow.seqspace import counter_delta
@@ -200,6 +200,8 @@ class FlowBook:
                         "evicted, %d packets of new flows untracked since the last interval",
                         self.budget >> 20, defaults.MAX_FLOWS, evicted, untracked)
             self._pressure = [0, 0]
+        results.prepare([*(f.stats.tallies for f in self.flows.values()),
+                         *(f.stats.tallies for f in self.closing.values() if f.fresh)])
         for key, flow in list(self.flows.items()):
             silent = now_ns - flow.last_ns
             if silent > self.forget_ns:

@@ -50,6 +50,7 @@ import numpy as np
 from packet_flow import _io, defaults
 from packet_flow.addresses import address
 from packet_flow.flowbook import Flow, FlowBook
+from packet_flow.inorder import Lanes
 from packet_flow.lossruns import local_part
 from packet_flow.seqspace import highest_before
 
@@ -85,17 +86,59 @@ class FlowTable(FlowBook):
             return
         fcol = recs["flow"]
         if fcol[0] == fcol[-1] and not (fcol != fcol[0]).any():
-            groups = ((int(fcol[0]), recs),)        # one flow: the common case, no sorting
+            srt, fids, starts = recs, [int(fcol[0])], np.zeros(1, np.intp)  # one flow
         else:
-            order = np.argsort(fcol, kind="stable")
-            fids, starts = np.unique(fcol[order], return_index=True)
-            groups = ((fid, recs[idx]) for fid, idx in
-                      zip(fids.tolist(), np.split(order, starts[1:]), strict=True))
-        for fid, part in groups:
+            srt = recs[np.argsort(fcol, kind="stable")]
+            fids, starts = np.unique(srt["flow"], return_index=True)
+            fids = fids.tolist()
+        lanes = Lanes(srt, starts)
+        for i in self._fast(srt, lanes, now_ns):
+            part = srt[lanes.starts[i] : lanes.ends[i]]
             native = int(part["kind"][0]) == _io.K_NATIVE
-            self._feed(int(part["session"][0]) if native else fid, part, now_ns)
+            self._feed(int(part["session"][0]) if native else fids[i], part, now_ns)
         if self.memory > self.budget:
             self._room(now_ns, new=False)
+
+    def _fast(self, srt, lanes, now_ns):
+        """The parts that continue their open native flow take the fast lane (inorder.py);
+        returns the indexes of the others, for the general path."""
+        if not lanes.safe or not lanes.ok.any():
+            return range(len(lanes.starts))
+        starts, ends = lanes.starts, lanes.ends
+        keys = srt["session"][starts].tolist()
+        if len(set(keys)) < len(keys):  # a session from two sources (rebinding): in general
+            return range(len(keys))
+        seq0, drops0 = srt["seq"][starts].tolist(), lanes.drops.tolist()
+        last = srt[ends - 1]
+        addrs, ports = last["addr"].tobytes(), last["port"].tolist()
+        growable, on_packets = self.memory < self.budget, self.on_packets
+        slow = []
+        for i, ok in enumerate(lanes.ok.tolist()):
+            key = keys[i]
+            flow = self.flows.get(key) if ok else None
+            n = int(ends[i] - starts[i])
+            if flow is not None:
+                flow.stats.growable = growable
+            if flow is None or flow.drops != drops0[i] or key in self.closing or \
+                    not flow.stats.continues(seq0[i], n):
+                slow.append(i)
+                continue
+            del self.flows[key]
+            self.flows[key] = flow      # to the end: the most recently active
+            if (addrs[16 * i : 16 * i + 16], ports[i]) != flow.peer:
+                flow.rebind(srt[starts[i] : ends[i]])
+            fig = lanes.part(i)
+            flow.stats.extend(*fig)
+            self._account(flow)
+            flow.last_ns = now_ns
+            flow.fresh = True
+            if flow.stalled:
+                log.info("flow %s (session %s) resumed", flow.source, flow.session)
+                flow.stalled = False
+            if on_packets is not None:
+                on_packets(flow.source, self.destination, srt["rx_ns"][starts[i] : ends[i]],
+                           fig[0])
+        return slow
 
     def _feed(self, key, part, now_ns):
         """One flow key's packets of this batch, in arrival order. A FINAL closes the run;

@@ -20,17 +20,23 @@ class _Buckets:
     def add(self, idx: np.ndarray) -> None:
         if not idx.size:
             return
-        lo, hi = int(idx.min()), int(idx.max())
+        lo = int(idx.min())
         c = np.bincount(idx - lo)
+        self.add_counts(lo, lo + c.size - 1, slice(lo, lo + c.size), c)
+
+    def add_counts(self, lo: int, hi: int, at, counts: np.ndarray) -> None:
+        """counts[j] more in bucket at[j] (an index array or a slice), lo..hi their range."""
         if not self.counts.size:
-            self.lo, self.counts = lo, c.astype(np.int64)
-            return
+            self.lo, self.counts = lo, np.zeros(hi - lo + 1, np.int64)
         new_lo, new_hi = min(lo, self.lo), max(hi, self.lo + self.counts.size - 1)
         if new_lo < self.lo or new_hi >= self.lo + self.counts.size:
             grown = np.zeros(new_hi - new_lo + 1, np.int64)
             grown[self.lo - new_lo : self.lo - new_lo + self.counts.size] = self.counts
             self.lo, self.counts = new_lo, grown
-        self.counts[lo - self.lo : hi - self.lo + 1] += c
+        if isinstance(at, slice):
+            self.counts[at.start - self.lo : at.stop - self.lo] += counts
+        else:
+            self.counts[at - self.lo] += counts
 
     def mids(self) -> tuple[np.ndarray, np.ndarray]:
         """(bucket midpoints, counts) of the non-empty buckets, ascending."""
@@ -68,6 +74,29 @@ class LogHistogram:
         neg = idx[idx < 0] + (1 << (63 - _HIST_SHIFT))  # sign bit off: the magnitude's bucket
         self._neg.add(neg)
         self.zeros += int(idx.size - np.count_nonzero(idx))
+
+    @staticmethod
+    def add_many(hists: list, values: np.ndarray, sizes: list) -> None:
+        """hists[i].add() of the next sizes[i] values, for all with one pass over them."""
+        idx = values.astype(np.float64).view(np.int64) >> _HIST_SHIFT
+        owner = np.repeat(np.arange(len(hists), dtype=np.int64), sizes)
+        zero = idx == 0
+        neg = idx < 0
+        mag = np.where(neg, idx + (1 << (63 - _HIST_SHIFT)), idx)  # below 2**20 either way
+        keys, counts = np.unique(((owner << 22) | (neg.astype(np.int64) << 21) | mag)[~zero],
+                                 return_counts=True)
+        zeros = np.bincount(owner[zero], minlength=len(hists)).tolist()
+        cut = np.arange(len(hists) + 1, dtype=np.int64) << 22
+        bounds = np.searchsorted(keys, cut).tolist()
+        mids = np.searchsorted(keys, cut[:-1] | (1 << 21)).tolist()
+        bucket = keys & ((1 << 21) - 1)
+        for i, h in enumerate(hists):
+            h.n += sizes[i]
+            h.zeros += zeros[i]
+            for part, a, b in ((h._pos, bounds[i], mids[i]), (h._neg, mids[i], bounds[i + 1])):
+                if b > a:
+                    part.add_counts(int(bucket[a]), int(bucket[b - 1]), bucket[a:b],
+                                    counts[a:b])
 
     @property
     def nbytes(self) -> int:

@@ -9,7 +9,7 @@ Rules:
 - One schedule serves every pair (_io.MeshSender): each pair keeps its own exact grid at
   --rate, and the pairs' offsets spread them across the interval (evenly for the peers of
   the start; a peer that joins later takes the middle of the largest gap). Lateness, missed
-  and skipped slots are counted per pair. --timer economy wakes at most every MESH_WAKE_NS.
+  and skipped slots are counted per pair. --timer economy wakes at most every economy_wake(interval).
 - Two threads: the schedule runs in a thread of its own, in slices of MESH_SLICE_NS of the
   core's loop, which holds no GIL, so records and the flow table never delay a slot; changes
   of the pairs (joins, leaves, SIGUSR1) are handed to it and done between two slices, and
@@ -27,7 +27,8 @@ Rules:
   is an outage: its flows stall as any flow does.
 - The end (--duration, a signal): every pair sends its FINAL; with --count N every pair's
   N-th packet, on its own slot, is its FINAL. Then the node keeps receiving (and answering)
-  for up to MESH_LINGER_S until the peers' flows have closed.
+  for up to MESH_LINGER_S until the peers' flows have closed, or until stop() is called
+  again (a second signal); the records follow either way.
 """
 
 import collections
@@ -41,10 +42,10 @@ import numpy as np
 from packet_flow import _io, defaults, rtt, sockets
 from packet_flow.discovery import PeerSource
 from packet_flow.errors import ConfigError
-from packet_flow.histogram import LogHistogram
 from packet_flow.receiver import ReceiverLoop
-from packet_flow.sender import realtime_priority
-from packet_flow.sender_records import late_stats
+from packet_flow.records import TickGrid
+from packet_flow.sender import precise_timer
+from packet_flow.sender_records import Lateness, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,19 @@ log = logging.getLogger(__name__)
 def spread(n, interval_ns):
     """Offsets of n pairs spread evenly across the interval."""
     return [i * interval_ns // n for i in range(n)]
+
+
+def mesh_batch(cfg):
+    """Packets per sendmmsg/recvmmsg: --batch when given, else MESH_BATCH (a node's traffic
+    is many peers' packets: bigger batches, fewer system calls and wake-ups)."""
+    return cfg.batch if cfg.sources.get("batch", "default") != "default" else defaults.MESH_BATCH
+
+
+def economy_wake(interval_ns):
+    """The economy timer's least time between two wake-ups: MESH_WAKE_NS, or a 10th of a
+    pair's interval for slow pairs (at most MESH_WAKE_MAX_NS): each wake-up sends more slots
+    at once, and no slot is late by more than a small share of its interval."""
+    return max(defaults.MESH_WAKE_NS, min(interval_ns // 10, defaults.MESH_WAKE_MAX_NS))
 
 
 def join_offset(offsets, interval_ns):
@@ -67,25 +81,16 @@ def join_offset(offsets, interval_ns):
 class Pair:
     """This node's flow to one peer: slot in the MeshSender, session, records' state."""
 
-    __slots__ = ("peer", "slot", "session", "offset", "start_ns", "tick_ns", "last", "lat",
-                 "hist", "late_min", "late_max", "rtt")
+    __slots__ = ("peer", "slot", "session", "offset", "start_ns", "tick_ns", "last", "late",
+                 "rtt")
 
     def __init__(self, peer, slot, offset, now_ns, with_rtt):
         self.peer, self.slot, self.offset = peer, slot, offset
         self.session = secrets.randbits(64)
         self.start_ns = self.tick_ns = now_ns
         self.last = (0, 0, 0, 0)
-        self.lat = []
-        self.hist = LogHistogram()
-        self.late_min = self.late_max = 0
+        self.late = Lateness()
         self.rtt = rtt.RttStats() if with_rtt else None
-
-    def add_lateness(self, lat):
-        self.hist.add(lat)
-        first = self.hist.n == len(lat)
-        self.late_min = int(lat.min()) if first else min(self.late_min, int(lat.min()))
-        self.late_max = max(self.late_max, int(lat.max()))
-        self.lat.append(lat)
 
 
 class MeshReceiver(ReceiverLoop):
@@ -97,7 +102,8 @@ class MeshReceiver(ReceiverLoop):
             sock, _gro = sockets.receive_socket(cfg.local.sockaddr, cfg.local.family,
                                                 cfg.rcvbuf, gro=False)
         sockets.mark(sock, cfg.local.family, cfg.dscp, cfg.ttl)
-        super().__init__(cfg, emit, on_packets, sock=sock, reflect=cfg.rtt, on_gaps=on_gaps)
+        super().__init__(cfg, emit, on_packets, sock=sock, reflect=cfg.rtt, on_gaps=on_gaps,
+                         batch=mesh_batch(cfg))
         self.table.on_final = None  # a peer's FINAL comes from its receive socket: no answer
         if cfg.rtt:
             from packet_flow import clock_error
@@ -144,13 +150,13 @@ class MeshLoop:
         self.local = self.rxl.local
         self.interval_ns = max(1, round(cfg.rate_ms * 1e6))
         self.tx = _io.MeshSender(self.rxl.sock.fileno(), defaults.MESH_MAX_PEERS,
-                                 size=cfg.size, batch=cfg.batch, key=cfg.key,
+                                 size=cfg.size, batch=mesh_batch(cfg), key=cfg.key,
                                  name=self.name.encode(),
                                  lateness_capacity=defaults.MESH_LATENESS_SAMPLES)
         self.tx.lat_every = max(1, round(1e9 / self.interval_ns
                                          / defaults.LATENESS_SAMPLES_PER_S))
         self.tx.catchup_max = max(1, defaults.CATCHUP_NS // self.interval_ns)
-        self.tx.wake_ns = defaults.MESH_WAKE_NS if cfg.timer == "economy" else 0
+        self.tx.wake_ns = economy_wake(self.interval_ns) if cfg.timer == "economy" else 0
         self.source = source or PeerSource.from_config(cfg).start()
         self.pairs = {}                 # peer key -> Pair
         self.free = list(range(defaults.MESH_MAX_PEERS - 1, -1, -1))
@@ -160,7 +166,7 @@ class MeshLoop:
         self.stray_replies = 0
         # the flow table's cost is per flow and batch: hand it big batches (a quarter ring)
         self.drain_at = defaults.RING_CAPACITY // 4
-        self.stopping = False
+        self.stopping = self.hurry = False
         self.skips_asked = self.skips_done = 0    # handler raises one, the loop the other
         self.ops = queue.SimpleQueue()          # (function, done event) for the send thread
         self.lat_parts = collections.deque()    # (lateness, slot) from the send thread
@@ -278,14 +284,15 @@ class MeshLoop:
         for s, part in zip(slots.tolist(), np.split(lat[order], starts[1:]), strict=True):
             pair = by_slot.get(s)
             if pair is not None:
-                pair.add_lateness(part)
+                pair.late.add(part)
 
     def _record(self, pair, kind, now_ns, since_ns):
         peer = pair.peer
         return {"type": kind, "role": "sender", "time": _io.wall_of(now_ns),
                 "source": self.local, "destination": str(peer.addr),
                 "source_name": self.name,
-                "destination_name": self.names.by_source.get(str(peer.addr), peer.name),
+                "destination_name": self.names.by_source.get(str(peer.addr))
+                or self.source.name_of(peer),
                 "session": f"{pair.session:016x}", "wire": "native", "mesh": True,
                 "interval_s": round((now_ns - since_ns) / 1e9, 6)}
 
@@ -296,12 +303,10 @@ class MeshLoop:
 
     def _interval(self, pair, now_ns):
         now = self._counts(pair)
-        lat = np.concatenate(pair.lat) if pair.lat else np.zeros(0, np.int64)
-        pair.lat = []
         rec = self._record(pair, "sender", now_ns, pair.tick_ns)
         rec.update(sent=now[0] - pair.last[0], missed_slots=now[1] - pair.last[1],
                    skipped_slots=now[2] - pair.last[2], send_errors=now[3] - pair.last[3],
-                   **late_stats(lat))
+                   **pair.late.interval())
         if pair.rtt is not None:
             rec.update(pair.rtt.take_interval())
         pair.last, pair.tick_ns = now, now_ns
@@ -311,14 +316,7 @@ class MeshLoop:
         sent, missed, skipped, errors = self._counts(pair)
         rec = self._record(pair, "summary", now_ns, pair.start_ns)
         rec.update(sent=sent, missed_slots=missed, skipped_slots=skipped, send_errors=errors,
-                   outcome=outcome)
-        if pair.hist.n:
-            p50, p99 = pair.hist.quantiles([50, 99], pair.late_min, pair.late_max)
-            rec.update(timer_late_p50_us=round(p50 / 1e3, 3),
-                       timer_late_p99_us=round(p99 / 1e3, 3),
-                       timer_late_max_us=round(pair.late_max / 1e3, 3))
-        else:
-            rec.update(late_stats(np.zeros(0, np.int64)))
+                   outcome=outcome, **pair.late.summary())
         if pair.rtt is not None:
             pair.rtt.close()
             # a peer that left owes no replies: what went after its last one is not loss
@@ -335,14 +333,6 @@ class MeshLoop:
                    stray_replies=self.stray_replies)
         return rec
 
-    def _warm_up(self):
-        """Run the record path once before the first slot (first calls cost milliseconds)."""
-        probe = np.arange(1000, dtype=np.int64)
-        LogHistogram().add(probe)
-        LogHistogram().quantiles([50, 99], 0, 999)
-        late_stats(probe)
-        rtt.RttStats().take_interval()
-
     def _tick(self, now_ns, since_ns):
         self.rxl._drain(now_ns)
         self._departed(now_ns)
@@ -355,6 +345,8 @@ class MeshLoop:
     # --- the loop ----------------------------------------------------------------------------
 
     def stop(self):
+        """Stop probing: the FINALs, then the linger; asked while stopping, end the linger."""
+        self.hurry = self.stopping
         self.stopping = True
 
     def skip(self):
@@ -363,25 +355,20 @@ class MeshLoop:
 
     def run(self, deadline_ns=0):
         cfg = self.cfg
-        try:
-            _io.set_timerslack(defaults.TIMER_SLACK_NS)
-        except OSError as exc:
-            log.debug("timer slack unchanged: %s", exc)
-        tick_ns = int(cfg.interval * 1e9)
-        self._warm_up()
+        warm_up()
         start = _io.mono_ns() + 1_000_000
         self.tx.start(start, self.interval_ns, defaults.SPIN_NS)
         self._apply(start, first=True)
         if cfg.count:
             self.tx.end_round = cfg.count
             self.tx.final_at_end = True
-        self.sender = threading.Thread(target=self._send, args=(deadline_ns,),
+        self.sender = threading.Thread(target=self._send_thread, args=(deadline_ns,),
                                        name="mesh-sender", daemon=True)
         self.sender.start()
-        next_tick, last_tick = start + tick_ns, start
+        ticks = TickGrid(start, int(cfg.interval * 1e9))
         while not self.stopping and self.sender.is_alive():
             now = _io.mono_ns()
-            self.rxl.read(min(next_tick, now + defaults.MESH_SLICE_NS))
+            self.rxl.read(min(ticks.next_ns, now + defaults.MESH_SLICE_NS))
             n = self.skips_asked - self.skips_done
             if n:
                 self.skips_done += n
@@ -390,11 +377,9 @@ class MeshLoop:
             now = _io.mono_ns()
             if self.rxl.rx.head - self.rxl.rx.tail > self.drain_at:
                 self.rxl._drain(now)
-            if now >= next_tick:
-                self._tick(now, last_tick)
+            if now >= ticks.next_ns:
+                self._tick(now, ticks.tick(now))
                 self._apply(now)
-                last_tick = now
-                next_tick += tick_ns * max(1, (now - next_tick) // tick_ns + 1)
         self.stopping = True
         self.sender.join()
         if self.failed:
@@ -402,14 +387,20 @@ class MeshLoop:
         if not (cfg.count and self.tx.round >= cfg.count):
             for pair in self.pairs.values():
                 self.tx.send_final(pair.slot)
-        self._linger(last_tick)
+        self._linger(ticks.last_ns)
+
+    def _send_thread(self, deadline_ns):
+        """The send thread: the schedule at timer slack TIMER_SLACK_NS, and at SCHED_FIFO
+        where its spin is a small share of the interval (economy never spins, so always);
+        both as they were afterwards (sender.precise_timer)."""
+        realtime = self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS or \
+            self.cfg.timer != "precise"
+        with precise_timer(realtime):
+            self._send(deadline_ns)
 
     def _send(self, deadline_ns):
         """The send thread: the schedule in slices, the handed-over changes between them."""
         cfg, precise = self.cfg, self.cfg.timer == "precise"
-        if self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS or not precise:
-            realtime_priority()     # this thread only; economy never spins, so always
-
         try:
             while not self.stopping:
                 while not self.ops.empty():
@@ -438,7 +429,7 @@ class MeshLoop:
         """After this node's finals: receive and answer until the peers' flows have closed
         (and with --rtt the last replies are in), at most MESH_LINGER_S; then the records."""
         end = _io.mono_ns() + int(defaults.MESH_LINGER_S * 1e9)
-        while _io.mono_ns() < end:
+        while _io.mono_ns() < end and not self.hurry:
             self.rxl.read(min(end, _io.mono_ns() + defaults.MESH_SLICE_NS))
             now = _io.mono_ns()
             self.rxl._drain(now)

@@ -9,6 +9,8 @@ Rules:
   older packet-flow, a sender run without --name) is named by its source address without the
   ephemeral port: what stays the same across its restarts.
 - Records carry `source_name` and `destination_name` next to `source` and `destination`.
+- A mesh node names a peer it has not heard in band by what discovery calls it: the host as
+  written, the SRV target, or for an address its PTR record (ptr_name; discovery.py).
 """
 
 import os
@@ -42,6 +44,15 @@ def in_band_name(cfg, env=None):
     if cfg.mode == "mesh" or getattr(cfg, "name", None) or env.get("NODE_NAME"):
         return node_name(cfg, env).encode()
     return b""
+
+
+def ptr_name(ptr, own):
+    """A peer's name from its PTR record (discovery): without the root's dot, and only its
+    first label when this node's own name `own` has no dot, so that a fleet named by host
+    names (n5) calls its peers as they call themselves, not by their domain names
+    (n5.example.net)."""
+    name = ptr.rstrip(".")
+    return clean(name if "." in own else name.split(".", 1)[0])
 
 
 def host_of(address):

@@ -376,7 +376,7 @@ OPTS = (
         negatable=True),
     Opt("log-level", "str", defaults.LOG_LEVEL, "logging level: " + ", ".join(LOG_LEVELS),
         _choice(LOG_LEVELS)),
-    Opt("batch", "int", defaults.BATCH_MAX, "packets per sendmmsg/recvmmsg (1..1024)",
+    Opt("batch", "int", defaults.BATCH_MAX, "packets per sendmmsg/recvmmsg (1..1024; mesh mode: 256 unless given)",
         _int(1, 1024)),
     Opt("rcvbuf", "int", defaults.RCVBUF_BYTES, "receive socket buffer bytes, 0 = the "
         "kernel's default", _int(0)),

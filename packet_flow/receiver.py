@@ -20,7 +20,7 @@ class ReceiverLoop:
     """Receives on cfg.local until stop() or the deadline; emits records through emit()."""
 
     def __init__(self, cfg, emit, on_packets=None, mode=_io.K_NATIVE, sock=None,
-                 reflect=False, on_gaps=None):
+                 reflect=False, on_gaps=None, batch=None):
         self.cfg = cfg
         self.emit = emit
         if sock is None:
@@ -34,7 +34,7 @@ class ReceiverLoop:
             port = sock.getsockname()[1]
             self.local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         core = _io.Reflector if reflect else _io.Receiver
-        self.rx = core(sock.fileno(), batch=cfg.batch, capacity=defaults.RING_CAPACITY,
+        self.rx = core(sock.fileno(), batch=batch or cfg.batch, capacity=defaults.RING_CAPACITY,
                        key=cfg.key, mode=mode)
         if not reflect:     # a reflector answers at once; a receiver may read in bunches
             self.rx.coalesce_ns = defaults.RECEIVE_COALESCE_NS

@@ -7,7 +7,9 @@ Rules (field names of the JSON-lines records in docs/options.md):
   None, never NaN. ``loss_percent`` is ``lost / (received + local_drops + lost)``.
 - Interval percentiles are exact (numpy's default linear interpolation over the interval's
   delay arrays); summary percentiles come from LogHistogram (at most 0.2 % relative error);
-  summary min, max and mean are exact.
+  summary min, max and mean are exact. The interval's delay arrays reach the life's
+  histograms when they are read (``fold``: at the end of the interval, or for a summary), not
+  batch by batch.
 - ``bursts`` maps a loss-burst length to its count; a count that nets to 0 is dropped.
 """
 
@@ -26,16 +28,48 @@ def _us(ns):
     return None if ns is None else round(float(ns / 1000), 3)
 
 
-def percentiles(parts: list, percents) -> list:
-    """Exact percentiles of the concatenated arrays, as numpy's default (linear) method."""
-    a = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
-    r = np.asarray(percents, np.float64) / 100 * (a.size - 1)
-    lo = np.floor(r).astype(np.int64)
-    hi = np.ceil(r).astype(np.int64)
-    a.partition(np.unique(np.concatenate([lo, hi])))
-    x, y, t = a[lo].astype(np.float64), a[hi].astype(np.float64), r - lo
-    d = y - x
-    return np.where(t >= 0.5, y - d * (1 - t), x + d * t).tolist()  # numpy's _lerp
+def percentiles_of(parts: list, percents) -> np.ndarray:
+    """Exact percentiles (numpy's default linear method) of many flows' values at once, with
+    one sort for all: parts[i] is a list of arrays, row i of the result the percentiles of
+    their values together (NaN where the list holds no value)."""
+    sizes = np.array([sum(a.size for a in p) for p in parts], np.int64)
+    out = np.full((len(parts), len(percents)), np.nan)
+    have = sizes > 0
+    if not have.any():
+        return out
+    flat = np.concatenate([a for p in parts for a in p])
+    order = np.lexsort((flat, np.repeat(np.arange(len(parts)), sizes)))
+    srt = flat[order]
+    start = np.cumsum(sizes) - sizes
+    r = np.asarray(percents, np.float64)[None, :] / 100 * (sizes[have, None] - 1)
+    lo, hi = np.floor(r).astype(np.int64), np.ceil(r).astype(np.int64)
+    x = srt[start[have, None] + lo].astype(np.float64)
+    y = srt[start[have, None] + hi].astype(np.float64)
+    t, d = r - lo, y - x
+    out[have] = np.where(t >= 0.5, y - d * (1 - t), x + d * t)  # numpy's _lerp
+    return out
+
+
+def prepare(tallies: list) -> None:
+    """Before many flows' interval records: their percentiles, computed together, and their
+    delays into the life's histograms (Tallies.fold)."""
+    intervals = [t.interval for t in tallies]
+    owd = percentiles_of([t.owd_parts for t in intervals], PERCENTILES)
+    ipdv = percentiles_of([t.ipdv_parts for t in intervals], [99.0])
+    for tally, o, i in zip(intervals, owd.tolist(), ipdv[:, 0].tolist(), strict=True):
+        tally.ready = (o, i)
+    whole = [t for t in tallies if t.interval.folded == (0, 0)]
+    for t in tallies:
+        if t.interval.folded != (0, 0):
+            t.fold()            # a summary read part of the interval already (rare)
+    for name, hist in (("owd_parts", "owd_hist"), ("ipdv_parts", "ipdv_hist")):
+        parts = [getattr(t.interval, name) for t in whole]
+        if any(parts):
+            LogHistogram.add_many([getattr(t.total, hist) for t in whole],
+                                  np.concatenate([a for p in parts for a in p]),
+                                  [sum(a.size for a in p) for p in parts])
+    for t in whole:
+        t.interval.folded = (len(t.interval.owd_parts), len(t.interval.ipdv_parts))
 
 
 class Tally:
@@ -54,6 +88,8 @@ class Tally:
         if interval:
             self.owd_parts: list[np.ndarray] = []
             self.ipdv_parts: list[np.ndarray] = []
+            self.folded = (0, 0)  # how many of the parts the life's histograms hold
+            self.ready = None  # (percentiles, ipdv p99) computed by prepare()
         else:
             self.owd_hist = LogHistogram()
             self.ipdv_hist = LogHistogram()
@@ -65,20 +101,24 @@ class Tally:
         else:
             self.bursts.pop(length, None)
 
+    def _percentiles(self):
+        """(owd percentiles, ipdv p99), None without values: exact for an interval (those of
+        prepare() when it ran), from the histograms for the life."""
+        if self.interval:
+            if self.ready is None:
+                owd = percentiles_of([self.owd_parts], PERCENTILES)[0].tolist()
+                self.ready = (owd, percentiles_of([self.ipdv_parts], [99.0])[0, 0])
+            pct, ipdv_p99 = self.ready
+            return ([None if math.isnan(v) else v for v in pct],
+                    None if math.isnan(ipdv_p99) else ipdv_p99)
+        pct = self.owd_hist.quantiles(PERCENTILES, self.owd_min, self.owd_max) \
+            if self.owd_n else [None] * len(PERCENTILES)
+        ipdv_p99 = self.ipdv_hist.quantiles([99.0], 0, 1 << 63)[0] if self.ipdv_n else None
+        return pct, ipdv_p99
+
     def record(self, jitter_ns: float) -> dict:
         lost, rcv, local = self.lost, self.received, self.local_drops
-        if self.owd_n and self.interval:
-            pct = percentiles(self.owd_parts, PERCENTILES)
-        elif self.owd_n:
-            pct = self.owd_hist.quantiles(PERCENTILES, self.owd_min, self.owd_max)
-        else:
-            pct = [None] * len(PERCENTILES)
-        if self.ipdv_n and self.interval:
-            ipdv_p99 = percentiles(self.ipdv_parts, [99.0])[0]
-        elif self.ipdv_n:
-            ipdv_p99 = self.ipdv_hist.quantiles([99.0], 0, 1 << 63)[0]
-        else:
-            ipdv_p99 = None
+        pct, ipdv_p99 = self._percentiles()
         return {
             "received": rcv,
             "lost": lost,
@@ -122,8 +162,33 @@ class Tallies:
         self.interval.burst(length, count)
         self.total.burst(length, count)
 
+    def add(self, owd: np.ndarray, ipdv: np.ndarray) -> None:
+        """Delays and |IPDV| values of one batch, kept for the interval (their counts, sums
+        and extremes are the caller's)."""
+        t = self.interval
+        t.ready = None
+        if owd.size:
+            t.owd_parts.append(owd)
+            t.parts_bytes += owd.nbytes
+        if ipdv.size:
+            t.ipdv_parts.append(ipdv)
+            t.parts_bytes += ipdv.nbytes
+
+    def fold(self) -> None:
+        """The interval's delay arrays not yet counted go into the life's histograms."""
+        t, total = self.interval, self.total
+        a, b = t.folded
+        if a < len(t.owd_parts):
+            parts = t.owd_parts[a:]
+            total.owd_hist.add(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        if b < len(t.ipdv_parts):
+            parts = t.ipdv_parts[b:]
+            total.ipdv_hist.add(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        t.folded = (len(t.owd_parts), len(t.ipdv_parts))
+
     def take_interval(self, jitter_ns: float) -> dict:
         """The interval's record fields; a new interval starts."""
+        self.fold()
         rec = self.interval.record(jitter_ns)
         self.interval = Tally(True)
         return rec

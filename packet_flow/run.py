@@ -7,8 +7,8 @@ threads do not slow each other down. A receiver thread that fails stops the send
 run() raises its error; when the sender raises, the receiver is stopped and joined before
 its socket is closed. Records reach the sinks through Fanout's bounded queue and output
 thread, whose shutdown is bounded by the flush timeout. Signals: SIGINT/SIGTERM/SIGQUIT
-stop the run (final packet, flush, exit 0); SIGUSR1 makes the sender skip one sequence
-number; SIGHUP re-reads a mesh's peers. A run leaves no trace: the previous handlers, the
+stop the run (final packet, flush, exit 0), and again while it stops change nothing but a
+mesh's linger, which they end; SIGUSR1 makes the sender skip one sequence number; SIGHUP re-reads a mesh's peers. A run leaves no trace: the previous handlers, the
 gc state (gc.freeze for the run) and the switch interval are restored at the end.
 """
 
@@ -134,7 +134,10 @@ class Run:
         self._stop_loops()
 
     def _on_stop(self, signum, _frame):
-        log.info("%s: stopping", signal.Signals(signum).name)
+        # once stopping, a stop signal only hurries a mesh's linger (MeshLoop.stop): the
+        # summaries are still written and the outputs flushed, as after the first one
+        log.info("%s: %s", signal.Signals(signum).name,
+                 "already stopping" if self.signalled.is_set() else "stopping")
         self.signalled.set()
         self._stop_loops()
 
@@ -201,14 +204,16 @@ class Run:
             if loop is not None and not (loop is receiver and running):
                 loop.close()
         _close_all((None if running else self.rx_sock, self.tx_sock))
-        for sig, handler in self.handlers.items():
-            signal.signal(sig, handler)
         timeout = (defaults.SIGNAL_FLUSH_S if self.signalled.is_set()
                    else defaults.SHUTDOWN_FLUSH_S)
         for name, got in self.out.close(timeout).items():
             lossy = got.get("dropped") or got.get("spooled") or got.get("queued")
             log.log(logging.WARNING if lossy else logging.INFO, "%s counters: %s", name,
                     ", ".join(f"{k} {v}" for k, v in got.items()))
+        # the handlers go back once the outputs are flushed: a signal during the flush
+        # must not end the process before it (exit -15 with records unwritten)
+        for sig, handler in self.handlers.items():
+            signal.signal(sig, handler)
         if self.held:
             tuning.release(self.sender is not None)
 

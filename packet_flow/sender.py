@@ -29,7 +29,7 @@ import socket
 
 from packet_flow import _io, clock_error, defaults, names, records, sockets
 from packet_flow.errors import ConfigError
-from packet_flow.sender_records import SenderRecords
+from packet_flow.sender_records import SenderRecords, warm_up
 from packet_flow.sender_replies import Replies
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class SenderLoop:
         self.source = sockets.local_name(self.sock, self.cfg.remote)
         if self.replies is not None:
             self.replies.source = self.source
-        self.records.warm_up()
+        warm_up()
         with precise_timer(self.interval_ns >= defaults.REALTIME_MIN_INTERVAL_NS):
             start = _io.mono_ns() + 1_000_000
             self.tx.start(start, self.interval_ns, defaults.SPIN_NS)

@@ -2,9 +2,10 @@
 
 Rules: counters are the core's (_io.Sender) cumulative ones; an interval record holds their
 increments since the last one. Timer lateness (the send stamp behind its slot) comes from
-the core's sample buffer, emptied after every schedule slice (collect()) into this
-interval's list and the run's LogHistogram, so the summary's percentiles cover the whole
-run in fixed memory. Anomalies the kernel reports while sending are warned about once.
+the core's sample buffer, emptied after every schedule slice (collect()) into a Lateness:
+this interval's list and the run's LogHistogram, so the summary's percentiles cover the
+whole run in fixed memory (a mesh keeps one Lateness per pair). Anomalies the kernel
+reports while sending are warned about once.
 """
 
 import logging
@@ -19,13 +20,68 @@ log = logging.getLogger(__name__)
 
 
 def late_stats(lat_ns):
-    """timer_late_p50/p99/max_us of lateness samples in ns (None when there are none)."""
+    """timer_late_p50/p99/max_us of lateness samples in ns (None when there are none):
+    numpy's linear percentiles, from one sort (records of a thousand pairs a tick)."""
     if not len(lat_ns):
         return {"timer_late_p50_us": None, "timer_late_p99_us": None, "timer_late_max_us": None}
-    p50, p99 = np.percentile(lat_ns, [50, 99])
-    return {"timer_late_p50_us": round(float(p50) / 1e3, 3),
-            "timer_late_p99_us": round(float(p99) / 1e3, 3),
-            "timer_late_max_us": round(float(lat_ns.max()) / 1e3, 3)}
+    a = np.sort(lat_ns)
+    last = a.size - 1
+
+    def at(p):
+        r = p / 100 * last
+        lo = int(r)
+        x, y = float(a[lo]), float(a[min(lo + 1, last)])
+        t, d = r - lo, y - x
+        return y - d * (1 - t) if t >= 0.5 else x + d * t  # numpy's _lerp
+
+    return {"timer_late_p50_us": round(at(50) / 1e3, 3),
+            "timer_late_p99_us": round(at(99) / 1e3, 3),
+            "timer_late_max_us": round(float(a[-1]) / 1e3, 3)}
+
+
+def warm_up():
+    """Run the record path once before the first slot: first calls (lazy imports, allocator
+    growth) cost milliseconds, which would make the first tick late."""
+    probe = np.arange(1000, dtype=np.int64)
+    LogHistogram().add(probe)
+    LogHistogram().quantiles([50, 99], 0, 999)
+    late_stats(probe)
+    rtt.RttStats().take_interval()
+
+
+class Lateness:
+    """One sender's timer lateness samples (ns): this interval's, and the run's histogram."""
+
+    __slots__ = ("hist", "low", "high", "parts")
+
+    def __init__(self):
+        self.hist = LogHistogram()
+        self.low = self.high = 0
+        self.parts = []
+
+    def add(self, lat):
+        if not len(lat):
+            return
+        first = not self.hist.n
+        self.hist.add(lat)
+        self.low = int(lat.min()) if first else min(self.low, int(lat.min()))
+        self.high = max(self.high, int(lat.max()))
+        self.parts.append(lat)
+
+    def interval(self):
+        """late_stats of the samples added since the last call."""
+        lat = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64)
+        self.parts = []
+        return late_stats(lat)
+
+    def summary(self):
+        """timer_late_p50/p99/max_us over the run (None when there were no samples)."""
+        if not self.hist.n:
+            return late_stats(np.zeros(0, np.int64))
+        p50, p99 = self.hist.quantiles([50, 99], self.low, self.high)
+        return {"timer_late_p50_us": round(p50 / 1e3, 3),
+                "timer_late_p99_us": round(p99 / 1e3, 3),
+                "timer_late_max_us": round(self.high / 1e3, 3)}
 
 
 class SenderRecords:
@@ -39,9 +95,7 @@ class SenderRecords:
         self.emit = emit
         self.replies = replies
         self.goodbye = 0
-        self.hist = LogHistogram()       # the run's lateness, for the summary percentiles
-        self.late_min = self.late_max = 0
-        self.lat_parts = []
+        self.late = Lateness()
         self._last = (0, 0, 0, 0)
         self.gso_warned = False
 
@@ -50,36 +104,18 @@ class SenderRecords:
         """Probe packets sent (a legacy goodbye is not one)."""
         return self.tx.sent - self.goodbye
 
-    def warm_up(self):
-        """Run the record path once before the first slot: first calls (lazy imports,
-        allocator growth) cost milliseconds, which would make the first tick late."""
-        probe = np.arange(1000, dtype=np.int64)
-        LogHistogram().add(probe)
-        LogHistogram().quantiles([50, 99], 0, 999)
-        late_stats(probe)
-        if self.replies is not None:
-            rtt.RttStats().take_interval()
-
     def collect(self):
         """Move the core's lateness buffer into this interval's list and the run histogram."""
-        lat = self.tx.take_lateness()
-        if len(lat):
-            self.hist.add(lat)
-            self.late_min = min(self.late_min, int(lat.min())) if self.hist.n > len(lat) \
-                else int(lat.min())
-            self.late_max = max(self.late_max, int(lat.max()))
-            self.lat_parts.append(lat)
+        self.late.add(self.tx.take_lateness())
 
     def interval(self, now_ns, since_ns):
         self.collect()
-        lat = np.concatenate(self.lat_parts) if self.lat_parts else np.zeros(0, np.int64)
-        self.lat_parts = []
         tx = self.tx
         now = (self.sent, tx.missed_slots, tx.skipped_slots, tx.send_errors)
         rec = self.head("sender", now_ns, since_ns)
         rec.update(sent=now[0] - self._last[0], missed_slots=now[1] - self._last[1],
                    skipped_slots=now[2] - self._last[2], send_errors=now[3] - self._last[3],
-                   **late_stats(lat))
+                   **self.late.interval())
         if tx.gso_errno and not self.gso_warned:
             self.gso_warned = True
             log.warning("the kernel refused a UDP GSO message (%s): sending one datagram per "
@@ -97,14 +133,8 @@ class SenderRecords:
         tx = self.tx
         rec = self.head("summary", now_ns, start_ns)
         rec.update(sent=self.sent, missed_slots=tx.missed_slots,
-                   skipped_slots=tx.skipped_slots, send_errors=tx.send_errors)
-        if self.hist.n:
-            p50, p99 = self.hist.quantiles([50, 99], self.late_min, self.late_max)
-            rec.update(timer_late_p50_us=round(p50 / 1e3, 3),
-                       timer_late_p99_us=round(p99 / 1e3, 3),
-                       timer_late_max_us=round(self.late_max / 1e3, 3))
-        else:
-            rec.update(late_stats(np.zeros(0, np.int64)))
+                   skipped_slots=tx.skipped_slots, send_errors=tx.send_errors,
+                   **self.late.summary())
         if self.replies is not None:
             rec.update(self.replies.summary(tx.seq))
         self.emit(rec)

@@ -16,9 +16,10 @@ def rfc3339(ns: int) -> str:
 
 
 class JsonlSink:
-    """Appends records to PATH (`-` = stdout), flushing after each interval's records."""
+    """Appends records to PATH (`-` = stdout), flushing whenever no record waits (idle)."""
 
-    wants_packets = wants_gaps = wants_rtts = wants_idle = closes_last = False
+    wants_packets = wants_gaps = wants_rtts = closes_last = False
+    wants_idle = True
     on_failure = None
 
     def __init__(self, path, stream=None):
@@ -34,6 +35,9 @@ class JsonlSink:
         line = json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n"
         with self.lock:
             self.stream.write(line)
+
+    def idle(self):
+        with self.lock:
             self.stream.flush()
 
     @property

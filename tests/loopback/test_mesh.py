@@ -3,8 +3,10 @@ read back through its JSON-lines output."""
 
 import os
 import signal
+import socket
 import time
 import urllib.request
+from datetime import datetime
 
 import pytest
 from probe import bound, finish, free_port, pf, records, summaries, wait_bound
@@ -195,3 +197,56 @@ def test_mesh_series_of_a_departed_peer_leave_metrics_after_forget_timeout(tmp_p
             if p.poll() is None:
                 p.kill()
     print("forget:", [round(x - t_left, 2) for x in (*present, *absent)])
+
+
+@pytest.mark.slow
+def test_mesh_stop_signals_while_stopping(tmp_path):
+    """SIGTERM; again while the node lingers (its peer still sends to it, so the linger would
+    last its whole MESH_LINGER_S); once more while it flushes its outputs (an InfluxDB URL
+    whose server never answers holds the flush for SIGNAL_FLUSH_S). The second ends the
+    linger at once, the third changes nothing: exit 0, every summary written. (Before: the
+    third ended the process, -15, the handlers being gone during the flush.)"""
+    p1, p2 = free_port(), free_port()
+    peers, out = f"127.0.0.1:{p1},127.0.0.1:{p2}", tmp_path / "a.jsonl"
+    common = ("--mode", "mesh", "--peers", peers, "--rate", 20, "--interval", 0.5,
+              "--duration", 30, "--timer", "economy")
+    with socket.socket() as hang:
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(16)                     # connections queue; nothing is ever answered
+        a = pf(*common, "--name", "a", "--local-addr", f"127.0.0.1:{p1}", "--output",
+               f"jsonl:{out}", "--influx-url", f"http://127.0.0.1:{hang.getsockname()[1]}",
+               "--token", "t", "--database", "d", "--log-level", "info")
+        b = pf(*common, "--name", "b", "--local-addr", f"127.0.0.1:{p2}")
+        try:
+            end = time.monotonic() + 20
+            while not (out.exists() and '"type":"interval"' in out.read_text()):
+                assert a.poll() is None and time.monotonic() < end, "no flow from b"
+                time.sleep(0.05)
+            a.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            a.send_signal(signal.SIGTERM)   # lingering: b still sends
+            while not summaries(records(out), "sender"):
+                assert a.poll() is None and time.monotonic() < end, "a's records"
+                time.sleep(0.02)
+            a.send_signal(signal.SIGTERM)   # its records are out: the outputs are flushing
+            _, err = finish(a)
+        finally:
+            for p in (a, b):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    said = [line for line in err.splitlines() if "SIGTERM" in line or "did not finish" in line]
+    assert [line.split(": ", 1)[1] for line in said] == [
+        "SIGTERM: stopping", "SIGTERM: already stopping", "SIGTERM: already stopping",
+        "outputs did not finish within 1.5 s (a blocked stdout or sink: InfluxSink): 0 "
+        "queued records not written, sinks not closed"], said
+    recs = records(out)
+    (tx,) = summaries(recs, "sender")
+    (rx,) = summaries(recs)
+    assert (tx["destination_name"], tx["outcome"]) == ("b", "final")
+    assert (rx["source_name"], rx["outcome"]) == ("b", "running")   # b never stopped sending
+    # the linger ended at the second signal, not MESH_LINGER_S after the first
+    stamp = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() for line in said]
+    last = datetime.fromisoformat(recs[-1]["time"]).timestamp()
+    assert recs[-1]["type"] == "receiver" and last - stamp[1] < 0.4 and \
+        last - stamp[0] < 0.9, (stamp, last)

@@ -4,6 +4,7 @@ cannot hold the exit beyond the flush timeout; the output queue is bounded and c
 it dropped. In-process runs drive packet_flow.run with real loopback sockets; the blocked
 stdout is a real pipe nobody reads."""
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -188,3 +189,25 @@ def test_a_run_leaves_no_trace(tmp_path):
     (tx,) = [r for r in records(tmp_path / "run.jsonl")
              if r["type"] == "summary" and r["role"] == "sender"]
     assert tx["sent"] == 30
+
+
+def test_a_mesh_run_leaves_no_trace(tmp_path):
+    """The same for a mesh node (its send thread has the precise timer; the main thread's
+    timer slack was left changed before), probing a socket of the test's 30 times."""
+    before = _process_state()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        cfg = config.load([str(a) for a in (
+            "--mode", "mesh", "--local-addr", f"127.0.0.1:{free_port()}", "--peers",
+            f"127.0.0.1:{peer.getsockname()[1]}", "--rate", 1, "--count", 30, "--interval",
+            0.1, "--output", f"jsonl:{tmp_path / 'run.jsonl'}")])
+        assert run.run(cfg).status == 0
+        got = 0
+        peer.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while peer.recv(2048):
+                got += 1
+    assert _process_state() == before
+    (tx,) = [r for r in records(tmp_path / "run.jsonl")
+             if r["type"] == "summary" and r["role"] == "sender"]
+    assert tx["sent"] == got == 30

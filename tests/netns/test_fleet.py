@@ -8,8 +8,10 @@ a real DNS server (dnsmasq) answering NAME with the hosts' addresses.
 - Join: n13 is added to the hosts file, SIGHUP to dnsmasq: every other node probes it within
   one --peer-refresh. Leave: n12 is removed from DNS, then stopped: every pair towards it
   ends `left`, and nothing from or to it is counted lost.
-- --peer-subset 4: every node probes exactly 4, everyone is probed, and when a node leaves
-  only the pairs that involved it change: one replacement for each node that probed it.
+- --peer-subset 4: every node probes exactly 4, everyone is probed (each node's probed_by
+  says by how many), and when a node leaves only the pairs that involved it change: one
+  replacement for each node that probed it. Peers that never probe back are named by their
+  PTR records.
 Everything is bounded (--duration, timeouts) and removed, pass or fail.
 """
 
@@ -254,11 +256,14 @@ def test_fleet_subsets(fleet):
                                                                    for p in added)
     codes = stop_all(f, procs)
     assert set(codes.values()) == {0}, codes
-    # what the nodes sent is what they chose: sender summaries name exactly these pairs (a
-    # peer that does not probe this node back is named by its address: no name in band)
-    sent = {(r["source_name"], by_ip.get(r["destination_name"], r["destination_name"]))
-            for i in range(1, N + 1) for r in records(f, i)
-            if r["type"] == "summary" and r["role"] == "sender"}
+    # what the nodes sent is what they chose: sender summaries name exactly these pairs; a
+    # peer that never probes this node back (no name in band) is named by its PTR record
+    # (n{i}.mesh.test: the node's own name has no dot, so n{i}), in every sender record
+    tx = [r for i in range(1, N + 1) for r in records(f, i) if r["role"] == "sender"]
+    assert {r["destination_name"] for r in tx} <= set(by_ip.values())
+    sent = {(r["source_name"], r["destination_name"]) for r in tx if r["type"] == "summary"}
+    silent = {(a, b) for a, b in sent if (b, a) not in sent}
+    assert silent                               # pairs whose receiver never probed back
     # (n7, out of DNS but still running until stopped, may pick another peer itself)
     assert {p for p in sent if p[0] != f"n{gone}"} == {p for p in before | after
                                                        if p[0] != f"n{gone}"}
@@ -266,5 +271,5 @@ def test_fleet_subsets(fleet):
                 for r in records(f, i) if r["type"] == "summary" and r["role"] == "receiver"}
     assert received == sent                         # who probes a node: its incoming pairs
     print("subset:", json.dumps({"in_degree": in_deg, "probed_by": probed,
-                                 "removed": len(removed),
+                                 "removed": len(removed), "named_by_ptr": len(silent),
                                  "added": len(added), "probers_of_n7": sorted(probers)}))

@@ -76,3 +76,10 @@ def test_node_name_and_record_names():
     # legacy and STAMP senders, or a native one without a name: its address, no port
     assert book.tag({"session": "legacy", "source": "127.0.0.1:4000"})["source_name"] == \
         "127.0.0.1"
+
+
+def test_a_peers_name_from_its_ptr_record():
+    assert names.ptr_name("n5.mesh.test.", "n1") == "n5"     # a fleet of host names
+    assert names.ptr_name("ip-10-0-1-5.ec2.internal.", "ip-10-0-1-4.ec2.internal") == \
+        "ip-10-0-1-5.ec2.internal"                           # a fleet of FQDNs
+    assert names.ptr_name("n5", "n1") == "n5"

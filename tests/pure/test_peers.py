@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from packet_flow import config, discovery, names, peers
+from packet_flow import config, defaults, discovery, names, peers
 from packet_flow.addresses import Addr
 from packet_flow.discovery import LookupFailed, PeerSource
 from packet_flow.errors import ConfigError
@@ -143,9 +143,10 @@ class FakeDns:
 ME = Me("n1", 8000)
 
 
-def source(entries, answers, me=ME, mine=("10.9.0.1",), **kw):
+def source(entries, answers, me=ME, mine=("10.9.0.1",), reverse=lambda sockaddr: None, **kw):
     dns = FakeDns(answers)
-    return PeerSource(entries, me, local=lambda a: a.host in mine, resolve=dns, **kw), dns
+    return PeerSource(entries, me, local=lambda a: a.host in mine, resolve=dns,
+                      reverse=reverse, **kw), dns
 
 
 def keys(src):
@@ -249,6 +250,48 @@ def test_srv_entries_name_their_targets():
                      resolve_srv=lambda name: [("a.mesh.", 8000), ("b.mesh.", 8001)])
     src.refresh()
     assert keys(src) == ["a.mesh:8000", "b.mesh:8001"]
+
+
+def test_peers_known_by_their_address_are_named_by_ptr_records():
+    ptr = {"10.9.0.2": "n2.mesh.example.", "10.9.0.3": None, "10.9.0.5": "n5.mesh.example."}
+    asked = []
+
+    def reverse(sockaddr):
+        asked.append(sockaddr[0])
+        got = ptr[sockaddr[0]]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    answers = {"mesh": ["10.9.0.1", "10.9.0.2", "10.9.0.3"], "node4": ["10.9.0.4"]}
+    entries = ["dns:mesh:8000", "127.0.0.5:8000", "node4:8000"]
+    src, dns = source(entries, answers, reverse=reverse)
+    src.refresh()
+    src._name()
+    named = {p.key: src.name_of(p) for p in src.peers()}
+    assert named == {"10.9.0.2:8000": "n2", "10.9.0.3:8000": "10.9.0.3",
+                     "127.0.0.5:8000": "127.0.0.5", "node4:8000": "node4"}
+    assert asked == ["10.9.0.2", "10.9.0.3"]    # not a loopback address, not a peer's name
+    src._name()
+    assert asked == ["10.9.0.2", "10.9.0.3"]    # once while listed (no name is an answer)
+    # a lookup that fails ends the round; the next refresh asks again
+    dns.answers["mesh"] = ["10.9.0.2", "10.9.0.5", "10.9.0.6"]
+    ptr.update({"10.9.0.5": LookupFailed("10.9.0.5: no answer"), "10.9.0.6": "n6."})
+    src.refresh()
+    src._name()
+    assert asked[2:] == ["10.9.0.5"]
+    assert src._ptr == {"10.9.0.2": "n2", "10.9.0.3": None}     # 10.9.0.3 left: kept a while
+    src._unlisted["10.9.0.3"] -= defaults.PEER_NAME_KEEP_S + 1
+    ptr["10.9.0.5"] = "n5.mesh.example."
+    src._name()
+    assert "10.9.0.3" not in src._ptr                           # gone after PEER_NAME_KEEP_S
+    assert [src.name_of(p) for p in src.peers()] == ["n2", "n5", "n6", "127.0.0.5", "node4"]
+    # a node named by its FQDN names its peers by theirs
+    src, _ = source(["dns:mesh:8000"], answers, me=Me("n1.mesh.example", 8000),
+                    reverse=lambda sockaddr: ptr.get(sockaddr[0]))
+    src.refresh()
+    src._name()
+    assert [src.name_of(p) for p in src.peers()] == ["n2.mesh.example", "10.9.0.3"]
 
 
 # --- subsets --------------------------------------------------------------------------------

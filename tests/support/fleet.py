@@ -144,9 +144,10 @@ class Fleet:
 
     def publish(self, hosts, name=None):
         """DNS: `name` (the fleet's name) answers the addresses of `hosts`; each host i is also
-        n{i}.DOMAIN. SIGHUP makes dnsmasq re-read it."""
-        names = {name or self.name: [self.ip(i) for i in hosts]}
-        names.update({f"n{i}.{self.domain}": [self.ip(i)] for i in hosts})
+        n{i}.DOMAIN, its address's first name in the file, so the PTR answer (dnsmasq gives
+        the first). SIGHUP makes dnsmasq re-read it."""
+        names = {f"n{i}.{self.domain}": [self.ip(i)] for i in hosts}
+        names[name or self.name] = [self.ip(i) for i in hosts]
         self.dns.set_hosts(names)
 
     def exec(self, i, *args):
@@ -179,7 +180,7 @@ class Fleet:
         return proc
 
     def stop(self, proc, timeout=10, signal_it=True):
-        """SIGTERM (once: a second one during the shutdown would end it at once), then wait
+        """SIGTERM (once: a second one would end a mesh node's linger early), then wait
         (SIGKILL after the timeout); returns the exit status."""
         if signal_it and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
