@@ -99,12 +99,12 @@ def mesh_row(n, rate_ms, timer, window, tmp):
     """One mesh node probing n simulated peers; returns its figures and the count check."""
     port, fport = free_port(), free_port()
     node = f"127.76.{os.getpid() % 250}.1:{port}"
-    peers = os.path.join(tmp, f"peers{n}")
+    peers = os.path.join(tmp, f"peers{n}-{timer}")
     with open(peers, "w", encoding="ascii") as f:
         f.writelines(f"{peer_addr(i)}:{fport}\n" for i in range(n))
-    out = os.path.join(tmp, f"mesh{n}.jsonl")
+    out = os.path.join(tmp, f"mesh{n}-{timer}.jsonl")
     seconds = window[1] + 2
-    farm_out = os.path.join(tmp, f"farm{n}")
+    farm_out = os.path.join(tmp, f"farm{n}-{timer}")
     fproc = subprocess.Popen([sys.executable, __file__, "farm", str(n), str(fport), node,
                               str(1000 / rate_ms), str(seconds), farm_out])
     time.sleep(0.5)
