@@ -12,6 +12,7 @@ done today: separate `--mode sender` processes, one per peer (run for a few peer
 per-process cost times N is shown for N).
 
     python benchmarks/bench_mesh.py [--peers 1000,100] [--window 4,14] [--separate 10]
+                                    [--interval 10] [--only-mesh]
 """
 
 import argparse
@@ -95,21 +96,21 @@ def measure(pids, started, window):
     return cpu, max(s[0] for s in stats) / 1024
 
 
-def mesh_row(n, rate_ms, timer, window, tmp):
+def mesh_row(n, rate_ms, timer, window, tmp, interval=10):
     """One mesh node probing n simulated peers; returns its figures and the count check."""
     port, fport = free_port(), free_port()
     node = f"127.76.{os.getpid() % 250}.1:{port}"
-    peers = os.path.join(tmp, f"peers{n}")
+    peers = os.path.join(tmp, f"peers{n}-{timer}")
     with open(peers, "w", encoding="ascii") as f:
         f.writelines(f"{peer_addr(i)}:{fport}\n" for i in range(n))
-    out = os.path.join(tmp, f"mesh{n}.jsonl")
+    out = os.path.join(tmp, f"mesh{n}-{timer}.jsonl")
     seconds = window[1] + 2
-    farm_out = os.path.join(tmp, f"farm{n}")
+    farm_out = os.path.join(tmp, f"farm{n}-{timer}")
     fproc = subprocess.Popen([sys.executable, __file__, "farm", str(n), str(fport), node,
                               str(1000 / rate_ms), str(seconds), farm_out])
     time.sleep(0.5)
     proc = pf("--mode", "mesh", "--local-addr", node, "--peers", f"file:{peers}", "--name",
-              "node", "--rate", rate_ms, "--timer", timer, "--interval", 10, "--duration",
+              "node", "--rate", rate_ms, "--timer", timer, "--interval", interval, "--duration",
               seconds, "--output", f"jsonl:{out}", *os.environ.get("PF_EXTRA", "").split())
     started = time.monotonic()
     cpu, rss = measure([proc.pid], started, window)
@@ -155,6 +156,7 @@ def main():
     ap.add_argument("--window", default="4,14")
     ap.add_argument("--separate", type=int, default=10)
     ap.add_argument("--only-mesh", action="store_true", help="only the economy mesh rows")
+    ap.add_argument("--interval", type=float, default=10, help="records every N seconds")
     args = ap.parse_args()
     window = tuple(float(x) for x in args.window.split(","))
     print(f"uptime: {open('/proc/loadavg').read().split()[:3]}")
@@ -164,7 +166,7 @@ def main():
         if not args.only_mesh:
             rows += [(1, 1.0, "precise"), (10, 10.0, "precise")]
         for n, rate_ms, timer in rows:
-            got = mesh_row(n, rate_ms, timer, window, tmp)
+            got = mesh_row(n, rate_ms, timer, window, tmp, args.interval)
             pps = n * 1000 / rate_ms
             name = f"mesh: {n} peers x {1000 / rate_ms:g}/s ({pps:g}/s), {timer}"
             late = f"{got['late_p99']:.1f} µs" if got["late_p99"] is not None else "-"

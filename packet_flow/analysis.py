@@ -191,7 +191,8 @@ class FlowStats:
         (inorder.py, ``extend``): seq0 is the next sequence, nothing below it is missing or
         in an open loss run, and the ring holds them without growing."""
         ring, losses, top = self.ring, self.losses, self._top
-        if self._first is None or top < 0 or (seq0 - self._first - top - 1) & self._mask:
+        first = seq0 & self._mask if self._first is None else self._first  # a new flow starts
+        if (seq0 - first - top - 1) & self._mask:
             return False
         if losses.open_start >= 0 or n > ring.size or (
                 2 * n > ring.size and ring.size < ring.max_size and self.growable):
@@ -199,16 +200,19 @@ class FlowStats:
         return losses.settled >= top - 1 or \
             ring.arrived(losses.settled + 1, top).size == top - losses.settled
 
-    def extend(self, owd: np.ndarray, steps: np.ndarray, owd_sum: int, lo: int, hi: int,
-               neg: int, weighted: float, step_sum: int) -> None:
+    def extend(self, seq0: int, owd: np.ndarray, steps: np.ndarray, owd_sum: int, lo: int,
+               hi: int, neg: int, weighted: float, step_sum: int) -> None:
         """The fast lane's step (``continues`` said yes): this flow's next owd.size packets, in
         order, none coalesced, with their delays, the |IPDV| of consecutive ones (``steps``,
         one fewer, summing to step_sum), the delays' exact sum, extremes and negative count,
-        and their weighted jitter sum (inorder.py). The same state and tallies as update()."""
+        and their weighted jitter sum (inorder.py); seq0 the first one's raw sequence. The
+        same state and tallies as update()."""
+        if self._first is None:
+            self._first = seq0 & self._mask
         n, ring, top0 = owd.size, self.ring, self._top
         top = top0 + n
         first = int(owd[0])
-        prev = int(ring.slots[ring.slot(top0)])  # the delay of the sequence before
+        prev = int(ring.slots[ring.slot(top0)]) if top0 >= 0 else EMPTY  # the one before
         ipdv_n, ipdv_sum = n - 1, step_sum
         if prev not in (EMPTY, UNTIMED):
             step = abs(first - prev)

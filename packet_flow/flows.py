@@ -100,8 +100,8 @@ class FlowTable(FlowBook):
             self._room(now_ns, new=False)
 
     def _fast(self, srt, lanes, now_ns):
-        """The parts that continue their open native flow take the fast lane (inorder.py);
-        returns the indexes of the others, for the general path."""
+        """The parts that continue their native flow (or start one) take the fast lane
+        (inorder.py); returns the indexes of the others, for the general path."""
         if not lanes.safe or not lanes.ok.any():
             return range(len(lanes.starts))
         starts, ends = lanes.starts, lanes.ends
@@ -115,20 +115,25 @@ class FlowTable(FlowBook):
         slow = []
         for i, ok in enumerate(lanes.ok.tolist()):
             key = keys[i]
-            flow = self.flows.get(key) if ok else None
-            n = int(ends[i] - starts[i])
-            if flow is not None:
-                flow.stats.growable = growable
-            if flow is None or flow.drops != drops0[i] or key in self.closing or \
-                    not flow.stats.continues(seq0[i], n):
+            if not ok or key in self.closing:
                 slow.append(i)
                 continue
-            del self.flows[key]
+            flow = self.flows.pop(key, None) or self._open(key, srt[starts[i]], now_ns)
+            if flow is None:            # it does not fit: untracked (the general path)
+                slow.append(i)
+                continue
             self.flows[key] = flow      # to the end: the most recently active
+            flow.stats.growable = growable
+            if flow.drops is None:      # a new flow: its first packet starts the count
+                flow.drops = drops0[i]
+            n = int(ends[i] - starts[i])
+            if flow.drops != drops0[i] or not flow.stats.continues(seq0[i], n):
+                slow.append(i)
+                continue
             if (addrs[16 * i : 16 * i + 16], ports[i]) != flow.peer:
                 flow.rebind(srt[starts[i] : ends[i]])
             fig = lanes.part(i)
-            flow.stats.extend(*fig)
+            flow.stats.extend(seq0[i], *fig)
             self._account(flow)
             flow.last_ns = now_ns
             flow.fresh = True

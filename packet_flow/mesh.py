@@ -338,6 +338,7 @@ class MeshLoop:
         self._departed(now_ns)
         self.rxl.table.tick(now_ns)
         self._collect()
+        Lateness.prepare([p.late for p in self.pairs.values()])
         for pair in self.pairs.values():
             self._interval(pair, now_ns)
         self.emit(self._node_record(now_ns, since_ns))
@@ -442,6 +443,7 @@ class MeshLoop:
         self.rxl._drain(now)
         self.rxl.table.finish(now)
         self._collect()
+        Lateness.prepare([p.late for p in self.pairs.values()])
         for pair in self.pairs.values():
             self._interval(pair, now)
             self._summary(pair, now, "final")

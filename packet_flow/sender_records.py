@@ -9,34 +9,25 @@ reports while sending are warned about once.
 """
 
 import logging
+import math
 import os
 
 import numpy as np
 
 from packet_flow import rtt
 from packet_flow.histogram import LogHistogram
+from packet_flow.results import percentiles_of
 
 log = logging.getLogger(__name__)
 
 
 def late_stats(lat_ns):
-    """timer_late_p50/p99/max_us of lateness samples in ns (None when there are none):
-    numpy's linear percentiles, from one sort (records of a thousand pairs a tick)."""
+    """timer_late_p50/p99/max_us of lateness samples in ns (None when there are none)."""
     if not len(lat_ns):
         return {"timer_late_p50_us": None, "timer_late_p99_us": None, "timer_late_max_us": None}
-    a = np.sort(lat_ns)
-    last = a.size - 1
-
-    def at(p):
-        r = p / 100 * last
-        lo = int(r)
-        x, y = float(a[lo]), float(a[min(lo + 1, last)])
-        t, d = r - lo, y - x
-        return y - d * (1 - t) if t >= 0.5 else x + d * t  # numpy's _lerp
-
-    return {"timer_late_p50_us": round(at(50) / 1e3, 3),
-            "timer_late_p99_us": round(at(99) / 1e3, 3),
-            "timer_late_max_us": round(float(a[-1]) / 1e3, 3)}
+    late = Lateness()
+    late.add(np.asarray(lat_ns, np.int64))
+    return late.interval()
 
 
 def warm_up():
@@ -50,37 +41,60 @@ def warm_up():
 
 
 class Lateness:
-    """One sender's timer lateness samples (ns): this interval's, and the run's histogram."""
+    """One sender's timer lateness samples (ns): this interval's, and the run's histogram.
+    ``prepare`` turns many senders' samples into their interval figures at once (a mesh
+    node's pairs at a tick); samples added after it count in the next interval."""
 
-    __slots__ = ("hist", "low", "high", "parts")
+    __slots__ = ("hist", "low", "high", "parts", "ready")
 
     def __init__(self):
         self.hist = LogHistogram()
-        self.low = self.high = 0
+        self.low = self.high = None
         self.parts = []
+        self.ready = None
 
     def add(self, lat):
-        if not len(lat):
-            return
-        first = not self.hist.n
-        self.hist.add(lat)
-        self.low = int(lat.min()) if first else min(self.low, int(lat.min()))
-        self.high = max(self.high, int(lat.max()))
-        self.parts.append(lat)
+        if len(lat):
+            self.parts.append(lat)
+
+    @staticmethod
+    def prepare(many):
+        """The interval figures of every Lateness in `many` from one sort, and their samples
+        into the run's histograms in one pass."""
+        stats = percentiles_of([late.parts for late in many], [0, 50, 99, 100]).tolist()
+        have = [late for late in many if late.parts]
+        if have:
+            sizes = [sum(a.size for a in late.parts) for late in have]
+            LogHistogram.add_many([late.hist for late in have],
+                                  np.concatenate([a for late in have for a in late.parts]),
+                                  sizes)
+        for late, (low, p50, p99, high) in zip(many, stats, strict=True):
+            late.parts = []
+            if math.isnan(low):
+                late.ready = late_stats(())
+                continue
+            late.low = int(low) if late.low is None else min(late.low, int(low))
+            late.high = int(high) if late.high is None else max(late.high, int(high))
+            late.ready = {"timer_late_p50_us": round(p50 / 1e3, 3),
+                          "timer_late_p99_us": round(p99 / 1e3, 3),
+                          "timer_late_max_us": round(high / 1e3, 3)}
 
     def interval(self):
-        """late_stats of the samples added since the last call."""
-        lat = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64)
-        self.parts = []
-        return late_stats(lat)
+        """timer_late_p50/p99/max_us of the samples since the last call."""
+        if self.ready is None:
+            Lateness.prepare([self])
+        stats, self.ready = self.ready, None
+        return stats
 
     def summary(self):
         """timer_late_p50/p99/max_us over the run (None when there were no samples)."""
+        if self.parts:
+            Lateness.prepare([self])    # (the interval figures stay ready for interval())
         if not self.hist.n:
-            return late_stats(np.zeros(0, np.int64))
+            return late_stats(())
         p50, p99 = self.hist.quantiles([50, 99], self.low, self.high)
-        return {"timer_late_p50_us": round(p50 / 1e3, 3),
-                "timer_late_p99_us": round(p99 / 1e3, 3),
+        return {"timer_late_p50_us": round(float(p50) / 1e3, 3),
+                "timer_late_p99_us": round(float(p99) / 1e3, 3),
                 "timer_late_max_us": round(self.high / 1e3, 3)}
 
 

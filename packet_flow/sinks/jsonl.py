@@ -15,6 +15,9 @@ def rfc3339(ns: int) -> str:
     return f"{dt:%Y-%m-%dT%H:%M:%S}.{ns % 1_000_000_000 // 1000:06d}Z"
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 class JsonlSink:
     """Appends records to PATH (`-` = stdout), flushing whenever no record waits (idle)."""
 
@@ -32,7 +35,7 @@ class JsonlSink:
     def record(self, rec):
         if isinstance(rec.get("time"), int):
             rec = {**rec, "time": rfc3339(rec["time"])}
-        line = json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n"
+        line = _encode(rec) + "\n"
         with self.lock:
             self.stream.write(line)
 

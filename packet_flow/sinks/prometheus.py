@@ -10,14 +10,18 @@ Rules:
   scrape serves the latest page. Only a scrape after a quiet spell, or before the first
   tick, waits for a rendering. If the rendering process dies, the probe renders itself
   (with one warning); so does a program that runs this output from an unguarded main module
-  (spawn re-imports it: guard it with `if __name__ == "__main__":`).
+  (spawn re-imports it: guard it with `if __name__ == "__main__":`). The rendering process
+  ends with the probe, even a killed one (PR_SET_PDEATHSIG).
 - The GIL switch interval is lowered to GIL_SWITCH_S, so a scrape's syscalls do not wait
   5 ms each for the probe's threads. At exit, close() renders the final counts and waits,
   within its timeout, for the next expected scrape to collect them.
 """
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
 import socketserver
 import sys
 import threading
@@ -33,7 +37,17 @@ from packet_flow.sinks.promstore import OVERFLOW, SeriesStore, _host, bucket_cou
 from packet_flow.sinks.promtext import _LE, render_page  # noqa: F401
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
 # OVERFLOW, _host, bucket_counts and _LE are imported for tests that read them from here
+
+
+def _die_with(parent):
+    """In the rendering process: end when the probe ends, however it ends (SIGKILL too),
+    instead of waiting for work forever."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:      # the probe ended before the line above
+        os._exit(0)
 
 
 class _Handler(WSGIRequestHandler):
@@ -79,7 +93,8 @@ class PrometheusSink(SeriesStore):
                               f"{exc.strerror or exc}") from None
         # prometheus_client renders 1000 flows in ~0.2 s of CPU: a process of its own does it,
         # so neither the probe's threads nor a scrape wait for the GIL meanwhile
-        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_die_with, initargs=(os.getpid(),))
         self.pool.submit(render_page, [])       # start it now, not at the first rendering
         # The probe's threads hold the GIL in slices of the switch interval; at the default
         # 5 ms every syscall of a scrape (accept, read, write) could wait one slice.

@@ -1,6 +1,7 @@
 """What a newcomer sees when the probe is set up wrong (issue 23 §1): each case runs the
 command as a user would, on loopback, and asserts the line printed."""
 
+import os
 import re
 import signal
 import socket
@@ -176,3 +177,24 @@ def test_console_flags_apart_and_every_column_explained():
     final = [line for line in lines if line.endswith("F")]
     assert final and all(re.search(r" \S+ F$", line) for line in final), final
     assert max(len(line) for line in lines) <= 80
+
+
+def test_prometheus_rendering_process_ends_with_a_killed_probe():
+    """The rendering process (and multiprocessing's resource tracker) must not outlive a
+    probe killed with SIGKILL (they held its stdout and waited forever)."""
+    port = free_port()
+    rx = pf("-m", "receiver", "--local-addr", "127.0.0.1:0", "--prometheus-listen",
+            f"127.0.0.1:{port}", "--duration", "60", "--output", "jsonl:/dev/null")
+    end = time.monotonic() + 10
+    children = []
+    while not children:
+        assert time.monotonic() < end, "no rendering process"
+        time.sleep(0.1)
+        with open(f"/proc/{rx.pid}/task/{rx.pid}/children", encoding="ascii") as f:
+            children = [int(p) for p in f.read().split()]
+    rx.kill()
+    rx.communicate(timeout=10)      # returns only when nothing holds its stdout any more
+    end = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{p}") for p in children):
+        assert time.monotonic() < end, "the rendering process outlived the probe"
+        time.sleep(0.05)
