@@ -22,6 +22,7 @@ $(INSTALLED): $(BIN)/python pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.p
 FORCE:
 
 RUN_RECORDS ?= make-run.jsonl
+RUN_SECONDS ?= 5
 RUN_INSTALL ?= $(BIN)/pip install -q . && rm -f $(INSTALLED)
 
 # What the build needs (C compiler, Python headers, venv, OpenSSL headers): checked first;
@@ -29,14 +30,14 @@ RUN_INSTALL ?= $(BIN)/pip install -q . && rm -f $(INSTALLED)
 check-build:
 	@PYTHON=$(PYTHON) sh mk/check-build.sh
 
-# Builds the extension and runs a short loopback probe in `both` mode (1000 packets/s),
+# Builds the extension and runs a short loopback probe in `both` mode (1000 packets/s, 5 s),
 # keeping its records in $(RUN_RECORDS) for `packet-flow report`.
 run: check-build
 	@$(MAKE) --no-print-directory $(BIN)/python
 	$(RUN_INSTALL)
 	@rm -f $(RUN_RECORDS)
 	$(BIN)/packet-flow --mode both --local-addr 127.0.0.1:$(PORT) --log-level warning \
-	    --remote-addr 127.0.0.1:$(PORT) --rate 1 --duration 5 --output console,jsonl:$(RUN_RECORDS)
+	    --remote-addr 127.0.0.1:$(PORT) --rate 1 --duration $(RUN_SECONDS) --output console,jsonl:$(RUN_RECORDS)
 	@echo
 	@echo "This run's records are in $(RUN_RECORDS). Look at them with:"
 	@echo "  $(BIN)/packet-flow report $(RUN_RECORDS)"

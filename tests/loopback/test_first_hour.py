@@ -60,11 +60,11 @@ def test_rejected_traffic_says_why_and_what_to_check(tmp_path, output):
 
 def test_rtt_without_reflector_says_no_reply_came_back(tmp_path):
     port = free_port()
-    rx = pf("-m", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", "5.5")
+    rx = pf("-m", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", "30")
     wait_bound(port)
     stdout, stderr = finish(pf("-m", "sender", "--rtt", "--remote-addr", f"127.0.0.1:{port}",
                                "--duration", "3.6", "--rate", "100", "--interval", "0.5"))
-    finish(rx)
+    stop(rx)
     warned = [line.split(": ", 1)[1] for line in stderr.splitlines() if "WARNING" in line]
     assert len(warned) == 1
     assert re.fullmatch(

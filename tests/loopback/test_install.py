@@ -84,14 +84,15 @@ def test_check_build_is_silent_when_everything_is_there():
 
 def test_make_run_probes_loopback_and_ends_pointing_at_report(tmp_path):
     """`make run` as a user runs it, in the test's venv (RUN_INSTALL=true: the package is
-    installed there already; a user's `make run` installs it with pip), then the command it
-    points at."""
+    installed there already; a user's `make run` installs it with pip; RUN_SECONDS=1: the
+    probe runs 1 s, not 5), then the command it points at."""
     from probe import free_port
     records = tmp_path / "make-run.jsonl"
     env = dict(os.environ)
     env = {k: v for k, v in env.items() if not k.startswith(("PACKET_FLOW_", "MAKE"))}
     r = subprocess.run([which("make"), "-C", ROOT, "run", f"BIN={os.path.dirname(sys.executable)}",
-                        "RUN_INSTALL=true", f"PORT={free_port()}", f"RUN_RECORDS={records}",
+                        "RUN_INSTALL=true", "RUN_SECONDS=1", f"PORT={free_port()}",
+                        f"RUN_RECORDS={records}",
                         f"PYTHON={os.path.realpath(sys.executable)}"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

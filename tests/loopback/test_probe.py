@@ -12,6 +12,14 @@ from probe import finish, free_port, pf, records, summaries, wait_bound, wait_ca
 from packet_flow import wire
 
 
+def stop(proc):
+    """Stop a receiver once its senders are done, as Ctrl-C does (it writes its summaries
+    and exits 0), instead of waiting out a fixed --duration."""
+    time.sleep(0.2)                     # the last datagrams are read within a 50 ms slice
+    proc.send_signal(signal.SIGINT)
+    return finish(proc)
+
+
 def test_both_mode(tmp_path):
     port, out = free_port(), tmp_path / "run.jsonl"
     proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}",
@@ -37,7 +45,7 @@ def test_both_mode(tmp_path):
 
 def test_two_senders_one_receiver(tmp_path):
     port, out = free_port(), tmp_path / "rx.jsonl"
-    rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", 4,
+    rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", 30,
             "--output", f"jsonl:{out}")
     wait_bound(port)
     senders = [pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 2,
@@ -45,7 +53,7 @@ def test_two_senders_one_receiver(tmp_path):
                for i in range(2)]
     for s in senders:
         finish(s)
-    finish(rx)
+    stop(rx)
     flows = summaries(records(out))
     assert len(flows) == 2
     assert {f["source"] for f in flows} == {
@@ -109,7 +117,7 @@ def test_restart_stall_and_forget(tmp_path):
 
 def test_garbage_mixed_into_live_flow_and_legacy_sender(tmp_path):
     port, out = free_port(), tmp_path / "rx.jsonl"
-    rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", 2.5,
+    rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--duration", 30,
             "--output", f"jsonl:{out}")
     wait_bound(port)
     tx = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", 1,
@@ -125,7 +133,7 @@ def test_garbage_mixed_into_live_flow_and_legacy_sender(tmp_path):
                               ("127.0.0.1", port))
         time.sleep(0.001)
     finish(tx)
-    finish(rx)
+    stop(rx)
     junk.close()
     rust = f"127.0.0.1:{legacy.getsockname()[1]}"
     legacy.close()

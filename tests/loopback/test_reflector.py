@@ -6,6 +6,7 @@ the CLI end to end in subprocesses."""
 
 import json
 import select
+import signal
 import socket
 import threading
 import time
@@ -289,7 +290,7 @@ def test_cli_reflector_and_rtt_sender(tmp_path, wire):
     port = free_port()
     rout, sout = tmp_path / "reflector.jsonl", tmp_path / "sender.jsonl"
     refl = pf("--mode", "reflector", "--local-addr", f"127.0.0.1:{port}", "--wire", wire,
-               "--duration", 4, "--output", f"jsonl:{rout}")
+               "--duration", 20, "--output", f"jsonl:{rout}")
     try:
         wait_bound(port)
         snd = pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--wire", wire,
@@ -297,7 +298,9 @@ def test_cli_reflector_and_rtt_sender(tmp_path, wire):
                   "--output", f"jsonl:{sout}")
         _, err = snd.communicate(timeout=20)
         assert snd.returncode == 0, err
-    finally:
+    finally:       # the sender has its replies: the reflector is stopped as Ctrl-C does
+        if refl.poll() is None:
+            refl.send_signal(signal.SIGINT)
         _, err = refl.communicate(timeout=20)
     assert refl.returncode == 0, err
     srecs = [json.loads(line) for line in sout.read_text().splitlines()]
