@@ -39,7 +39,9 @@ record's `flow` id). Rules:
   forgotten early, as above; `evicted` counts it), then of the oldest forgotten records
   (their summaries come early); when neither frees enough its packets are counted
   `untracked`. Windows stop growing while the budget is spent. One warning per interval.
-All per-packet work is per batch with numpy; the Python loop runs once per flow per batch.
+All per-packet work is per batch with numpy. The parts of a batch that simply continue (or
+start) their native flow are measured together for all flows (inorder.py: the fast lane);
+the others take the general path, where the Python loop runs once per flow and batch.
 """
 
 import logging
@@ -102,7 +104,10 @@ class FlowTable(FlowBook):
     def _fast(self, srt, lanes, now_ns):
         """The parts that continue their native flow (or start one) take the fast lane
         (inorder.py); returns the indexes of the others, for the general path."""
-        if not lanes.safe or not lanes.ok.any():
+        if not lanes.ok.any():
+            return range(len(lanes.starts))
+        lanes.measure(srt)
+        if not lanes.safe:
             return range(len(lanes.starts))
         starts, ends = lanes.starts, lanes.ends
         keys = srt["session"][starts].tolist()
