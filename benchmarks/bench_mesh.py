@@ -142,12 +142,13 @@ def separate_row(m, rate_ms, window):
     started = time.monotonic()
     procs = [pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", rate_ms,
                 "--output", "jsonl:/dev/null") for _ in range(m)]
-    cpu, rss = measure([p.pid for p in procs], started, window)
-    for p in [*procs, rxp]:
-        p.terminate()
-    for p in [*procs, rxp]:
-        p.wait(10)
-    return cpu, rss
+    try:
+        return measure([p.pid for p in procs], started, window)
+    finally:
+        for p in [*procs, rxp]:
+            p.terminate()
+        for p in [*procs, rxp]:
+            p.wait(10)
 
 
 def main():
