@@ -111,8 +111,10 @@ class FlowTable(FlowBook):
             return range(len(lanes.starts))
         starts, ends = lanes.starts, lanes.ends
         keys = srt["session"][starts].tolist()
-        if len(set(keys)) < len(keys):  # a session from two sources (rebinding): in general
-            return range(len(keys))
+        native = (srt["kind"][starts] == _io.K_NATIVE).tolist()
+        sessions = [k for k, n in zip(keys, native, strict=True) if n]
+        twice = {k for k, c in Counter(sessions).items() if c > 1} \
+            if len(set(sessions)) < len(sessions) else ()  # a session from two sources
         seq0, drops0 = srt["seq"][starts].tolist(), lanes.drops.tolist()
         last = srt[ends - 1]
         addrs, ports = last["addr"].tobytes(), last["port"].tolist()
@@ -120,7 +122,7 @@ class FlowTable(FlowBook):
         slow = []
         for i, ok in enumerate(lanes.ok.tolist()):
             key = keys[i]
-            if not ok or key in self.closing:
+            if not ok or key in self.closing or key in twice:
                 slow.append(i)
                 continue
             flow = self.flows.pop(key, None) or self._open(key, srt[starts[i]], now_ns)
