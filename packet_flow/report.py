@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -414,6 +415,9 @@ def main(argv: list[str]) -> int:
         from .report_text import text_summary
         sys.stdout.write(text_summary(chosen, which))
         return 0
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):       # said before the figure is drawn (seconds)
+        raise ReportError(f"cannot write {args.output}: no folder {folder}")
     from .report_figure import build_figure
     fig = build_figure(chosen, which)
     try:

@@ -6,6 +6,8 @@ Tests sit in folders by what they need, and each folder's tests get its marker:
 - servers/   real metrics servers started by the test (`-m servers`; also `influx`, `prometheus`)
 - netns/     network namespaces, veth, nftables; root (`-m netns`)
 Helpers that several folders use live in support/, which is put on sys.path here.
+Tests marked `early("NAME")` have their slow preparation (a server's start-up, a compiler)
+started in the background once collection ends (support/early.py).
 """
 
 import os
@@ -16,6 +18,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "support"))
 
+import early  # noqa: E402
 from link import Link  # noqa: E402
 
 GROUPS = ("pure", "loopback", "servers", "netns")
@@ -26,6 +29,16 @@ def pytest_collection_modifyitems(config, items):
         group = os.path.relpath(str(item.fspath), HERE).split(os.sep)[0]
         if group in GROUPS:
             item.add_marker(getattr(pytest.mark, group))
+
+
+def pytest_collection_finish(session):
+    for item in session.items:
+        for mark in item.iter_markers("early"):
+            early.begin(mark.args[0])
+
+
+def pytest_sessionfinish(session):
+    early.finish()
 
 
 @pytest.fixture

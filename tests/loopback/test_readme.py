@@ -1,16 +1,17 @@
 """Every command of the README's common tasks, run as a user would (tests/support/readme.py
 says how: parsed out of README.md, on loopback, short). A task that needs a metrics server
 runs in tests/servers/test_readme_servers.py. The flag map for iperf3 and irtt users is checked
-too: each of its packet-flow options is accepted by `packet-flow --print-config`."""
+too: each of its packet-flow options is accepted by `packet-flow --print-config` (the
+command line's entry point, in this process)."""
 
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 from readme import ROOT, check_output, run_task, tasks
+
+from packet_flow import cli
 
 LOCAL = [t for t in tasks() if not t.needs_server]
 
@@ -41,7 +42,9 @@ def flag_map():
     return [re.search(r"`(--[^`]+)`", cell).group(1) for cell in rows]
 
 
-def test_the_flag_map_options_are_accepted(tmp_path):
+def test_the_flag_map_options_are_accepted(tmp_path, monkeypatch, capsys):
+    for name in [k for k in os.environ if k.startswith("PACKET_FLOW_")]:
+        monkeypatch.delenv(name)
     snippets = flag_map()
     assert len(snippets) >= 10 and "--duration 10s" in snippets
     for snippet in snippets:
@@ -49,8 +52,5 @@ def test_the_flag_map_options_are_accepted(tmp_path):
                             .replace("FILE", str(tmp_path / "out.jsonl")).replace("KEY", "k"))
         if "--mode" not in words:
             words = ["--mode", "sender", *words]
-        r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "packet-flow"),
-                            *words, "--print-config"], capture_output=True, text=True,
-                           timeout=30, env={k: v for k, v in os.environ.items()
-                                            if not k.startswith("PACKET_FLOW_")})
-        assert r.returncode == 0, f"{snippet}: {r.stderr}"
+        status = cli.main([*words, "--print-config"])
+        assert status == 0, f"{snippet}: {capsys.readouterr().err}"

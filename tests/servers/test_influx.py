@@ -225,7 +225,9 @@ def test_outage_of_20s_loses_nothing_and_duplicates_nothing(vm, tmp_path, caplog
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        time.sleep(2.0)
+        end = time.monotonic() + 10     # some points written before the server goes
+        while sink.counters["written"] < 3 and time.monotonic() < end:
+            time.sleep(0.05)
         vm.stop()
         down_at = len(sent)
         time.sleep(20.0)

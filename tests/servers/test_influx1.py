@@ -16,8 +16,10 @@ import time
 import types
 from datetime import datetime
 
+import early
+import influxserver
 import pytest
-from influxserver import BINARY, InfluxServer  # noqa: E402
+from influxserver import BINARY  # noqa: E402
 from probe import finish, free_port, pf, records, summaries  # noqa: E402
 
 from packet_flow.sinks.influx import InfluxSink  # noqa: E402
@@ -27,14 +29,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DASHBOARD = os.path.join(ROOT, "deploy/grafana/influxdb1/packet-flow-influxql.json")
 MAX_BODY = 64 * 1024  # the server refuses larger writes with 413
 
-pytestmark = [pytest.mark.influx, pytest.mark.skipif(
+pytestmark = [pytest.mark.influx, pytest.mark.early("influxdb:influx1"), pytest.mark.skipif(
     BINARY is None, reason="influxd not installed (apt-get install influxdb; make test does)")]
+if BINARY:      # started at collection (early.py): influxd takes 1-3 s
+    influxserver.early("influxdb:influx1", max_body=MAX_BODY)
 
 
 @pytest.fixture(scope="module")
-def influx1(tmp_path_factory):
-    server = InfluxServer(str(tmp_path_factory.mktemp("influxdb1")), max_body=MAX_BODY)
-    server.start()
+def influx1():
+    server = early.take("influxdb:influx1")
     yield server
     server.stop()
 

@@ -11,9 +11,10 @@ import random
 import signal
 import time
 
+import early
+import influxserver
 import pytest
 from influxserver import BINARY as INFLUXD
-from influxserver import InfluxServer
 from probe import free_port, pf
 from servers import free_port as free_tcp_port
 from vmserver import BINARY as VM
@@ -27,6 +28,8 @@ pytestmark = [pytest.mark.influx, pytest.mark.slow, pytest.mark.skipif(
     "(make test installs them)")]
 
 INTERVAL = 0.2          # the record interval, and so the flush interval
+if INFLUXD:             # started at collection (early.py): influxd takes 1-3 s
+    influxserver.early("influxdb:edges")
 
 
 def args(tmp_path, name, url, *extra, duration=2.0):
@@ -114,8 +117,9 @@ def test_shutdown_with_a_wrong_password_then_replayed_once(tmp_path):
     assert got == want and not spool_files(tmp_path)
 
 
+@pytest.mark.early("influxdb:edges")
 def test_shutdown_with_a_database_created_later_then_replayed_once(tmp_path):
-    with InfluxServer(str(tmp_path / "influxdb")) as db:
+    with early.take("influxdb:edges") as db:
         auth = ["--username", db.username, "--password", db.password, "--database", "later"]
         check_shutdown(tmp_path, *run(tmp_path, "a", db.url, *auth))
         db.query("CREATE DATABASE later")

@@ -10,13 +10,13 @@ import os
 import signal
 import time
 
+import early
+import influxserver
+import promserver
 import pytest
 from influxserver import BINARY as INFLUXD
-from influxserver import InfluxServer
 from probe import finish, free_port, pf, records
 from promserver import BINARY as PROMETHEUS
-from promserver import PromServer
-from servers import free_port as free_tcp_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROM_DASH = os.path.join(ROOT, "deploy/grafana/dashboards/packet-flow-mesh-prometheus.json")
@@ -26,7 +26,13 @@ PAIRS = {(s, d) for s in NODES for d in NODES if s != d}
 
 pytestmark = [pytest.mark.influx, pytest.mark.prometheus, pytest.mark.skipif(
     INFLUXD is None or PROMETHEUS is None,
-    reason="influxd or prometheus not installed (apt-get install influxdb prometheus)")]
+    reason="influxd or prometheus not installed (apt-get install influxdb prometheus)"),
+    pytest.mark.early("influxdb:mesh"), pytest.mark.early("prometheus:mesh")]
+# both servers start at collection (early.py): Prometheus scrapes a new target only ~5 s after
+# it starts, InfluxDB takes 1-3 s
+if INFLUXD and PROMETHEUS:
+    influxserver.early("influxdb:mesh")
+    promserver.early("prometheus:mesh", targets=len(NODES))
 
 
 def load(path):
@@ -38,13 +44,11 @@ def load(path):
 def mesh_run(tmp_path_factory):
     """The three nodes' records, the servers (still running) and the time of the last scrape."""
     tmp = tmp_path_factory.mktemp("mesh")
-    influx = InfluxServer(str(tmp / "influxdb1"))
-    influx.start()
+    influx = early.take("influxdb:mesh")
+    prom, held = early.take("prometheus:mesh")
     influx.query("CREATE DATABASE mesh")
     ports = {n: free_port() for n in NODES}
-    metrics = {n: free_tcp_port() for n in NODES}
-    prom = PromServer(str(tmp / "prom"), [f"127.0.0.1:{metrics[n]}" for n in NODES])
-    prom.start()
+    metrics = {n: h.release() for n, h in zip(NODES, held, strict=True)}
     peers = ",".join(f"127.0.0.1:{ports[n]}" for n in NODES)
     procs = {n: pf("--mode", "mesh", "--name", n, "--local-addr", f"127.0.0.1:{ports[n]}",
                    "--peers", peers, "--rate", 10, "--duration", 6, "--interval", 0.5,

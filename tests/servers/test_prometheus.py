@@ -14,11 +14,13 @@ import types
 import urllib.error
 import urllib.request
 
+import early
 import numpy as np
+import promserver
 import pytest
 from probe import finish, free_port, pf, records, summaries, wait_bound  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families
-from promserver import BINARY, PromServer  # noqa: E402
+from promserver import BINARY  # noqa: E402
 from servers import free_port as free_tcp_port  # noqa: E402
 
 from packet_flow import config, defaults  # noqa: E402
@@ -27,6 +29,10 @@ from packet_flow.sinks import prometheus  # noqa: E402
 
 DEST = "10.0.0.2:8000"
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+# each real-Prometheus test has its own server, started at collection: it scrapes a new target
+# ~5 s after it starts, a wait the tests before these pass meanwhile
+for _name in ("prometheus:scraped", "prometheus:restarted") if BINARY else ():
+    promserver.early(_name, targets=1)
 
 
 def readme_promql():
@@ -210,11 +216,13 @@ def test_listen_errors():
 
 @pytest.mark.slow
 @pytest.mark.prometheus
+@pytest.mark.early("prometheus:scraped")
 @pytest.mark.skipif(BINARY is None, reason="prometheus not installed (make test installs it)")
 def test_scraped_by_prometheus(tmp_path):
     """Both mode with 3 SIGUSR1 skips, scraped every second by a real Prometheus."""
-    port, mport, out = free_port(), free_tcp_port(), tmp_path / "run.jsonl"
-    with PromServer(str(tmp_path / "prom"), f"127.0.0.1:{mport}") as prom:
+    prom, (held,) = early.take("prometheus:scraped")
+    port, mport, out = free_port(), held.release(), tmp_path / "run.jsonl"
+    with prom:
         proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
                   f"127.0.0.1:{port}", "--rate", 2, "--duration", 4, "--interval", 0.5,
                   "--output", f"jsonl:{out}", "--prometheus-listen", f"127.0.0.1:{mport}")
@@ -301,12 +309,14 @@ def test_rtt_histogram_and_directions(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.prometheus
+@pytest.mark.early("prometheus:restarted")
 @pytest.mark.skipif(BINARY is None, reason="prometheus not installed (make test installs it)")
 def test_restarted_sender_is_one_series_in_prometheus(tmp_path):
     """Issue 23 §6 against a real Prometheus: a named sender run twice (two ephemeral ports,
     two sessions) is one series labelled by its name; jitter and |IPDV| are exported."""
-    port, mport = free_port(), free_tcp_port()
-    with PromServer(str(tmp_path / "prom"), f"127.0.0.1:{mport}") as prom:
+    prom, (held,) = early.take("prometheus:restarted")
+    port, mport = free_port(), held.release()
+    with prom:
         rx = pf("--mode", "receiver", "--local-addr", f"127.0.0.1:{port}", "--interval", 0.5,
                 "--output", f"jsonl:{tmp_path / 'rx.jsonl'}", "--prometheus-listen",
                 f"127.0.0.1:{mport}", env={"NODE_NAME": "beta"})

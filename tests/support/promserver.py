@@ -7,10 +7,12 @@ process rules are servers.py's.
 import json
 import os
 import shutil
+import tempfile
 import urllib.parse
 import urllib.request
 
-from servers import ServerProcess, free_port
+from early import register
+from servers import HeldPort, ServerProcess, free_port
 
 BINARY = shutil.which("prometheus")
 
@@ -29,6 +31,11 @@ class PromServer(ServerProcess):
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
+        self.spawn()
+        self.wait(timeout)
+
+    def spawn(self) -> None:
+        """Start the process (start() without the wait)."""
         os.makedirs(self.data_dir, exist_ok=True)
         config = os.path.join(self.data_dir, "prometheus.yml")
         with open(config, "w", encoding="utf-8") as f:
@@ -38,14 +45,17 @@ class PromServer(ServerProcess):
                     f"    static_configs: [{{targets: {self.targets!r}}}]\n")
         args = [BINARY, f"--config.file={config}", f"--storage.tsdb.path={self.data_dir}/tsdb",
                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+        self._spawn(args, os.path.join(self.data_dir, "prometheus.log"), [self.port])
+
+    def wait(self, timeout: float = 20.0) -> None:
+        """Wait for the first scrape (the rest of start())."""
 
         def ready():
             with urllib.request.urlopen(self.url + "/-/ready", timeout=0.5) as r:
                 # targets are picked up ~5 s after start: wait for the first scrape
                 return r.status == 200 and self.proc.poll() is None and bool(self.query("up"))
 
-        self._launch(args, os.path.join(self.data_dir, "prometheus.log"), [self.port], ready,
-                     "scrape its target", timeout, poll=0.1)
+        self._wait_ready(ready, "scrape its target", timeout, poll=0.1)
 
     def query(self, expr: str, at: float | None = None) -> list[dict]:
         """GET /api/v1/query: the result list (instant vector or range vector)."""
@@ -57,3 +67,24 @@ class PromServer(ServerProcess):
             body = json.load(r)
         assert body["status"] == "success", body
         return body["data"]["result"]
+
+
+def early(name: str, targets: int) -> None:
+    """Register with early.py, as NAME, a Prometheus in a folder of its own scraping `targets`
+    held ports (servers.HeldPort: release one just before the probe listens on it); take()
+    gives (server, held ports). It scrapes a new target only ~5 s after it starts: early,
+    the tests before its own pass that time."""
+
+    def launch():
+        held = [HeldPort() for _ in range(targets)]
+        server = PromServer(tempfile.mkdtemp(prefix="pf-prom-"),
+                            [f"127.0.0.1:{h.port}" for h in held])
+        server.scratch = server.data_dir
+        server.spawn()
+        return server, held
+
+    def wait(got):
+        got[0].wait()
+        return got
+
+    register(name, launch, wait, lambda got: got[0].stop())

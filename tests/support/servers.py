@@ -3,9 +3,11 @@
 Rules (REFERENCE.md §4): a server gets free loopback ports, checked free before start; it is
 ready only when its readiness check answers *and* the process we started is still alive (an
 old server on the same port fools a bare readiness check). Only the process this object
-started is ever signalled, by its PID.
+started is ever signalled, by its PID. A server started early (early.py, before its test
+runs) has a folder of its own that stop() removes.
 """
 
+import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +20,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class HeldPort:
+    """A TCP port on 127.0.0.1 bound, not listening, until release(): free_port() cannot hand
+    it to anyone else, and a connection to it is refused, until the test listens on it."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def release(self) -> int:
+        self.sock.close()
+        return self.port
+
+
 def port_in_use(port: int) -> bool:
     """True when something accepts TCP connections on 127.0.0.1:port."""
     with socket.socket() as s:
@@ -26,18 +42,26 @@ def port_in_use(port: int) -> bool:
 
 
 class ServerProcess:
-    """A child server process: `_launch()` starts it and waits until `ready()`; `stop()`."""
+    """A child server process: `_launch()` starts it (`_spawn`) and waits until `ready()`
+    (`_wait_ready`); a server started early (early.py) does the two apart; `stop()`."""
 
     name = "server"
     proc: subprocess.Popen | None = None
+    scratch: str | None = None      # a folder of its own, removed by stop() (early.py)
 
     def _launch(self, args: list[str], log_path: str, ports, ready, what: str,
                 timeout: float, poll: float = 0.05) -> None:
+        self._spawn(args, log_path, ports)
+        self._wait_ready(ready, what, timeout, poll)
+
+    def _spawn(self, args: list[str], log_path: str, ports) -> None:
         for port in ports:
             if port_in_use(port):
                 raise RuntimeError(f"port {port} is already in use")
         self.log = open(log_path, "ab")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def _wait_ready(self, ready, what: str, timeout: float, poll: float = 0.05) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -64,9 +88,12 @@ class ServerProcess:
                 self.proc.wait()
         self.proc = None
         self.log.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self):
-        self.start()
+        if self.proc is None:       # started early (early.py) or here
+            self.start()
         return self
 
     def __exit__(self, *exc):
