@@ -2,17 +2,26 @@
 
 The server tests (marked `influx`) start Debian's `victoria-metrics` on a free loopback port
 with a temporary data dir (tests/support/vmserver.py) and read back what was stored through its
-export API; they skip only when the binary is missing.
+export API; they skip only when the binary is missing. The 20 s outage runs in a child process
+launched when the tests are collected (`outage`, tests/support/early.py); its test checks what
+that run wrote.
 """
 
 import http.server
+import io
+import json
 import logging
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import types
 
+import early
 import numpy as np
 import pytest
 from vmserver import BINARY, VMServer  # noqa: E402
@@ -30,6 +39,7 @@ from packet_flow.sinks.influxlink import (  # noqa: E402
 )
 from packet_flow.sinks.lineproto import format_int_points, format_record  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 needs_vm = pytest.mark.skipif(
     BINARY is None,
     reason="victoria-metrics binary not found (apt-get install victoria-metrics; make test does)",
@@ -205,48 +215,105 @@ def test_wrong_password_gives_clear_error_and_keeps_accepting(tmp_path, caplog):
         assert [v for _, v in series] == [1000 + i for i in range(6)]
 
 
-@pytest.mark.influx
-@needs_vm
-def test_outage_of_20s_loses_nothing_and_duplicates_nothing(vm, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="packet_flow.sinks.influx")
-    sink = InfluxSink(make_cfg(vm.url, str(tmp_path / "spool")))
-    sent, stop = [], threading.Event()
-    rng = np.random.default_rng(7)
-
-    def feed():
-        i = 0
-        while not stop.is_set() and i < 400:  # bounded: at most 400 records
-            ns = time.time_ns()
-            sink.record(interval(ns, i))
-            sent.append(ns)
-            i += 1
-            stop.wait(rng.uniform(0.1, 0.4))
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+def outage(folder):
+    """The 20 s outage (test_outage_of_20s_...): records fed while the server is stopped for
+    20 s and started again; what the test checks goes to FOLDER/outage.json. Runs as a child
+    process (`python test_influx.py outage FOLDER`) launched when the tests are collected
+    (early.py), so its half minute passes while the tests before this one run."""
+    log = io.StringIO()
+    logging.basicConfig(stream=log, level=logging.INFO)
+    vm = VMServer(os.path.join(folder, "vmdata"))
+    vm.start()
     try:
-        end = time.monotonic() + 10     # some points written before the server goes
-        while sink.counters["written"] < 3 and time.monotonic() < end:
-            time.sleep(0.05)
-        vm.stop()
-        down_at = len(sent)
-        time.sleep(20.0)
-        during = len(sent) - down_at
-        assert sink.counters["written"] < len(sent)
-        vm.start()
-        time.sleep(3.0)
+        sink = InfluxSink(make_cfg(vm.url, os.path.join(folder, "spool")))
+        sent, stop = [], threading.Event()
+        rng = np.random.default_rng(7)
+
+        def feed():
+            i = 0
+            while not stop.is_set() and i < 400:  # bounded: at most 400 records
+                ns = time.time_ns()
+                sink.record(interval(ns, i))
+                sent.append(ns)
+                i += 1
+                stop.wait(rng.uniform(0.1, 0.4))
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            end = time.monotonic() + 10     # some points written before the server goes
+            while sink.counters["written"] < 3 and time.monotonic() < end:
+                time.sleep(0.05)
+            vm.stop()
+            down_at = len(sent)
+            time.sleep(20.0)
+            during = len(sent) - down_at
+            in_outage = (sink.counters["written"], len(sent))
+            vm.start()
+            time.sleep(3.0)
+        finally:
+            stop.set()
+            feeder.join()
+        c = sink.close(timeout=15.0)
+        series = list(samples(vm, "packet_flow_received", len(sent), settle=1.5).values())
+        got = {"url": vm.url, "sent": sent, "during": during, "in_outage": in_outage,
+               "counters": c, "spool": os.listdir(sink.spool_dir), "series": series,
+               "log": log.getvalue()}
     finally:
-        stop.set()
-        feeder.join()
-    c = sink.close(timeout=15.0)
+        vm.stop()
+    with open(os.path.join(folder, "outage.json"), "w", encoding="utf-8") as f:
+        json.dump(got, f)
+
+
+def _outage_launch():
+    folder = tempfile.mkdtemp(prefix="pf-outage-")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.join(ROOT, "tests", "support"), ROOT, os.environ.get("PYTHONPATH", "")]))
+    with open(os.path.join(folder, "stderr"), "wb") as err:
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "outage", folder],
+                                stdout=err, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return proc, folder
+
+
+def _outage_wait(launched):
+    proc, folder = launched
+    code = proc.wait(timeout=180)
+    with open(os.path.join(folder, "stderr"), encoding="utf-8", errors="replace") as f:
+        err = f.read()
+    assert code == 0, f"the outage run failed:\n{err[-4000:]}"
+    with open(os.path.join(folder, "outage.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _outage_stop(launched):
+    proc, folder = launched
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if BINARY:
+    early.register("influx:outage", _outage_launch, _outage_wait, _outage_stop)
+
+
+@pytest.mark.influx
+@pytest.mark.early("influx:outage")
+@needs_vm
+def test_outage_of_20s_loses_nothing_and_duplicates_nothing():
+    got = early.take("influx:outage")
+    sent, during, c = got["sent"], got["during"], got["counters"]
+    written, fed = got["in_outage"]
+    assert written < fed
     assert during >= 40
     assert c["dropped"] == 0 and c["queued"] == 0 and c["spool_points"] == 0
     assert c["written"] == len(sent) and c["spooled"] > 0 and c["retried"] > 0
     assert c["replayed"] == c["spooled"]
-    assert not os.listdir(sink.spool_dir)
-    assert f"InfluxDB at {vm.url} unreachable (" in caplog.text and "is back after" in caplog.text
+    assert not got["spool"]
+    assert f"InfluxDB at {got['url']} unreachable (" in got["log"]
+    assert "is back after" in got["log"]
 
-    (series,) = samples(vm, "packet_flow_received", len(sent), settle=1.5).values()
+    (series,) = got["series"]
     assert [ts for ts, _ in series] == [ns // 1_000_000 for ns in sent]  # each exactly once
     assert [v for _, v in series] == [1000 + i for i in range(len(sent))]
 
@@ -429,3 +496,7 @@ def test_influx_api_and_spool_cap_options_from_cli_env_and_toml(tmp_path, monkey
     with pytest.raises(ConfigError, match="option --influx-api: value 'v3'.*must be one of auto, "
                                         "v1, v2"):
         config.load([*base, "--influx-api", "v3"])
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["outage"]:
+    outage(sys.argv[2])

@@ -65,9 +65,9 @@ def mesh_run(tmp_path_factory):
                    len(prom.query("packet_flow_lost_packets_total == 0")) == len(PAIRS)):
             assert time.monotonic() < end and all(p.poll() is None for p in procs.values())
             time.sleep(0.05)
-        for _ in range(2):
-            procs["a"].send_signal(signal.SIGUSR1)
-            time.sleep(0.3)
+        for _ in range(2):      # further apart than a schedule slice (--interval): two
+            procs["a"].send_signal(signal.SIGUSR1)      # within one merge (test_signals.py)
+            time.sleep(0.65)
         for proc in procs.values():
             finish(proc, timeout=30)
         recs = {n: records(tmp / f"{n}.jsonl") for n in NODES}

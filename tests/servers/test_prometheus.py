@@ -224,15 +224,15 @@ def test_scraped_by_prometheus(tmp_path):
     port, mport, out = free_port(), held.release(), tmp_path / "run.jsonl"
     with prom:
         proc = pf("--mode", "both", "--local-addr", f"127.0.0.1:{port}", "--remote-addr",
-                  f"127.0.0.1:{port}", "--rate", 2, "--duration", 4, "--interval", 0.5,
+                  f"127.0.0.1:{port}", "--rate", 2, "--duration", 5, "--interval", 0.5,
                   "--output", f"jsonl:{out}", "--prometheus-listen", f"127.0.0.1:{mport}")
         end = time.monotonic() + 5
         while not prom.query("packet_flow_lost_packets_total == 0") and time.monotonic() < end:
             time.sleep(0.1)      # the counter is scraped at 0 before the first skip
         assert prom.query("packet_flow_lost_packets_total == 0")
-        for _ in range(3):
-            proc.send_signal(signal.SIGUSR1)
-            time.sleep(0.3)
+        for _ in range(3):      # further apart than a schedule slice (--interval): two
+            proc.send_signal(signal.SIGUSR1)        # within one merge (test_signals.py)
+            time.sleep(0.65)
         finish(proc)
         recs = records(out)
         (rx,), (tx,) = summaries(recs), summaries(recs, "sender")
