@@ -142,12 +142,27 @@ def separate_row(m, rate_ms, window):
     started = time.monotonic()
     procs = [pf("--mode", "sender", "--remote-addr", f"127.0.0.1:{port}", "--rate", rate_ms,
                 "--output", "jsonl:/dev/null") for _ in range(m)]
-    cpu, rss = measure([p.pid for p in procs], started, window)
-    for p in [*procs, rxp]:
-        p.terminate()
-    for p in [*procs, rxp]:
-        p.wait(10)
-    return cpu, rss
+    try:
+        return measure([p.pid for p in procs], started, window)
+    finally:
+        for p in [*procs, rxp]:
+            p.terminate()
+        for p in [*procs, rxp]:
+            p.wait(10)
+
+
+def wake_lateness(n=2000, period_ns=1_000_000):
+    """p50 and p99 (µs) of how late clock_nanosleep wakes for a deadline, as the precise
+    timer's send thread (SCHED_FIFO, 1 ns timer slack) sleeps before it spins."""
+    from packet_flow.sender import precise_timer
+    late = []
+    with precise_timer(True):
+        t = _io.mono_ns() + period_ns
+        for _ in range(n):
+            _io.sleep_until(t)
+            late.append(_io.mono_ns() - t)
+            t += period_ns
+    return tuple(float(x) / 1e3 for x in np.percentile(late, [50, 99]))
 
 
 def main():
@@ -160,6 +175,9 @@ def main():
     args = ap.parse_args()
     window = tuple(float(x) for x in args.window.split(","))
     print(f"uptime: {open('/proc/loadavg').read().split()[:3]}")
+    wake = wake_lateness()
+    print(f"this machine's timer: a sleep to a deadline wakes p50 {wake[0]:.0f} µs, p99 "
+          f"{wake[1]:.0f} µs late (the precise timer spins about that long per slot)")
     print(f"{'load':<42}{'CPU %':>8}{'RSS MiB':>9}{'timer p99':>11}  counts")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [(int(n), 100.0, "economy") for n in args.peers.split(",")]

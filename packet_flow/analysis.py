@@ -3,6 +3,9 @@
 FlowStats here is the online bookkeeping; its parts: seqspace (sequence arithmetic), ring
 (DelayRing: what the window remembers), lossruns (LossRuns: settling, loss runs, local drops),
 delays (DelayStats: delays, jitter, IPDV) and results (Tallies into records, Frozen).
+``update`` is the general path; ``extend`` the fast lane's step for packets that simply
+continue the flow (``continues``; their figures computed across flows by inorder.py): the
+same state and the same numbers, without the arithmetic the common case does not need.
 
 Rules (the metric names are those of docs/options.md (JSON-lines records) and REFERENCE.md §2):
 

@@ -39,7 +39,9 @@ record's `flow` id). Rules:
   forgotten early, as above; `evicted` counts it), then of the oldest forgotten records
   (their summaries come early); when neither frees enough its packets are counted
   `untracked`. Windows stop growing while the budget is spent. One warning per interval.
-All per-packet work is per batch with numpy; the Python loop runs once per flow per batch.
+All per-packet work is per batch with numpy. The parts of a batch that simply continue (or
+start) their native flow are measured together for all flows (inorder.py: the fast lane);
+the others take the general path, where the Python loop runs once per flow and batch.
 """
 
 import logging
@@ -102,12 +104,17 @@ class FlowTable(FlowBook):
     def _fast(self, srt, lanes, now_ns):
         """The parts that continue their native flow (or start one) take the fast lane
         (inorder.py); returns the indexes of the others, for the general path."""
-        if not lanes.safe or not lanes.ok.any():
+        if not lanes.ok.any():
+            return range(len(lanes.starts))
+        lanes.measure(srt)
+        if not lanes.safe:
             return range(len(lanes.starts))
         starts, ends = lanes.starts, lanes.ends
         keys = srt["session"][starts].tolist()
-        if len(set(keys)) < len(keys):  # a session from two sources (rebinding): in general
-            return range(len(keys))
+        native = (srt["kind"][starts] == _io.K_NATIVE).tolist()
+        sessions = [k for k, n in zip(keys, native, strict=True) if n]
+        twice = {k for k, c in Counter(sessions).items() if c > 1} \
+            if len(set(sessions)) < len(sessions) else ()  # a session from two sources
         seq0, drops0 = srt["seq"][starts].tolist(), lanes.drops.tolist()
         last = srt[ends - 1]
         addrs, ports = last["addr"].tobytes(), last["port"].tolist()
@@ -115,7 +122,7 @@ class FlowTable(FlowBook):
         slow = []
         for i, ok in enumerate(lanes.ok.tolist()):
             key = keys[i]
-            if not ok or key in self.closing:
+            if not ok or key in self.closing or key in twice:
                 slow.append(i)
                 continue
             flow = self.flows.pop(key, None) or self._open(key, srt[starts[i]], now_ns)

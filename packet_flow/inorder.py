@@ -29,10 +29,11 @@ _SAFE = 1 << 61
 
 
 class Lanes:
-    """Figures of every flow part of one batch (module rules); parts by index 0..k-1."""
+    """Which parts of one batch may continue their flows (``ok``) and, once ``measure`` ran,
+    the figures of every part (module rules); parts by index 0..k-1."""
 
-    __slots__ = ("ok", "owd", "steps", "step_sums", "sums", "lo", "hi", "neg", "weighted", "starts",
-                 "ends", "drops", "safe")
+    __slots__ = ("ok", "owd", "steps", "step_sums", "sums", "lo", "hi", "neg", "weighted",
+                 "starts", "ends", "drops", "safe")
 
     def __init__(self, srt: np.ndarray, starts: np.ndarray):
         n = len(srt)
@@ -41,11 +42,18 @@ class Lanes:
         seq, drops = srt["seq"], srt["drops"]
         bad = (srt["kind"] != _io.K_NATIVE) | (srt["coalesced"] != 0) \
             | ((srt["flags"] & _io.FLAG_FINAL) != 0)
+        self.drops = drops[starts]
+        if len(starts) == 1 and bad.any():  # one flow, not simple (UDP GRO, a FINAL)
+            self.ok = np.zeros(1, bool)
+            return
         link = np.zeros(n, bool)        # a packet that does not follow the one before it
         link[1:] = (seq[1:] - seq[:-1] != 1) | (drops[1:] != drops[:-1])
         link[starts] = False            # a part's first follows its flow's past (FlowStats)
         self.ok = np.logical_or.reduceat(bad | link, starts) == 0
-        self.drops = drops[starts]
+
+    def measure(self, srt: np.ndarray) -> None:
+        """The figures of every part (worth it only when some part is ``ok``)."""
+        n, starts = len(srt), self.starts
         owd = srt["rx_ns"] - srt["tx_ns"]
         self.owd = owd
         self.lo = np.minimum.reduceat(owd, starts)

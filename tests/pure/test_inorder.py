@@ -131,3 +131,24 @@ def test_histograms_and_percentiles_of_many_flows_at_once_equal_one_by_one():
     for v, row in zip(values, got, strict=True):
         want = np.percentile(v, PERCENTILES) if v.size else [np.nan] * len(PERCENTILES)
         assert np.allclose(row, want, equal_nan=True, rtol=0, atol=1e-6)
+
+
+def test_legacy_flows_beside_do_not_keep_a_native_flow_off_the_fast_lane(monkeypatch):
+    extended = []
+    extend = FlowStats.extend
+    monkeypatch.setattr(FlowStats, "extend", lambda st, *a: extended.append(1) or extend(st, *a))
+    table = FlowTable("127.0.0.1:9", [].append, 1.0, 3.0, 1 << 17)
+    for b in range(3):
+        r = np.zeros(30, _io.RECORD)
+        r["kind"][:20] = _io.K_LEGACY           # two legacy flows: session 0 both
+        r["kind"][20:] = _io.K_NATIVE
+        r["session"][20:] = 99
+        r["flow"] = np.repeat([1, 2, 3], 10)
+        r["seq"] = np.tile(np.arange(b * 10, b * 10 + 10), 3)
+        r["tx_ns"] = T0 + r["seq"].astype(np.int64) * 1_000_000
+        r["rx_ns"] = r["tx_ns"] + 50_000
+        r["port"] = np.repeat([1, 2, 3], 10)
+        r["family"] = 4
+        table.ingest(r, T0 + b * S)
+    assert len(extended) == 3                   # the native flow's three parts
+    assert sorted(f.stats.summary()["received"] for f in table.flows.values()) == [30, 30, 30]
