@@ -48,7 +48,7 @@ GSO_SEGMENTS = 64           # packets per UDP_SEGMENT super-datagram
 GSO_BELOW_NS = 20_000       # use UDP GSO when the interval is shorter than this (50k packets/s)
 
 # Receiver
-RING_CAPACITY = 1 << 17     # records in the receive ring (96 bytes each: 12 MiB)
+RING_CAPACITY = 1 << 17     # records in the receive ring (104 bytes each: 13 MiB)
 RCVBUF_BYTES = 8 << 20
 RECEIVE_COALESCE_NS = 500_000  # after draining the socket, let datagrams queue this long
 RECEIVE_COALESCE_MAX_NS = 20_000_000  # ... or longer at low rates (half a batch), at most this
