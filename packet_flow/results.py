@@ -28,40 +28,55 @@ def _us(ns):
     return None if ns is None else round(float(ns / 1000), 3)
 
 
+TOGETHER_MAX = 1 << 14  # a flow with more values of an interval is sorted/counted alone
+
+
+def _lerp(srt: np.ndarray, start: np.ndarray, sizes: np.ndarray, percents) -> np.ndarray:
+    """numpy's linear percentiles of the sorted runs srt[start[i] : start[i] + sizes[i]]."""
+    r = np.asarray(percents, np.float64)[None, :] / 100 * (sizes[:, None] - 1)
+    lo, hi = np.floor(r).astype(np.int64), np.ceil(r).astype(np.int64)
+    x = srt[start[:, None] + lo].astype(np.float64)
+    y = srt[start[:, None] + hi].astype(np.float64)
+    t, d = r - lo, y - x
+    return np.where(t >= 0.5, y - d * (1 - t), x + d * t)  # numpy's _lerp
+
+
 def percentiles_of(parts: list, percents) -> np.ndarray:
-    """Exact percentiles (numpy's default linear method) of many flows' values at once, with
-    one sort for all: parts[i] is a list of arrays, row i of the result the percentiles of
-    their values together (NaN where the list holds no value)."""
+    """Exact percentiles (numpy's default linear method) of many flows' values: parts[i] is a
+    list of arrays, row i of the result the percentiles of their values together (NaN where
+    the list holds no value). Small flows share one sort; a big one is partitioned alone
+    (linear time, where a sort of millions of values would take a second)."""
     sizes = np.array([sum(a.size for a in p) for p in parts], np.int64)
     out = np.full((len(parts), len(percents)), np.nan)
-    have = sizes > 0
-    if not have.any():
-        return out
-    flat = np.concatenate([a for p in parts for a in p])
-    order = np.lexsort((flat, np.repeat(np.arange(len(parts)), sizes)))
-    srt = flat[order]
-    start = np.cumsum(sizes) - sizes
-    r = np.asarray(percents, np.float64)[None, :] / 100 * (sizes[have, None] - 1)
-    lo, hi = np.floor(r).astype(np.int64), np.ceil(r).astype(np.int64)
-    x = srt[start[have, None] + lo].astype(np.float64)
-    y = srt[start[have, None] + hi].astype(np.float64)
-    t, d = r - lo, y - x
-    out[have] = np.where(t >= 0.5, y - d * (1 - t), x + d * t)  # numpy's _lerp
+    for i in np.flatnonzero(sizes > TOGETHER_MAX).tolist():
+        a = np.concatenate(parts[i])
+        n = a.size
+        r = np.asarray(percents, np.float64) / 100 * (n - 1)
+        a.partition(np.unique(np.concatenate([np.floor(r), np.ceil(r)]).astype(np.int64)))
+        out[i] = _lerp(a, np.zeros(1, np.int64), np.array([n]), percents)[0]
+    small = (sizes > 0) & (sizes <= TOGETHER_MAX)
+    if small.any():
+        which = np.flatnonzero(small)
+        flat = np.concatenate([a for i in which.tolist() for a in parts[i]])
+        srt = flat[np.lexsort((flat, np.repeat(np.arange(which.size), sizes[which])))]
+        out[which] = _lerp(srt, np.cumsum(sizes[which]) - sizes[which], sizes[which], percents)
     return out
 
 
 def prepare(tallies: list) -> None:
     """Before many flows' interval records: their percentiles, computed together, and their
-    delays into the life's histograms (Tallies.fold)."""
+    delays into the life's histograms (Tallies.fold; small flows in one pass)."""
     intervals = [t.interval for t in tallies]
     owd = percentiles_of([t.owd_parts for t in intervals], PERCENTILES)
     ipdv = percentiles_of([t.ipdv_parts for t in intervals], [99.0])
     for tally, o, i in zip(intervals, owd.tolist(), ipdv[:, 0].tolist(), strict=True):
         tally.ready = (o, i)
-    whole = [t for t in tallies if t.interval.folded == (0, 0)]
+    whole = []
     for t in tallies:
-        if t.interval.folded != (0, 0):
-            t.fold()            # a summary read part of the interval already (rare)
+        if t.interval.folded != (0, 0) or t.interval.owd_n > TOGETHER_MAX:
+            t.fold()            # a big flow, or a summary read part of the interval already
+        else:
+            whole.append(t)
     for name, hist in (("owd_parts", "owd_hist"), ("ipdv_parts", "ipdv_hist")):
         parts = [getattr(t.interval, name) for t in whole]
         if any(parts):

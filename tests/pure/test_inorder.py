@@ -114,7 +114,7 @@ def test_lanes_judge_each_part_alone():
 
 def test_histograms_and_percentiles_of_many_flows_at_once_equal_one_by_one():
     rng = np.random.default_rng(3)
-    sizes = [0, 1, 5, 300, 2, 0, 77]
+    sizes = [0, 1, 5, 300, 2, 0, 77, 9000]
     values = [np.concatenate([rng.integers(-5_000, 5_000, n), np.zeros(n // 3, np.int64),
                               rng.integers(1, 1 << 40, n)]) for n in sizes]
     one = [LogHistogram() for _ in values]
