@@ -40,10 +40,13 @@ class Lanes:
         self.starts = starts
         self.ends = np.append(starts[1:], n)
         seq, drops = srt["seq"], srt["drops"]
+        self.drops = drops[starts]
+        if len(starts) == 1 and srt["coalesced"].any():   # one flow, received with UDP GRO
+            self.ok = np.zeros(1, bool)
+            return
         bad = (srt["kind"] != _io.K_NATIVE) | (srt["coalesced"] != 0) \
             | ((srt["flags"] & _io.FLAG_FINAL) != 0)
-        self.drops = drops[starts]
-        if len(starts) == 1 and bad.any():  # one flow, not simple (UDP GRO, a FINAL)
+        if len(starts) == 1 and bad.any():  # one flow, not simple (a FINAL, legacy, STAMP)
             self.ok = np.zeros(1, bool)
             return
         link = np.zeros(n, bool)        # a packet that does not follow the one before it
