@@ -167,8 +167,8 @@ class FlowStats:
             top = int(useq[-1])
             settle_to = max(losses.settled, top - horizon - 1)
         else:
-            uniq_seq, uniq_owd, horizon, settle_to, taken_back, late, dups = \
-                self._classify(useq, owd)
+            uniq_seq, uniq_owd, horizon, settle_to, taken_back, late, dups = classify(
+                useq, owd, top0, ring, losses.settled, self._horizon)
             order = np.argsort(uniq_seq, kind="stable")
             sorted_seq, sorted_owd = uniq_seq[order], uniq_owd[order]
             top = max(top0, int(useq.max()))
@@ -247,42 +247,6 @@ class FlowStats:
             a.ipdv_n += ipdv_n
             a.ipdv_sum += ipdv_sum
         self.tallies.add(owd, steps)
-
-    def _classify(self, useq: np.ndarray, owd: np.ndarray):
-        """Slow path (some packet not above the previous one): late, duplicates, horizon."""
-        top0, ring, settled = self._top, self.ring, self.losses.settled
-        size = ring.size
-        through = np.maximum.accumulate(useq)  # the highest up to and with each packet
-        before = highest_before(useq, top0)
-        new = useq > before
-        too_old = ~new & ((useq <= before - size) | (useq < ring.known))
-        old_i = np.flatnonzero(~new & ~too_old)
-        old = useq[old_i]
-        # an old packet equal to a new one of this batch came after it: duplicate
-        new_seq = useq[new]  # ascending
-        k = np.minimum(np.searchsorted(new_seq, old), max(new_seq.size - 1, 0))
-        dup = new_seq[k] == old if new_seq.size else np.zeros(old.size, bool)
-        # repeated old packets in this batch: all but the first are duplicates
-        o = np.argsort(old, kind="stable")
-        rep = np.zeros(old.size, bool)
-        rep[o[1:]] = old[o[1:]] == old[o[:-1]]
-        dup |= rep
-        earlier = ~dup & (old <= top0)  # maybe received in an earlier batch
-        dup[earlier] = ring.slots[ring.slot(old[earlier])] != EMPTY
-        late_i = old_i[~dup]
-        unique = new.copy()
-        unique[late_i] = True
-        displacement = np.zeros(useq.size, np.int64)
-        displacement[late_i] = before[late_i] - useq[late_i]
-        displacement[too_old] = size - 1
-        horizons = np.minimum(np.maximum.accumulate(np.maximum(displacement, self._horizon)),
-                              size - 1)
-        settle_to = max(settled, int((through - horizons - 1).max()))
-        late_seq = useq[late_i]
-        taken_back = late_seq[(late_seq >= 0) & (late_seq <= settled)]
-        late = int(late_i.size + np.count_nonzero(too_old))
-        return (useq[unique], owd[unique], int(horizons[-1]), settle_to, taken_back, late,
-                int(np.count_nonzero(dup)))
 
     def _depth(self, useq: np.ndarray) -> int:
         """Deepest reordering in a batch: how far below the highest sequence before it a
@@ -389,3 +353,43 @@ class FlowStats:
         if self._prior is not None:  # resumed: the frozen values where nothing came since
             rec.update((k, v) for k, v in self._prior.stats.items() if rec[k] is None)
         return rec
+
+
+def classify(useq: np.ndarray, owd: np.ndarray, top0: int, ring: DelayRing, settled: int,
+             horizon: int):
+    """The general path's classes (some packet not above the one before): of one batch of
+    unwrapped sequences (top0: the highest before it; settled: LossRuns.settled; horizon:
+    the reorder horizon so far), the unique sequences and their delays, the new horizon,
+    how far to settle, the settled sequences taken back, and the late and duplicate counts."""
+    size = ring.size
+    through = np.maximum.accumulate(useq)  # the highest up to and with each packet
+    before = highest_before(useq, top0)
+    new = useq > before
+    too_old = ~new & ((useq <= before - size) | (useq < ring.known))
+    old_i = np.flatnonzero(~new & ~too_old)
+    old = useq[old_i]
+    # an old packet equal to a new one of this batch came after it: duplicate
+    new_seq = useq[new]  # ascending
+    k = np.minimum(np.searchsorted(new_seq, old), max(new_seq.size - 1, 0))
+    dup = new_seq[k] == old if new_seq.size else np.zeros(old.size, bool)
+    # repeated old packets in this batch: all but the first are duplicates
+    o = np.argsort(old, kind="stable")
+    rep = np.zeros(old.size, bool)
+    rep[o[1:]] = old[o[1:]] == old[o[:-1]]
+    dup |= rep
+    earlier = ~dup & (old <= top0)  # maybe received in an earlier batch
+    dup[earlier] = ring.slots[ring.slot(old[earlier])] != EMPTY
+    late_i = old_i[~dup]
+    unique = new.copy()
+    unique[late_i] = True
+    displacement = np.zeros(useq.size, np.int64)
+    displacement[late_i] = before[late_i] - useq[late_i]
+    displacement[too_old] = size - 1
+    horizons = np.minimum(np.maximum.accumulate(np.maximum(displacement, horizon)),
+                          size - 1)
+    settle_to = max(settled, int((through - horizons - 1).max()))
+    late_seq = useq[late_i]
+    taken_back = late_seq[(late_seq >= 0) & (late_seq <= settled)]
+    late = int(late_i.size + np.count_nonzero(too_old))
+    return (useq[unique], owd[unique], int(horizons[-1]), settle_to, taken_back, late,
+            int(np.count_nonzero(dup)))
