@@ -214,39 +214,14 @@ class FlowStats:
             self._first = seq0 & self._mask
         n, ring, top0 = owd.size, self.ring, self._top
         top = top0 + n
-        first = int(owd[0])
-        prev = int(ring.slots[ring.slot(top0)]) if top0 >= 0 else EMPTY  # the one before
-        ipdv_n, ipdv_sum = n - 1, step_sum
-        if prev not in (EMPTY, UNTIMED):
-            step = abs(first - prev)
-            steps = np.append(steps, step)
-            ipdv_n, ipdv_sum = n, step_sum + step
-        delays, decay = self.delays, 15 / 16
-        m = n - 1
-        if delays.last_owd is not None:
-            weighted += abs(first - delays.last_owd) * decay ** m
-            m = n
-        delays.jitter = decay ** m * delays.jitter + weighted / 16
-        delays.last_owd = int(owd[-1])
-        at = 0
-        for sl in ring.span(top0 + 1, top):
-            ring.slots[sl] = owd[at : at + sl.stop - sl.start]
-            at += sl.stop - sl.start
+        before = int(ring.slots[ring.slot(top0)]) if top0 >= 0 else EMPTY
+        self.delays.extend(owd, steps, before, owd_sum, lo, hi, neg, weighted, step_sum)
+        ring.put_run(top0, owd)
         losses = self.losses
         losses.settled = max(losses.settled, top - self._horizon - 1)
         losses.forget_below(top - ring.size)
         self._top = top
-        for a in (self.tallies.interval, self.tallies.total):
-            a.received += n
-            a.owd_n += n
-            a.owd_sum += owd_sum
-            a.owd_min = lo if a.owd_min is None else min(a.owd_min, lo)
-            a.owd_max = hi if a.owd_max is None else max(a.owd_max, hi)
-            a.negative_owd += neg
-            a.jitter_n += m
-            a.ipdv_n += ipdv_n
-            a.ipdv_sum += ipdv_sum
-        self.tallies.add(owd, steps)
+        self.tallies.count("received", n)
 
     def _depth(self, useq: np.ndarray) -> int:
         """Deepest reordering in a batch: how far below the highest sequence before it a

@@ -69,6 +69,36 @@ class DelayStats:
             a.jitter_n += n
         self.tallies.add(owd, owd[:0])
 
+    def extend(self, owd: np.ndarray, steps: np.ndarray, before: int, owd_sum: int, lo: int,
+               hi: int, neg: int, weighted: float, step_sum: int) -> None:
+        """The fast lane's delays (inorder.py): a flow's next packets in sequence order, none
+        coalesced; steps the |IPDV| of consecutive ones (summing to step_sum); before the
+        delay of the sequence below the first (EMPTY or UNTIMED: none); the delays' exact
+        sum, extremes and negative count; weighted the jitter sum of the differences within
+        (module rules), the first one's added here."""
+        n, first = owd.size, int(owd[0])
+        ipdv_n, ipdv_sum = n - 1, step_sum
+        if before not in (EMPTY, UNTIMED):
+            step = abs(first - before)
+            steps = np.append(steps, step)
+            ipdv_n, ipdv_sum = n, step_sum + step
+        m = n - 1
+        if self.last_owd is not None:
+            weighted += abs(first - self.last_owd) * (15 / 16) ** m
+            m = n
+        self.jitter = (15 / 16) ** m * self.jitter + weighted / 16
+        self.last_owd = int(owd[-1])
+        for a in (self.tallies.interval, self.tallies.total):
+            a.owd_n += n
+            a.owd_sum += owd_sum
+            a.owd_min = lo if a.owd_min is None else min(a.owd_min, lo)
+            a.owd_max = hi if a.owd_max is None else max(a.owd_max, hi)
+            a.negative_owd += neg
+            a.jitter_n += m
+            a.ipdv_n += ipdv_n
+            a.ipdv_sum += ipdv_sum
+        self.tallies.add(owd, steps)
+
     def ipdv(self, seq: np.ndarray, owd: np.ndarray, ring: DelayRing, highest: int) -> None:
         """|IPDV| of the pairs (s-1, s) this batch completes: seq its unique sequences sorted,
         owd their delays; the ring (highest: its highest sequence) holds the earlier ones."""

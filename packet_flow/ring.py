@@ -88,6 +88,14 @@ class DelayRing:
             for sl in (slice(None),) if new - old >= self.size else self.span(old + 1, new):
                 self.slots[sl] = EMPTY
 
+    def put_run(self, highest: int, owd: np.ndarray) -> None:
+        """The sequences just above the highest, highest+1.. in order, arrived with delays
+        owd (at most the ring's size of them): the highest moves up to the last."""
+        at = 0
+        for sl in self.span(highest + 1, highest + owd.size):
+            self.slots[sl] = owd[at : at + sl.stop - sl.start]
+            at += sl.stop - sl.start
+
     def store(self, seq: np.ndarray, owd: np.ndarray, highest: int) -> None:
         """Delays of the sorted sequences seq; those already below the window are left out."""
         k = int(np.searchsorted(seq, highest - self.size, side="right"))
