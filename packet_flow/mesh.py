@@ -34,14 +34,12 @@ Rules:
 import collections
 import logging
 import queue
-import secrets
 import threading
 
-import numpy as np
-
-from packet_flow import _io, defaults, rtt, sockets
+from packet_flow import _io, defaults, sockets
 from packet_flow.discovery import PeerSource
 from packet_flow.errors import ConfigError
+from packet_flow.mesh_pairs import Pair, PairRecords, Replies
 from packet_flow.receiver import ReceiverLoop
 from packet_flow.records import TickGrid
 from packet_flow.sender import precise_timer
@@ -76,21 +74,6 @@ def join_offset(offsets, interval_ns):
     gaps = [(b - a, a) for a, b in zip(ring, ring[1:] + [ring[0] + interval_ns], strict=True)]
     width, at = max(gaps)
     return (at + width // 2) % interval_ns
-
-
-class Pair:
-    """This node's flow to one peer: slot in the MeshSender, session, records' state."""
-
-    __slots__ = ("peer", "slot", "session", "offset", "start_ns", "tick_ns", "last", "late",
-                 "rtt")
-
-    def __init__(self, peer, slot, offset, now_ns, with_rtt):
-        self.peer, self.slot, self.offset = peer, slot, offset
-        self.session = secrets.randbits(64)
-        self.start_ns = self.tick_ns = now_ns
-        self.last = (0, 0, 0, 0)
-        self.late = Lateness()
-        self.rtt = rtt.RttStats() if with_rtt else None
 
 
 class MeshReceiver(ReceiverLoop):
@@ -158,12 +141,12 @@ class MeshLoop:
         self.tx.catchup_max = max(1, defaults.CATCHUP_NS // self.interval_ns)
         self.tx.wake_ns = economy_wake(self.interval_ns) if cfg.timer == "economy" else 0
         self.source = source or PeerSource.from_config(cfg).start()
+        self.records = PairRecords(self.tx, self.local, self.name, self.names, self.source, emit)
+        self.replies = Replies(self.local, on_rtt)
         self.pairs = {}                 # peer key -> Pair
         self.free = list(range(defaults.MESH_MAX_PEERS - 1, -1, -1))
-        self.by_session = (np.zeros(0, np.uint64), [])    # sorted sessions, their pairs
         self.listed = None              # the last peer tuple applied
         self.departed = {}              # host:port of peers that left -> when
-        self.stray_replies = 0
         # the flow table's cost is per flow and batch: hand it big batches (a quarter ring)
         self.drain_at = defaults.RING_CAPACITY // 4
         self.stopping = self.hurry = False
@@ -176,8 +159,7 @@ class MeshLoop:
     # --- peers -------------------------------------------------------------------------------
 
     def _index(self):
-        pairs = sorted(self.pairs.values(), key=lambda p: p.session)
-        self.by_session = (np.array([p.session for p in pairs], np.uint64), pairs)
+        self.replies.index(self.pairs.values())
         order = [p.slot for p in sorted(self.pairs.values(), key=lambda p: p.offset)]
         self._do(lambda: self.tx.set_order(order))
 
@@ -226,8 +208,8 @@ class MeshLoop:
         self.rxl.read(_io.mono_ns())        # its replies so far count
         self.rxl._drain(now_ns)
         self._collect()
-        self._interval(pair, now_ns)
-        self._summary(pair, now_ns, "left")
+        self.records.interval(pair, now_ns)
+        self.records.summary(pair, now_ns, "left")
         self.free.append(pair.slot)
         self.departed[str(pair.peer.addr)] = now_ns
 
@@ -248,81 +230,16 @@ class MeshLoop:
     # --- replies (--rtt) ---------------------------------------------------------------------
 
     def _replies(self, recs):
-        sessions, pairs = self.by_session
-        idx = np.searchsorted(sessions, recs["session"]) if len(sessions) else \
-            np.zeros(len(recs), np.intp)
-        idx = np.minimum(idx, max(0, len(sessions) - 1))
-        ours = (sessions[idx] == recs["session"]) if len(sessions) else \
-            np.zeros(len(recs), bool)
-        self.stray_replies += int((~ours).sum())
-        recs, idx = recs[ours], idx[ours]
-        for i in np.unique(idx).tolist():
-            part = recs[idx == i]
-            pair = pairs[i]
-            pair.rtt.update(part["seq"], part["r_seq"], part["tx_ns"], part["t2_ns"],
-                            part["t3_ns"], part["rx_ns"], part["drops"])
-            if self.on_rtt is not None:
-                self.on_rtt(self.local, str(pair.peer.addr), part["rx_ns"] - part["tx_ns"]
-                            - (part["t3_ns"] - part["t2_ns"]))
+        self.replies.route(recs)
 
     # --- records -----------------------------------------------------------------------------
 
     def _collect(self):
-        """The core's lateness samples, split by pair."""
+        """The core's lateness samples, to their pairs."""
         if self.sender is None or not self.sender.is_alive():
             self.lat_parts.append(self.tx.take_lateness())
         parts = [self.lat_parts.popleft() for _ in range(len(self.lat_parts))]
-        if not parts:
-            return
-        lat = np.concatenate([p[0] for p in parts])
-        slot = np.concatenate([p[1] for p in parts])
-        if not len(slot):           # np.split of nothing is one empty part, not none
-            return
-        by_slot = {p.slot: p for p in self.pairs.values()}
-        order = np.argsort(slot, kind="stable")
-        slots, starts = np.unique(slot[order], return_index=True)
-        for s, part in zip(slots.tolist(), np.split(lat[order], starts[1:]), strict=True):
-            pair = by_slot.get(s)
-            if pair is not None:
-                pair.late.add(part)
-
-    def _record(self, pair, kind, now_ns, since_ns):
-        peer = pair.peer
-        return {"type": kind, "role": "sender", "time": _io.wall_of(now_ns),
-                "source": self.local, "destination": str(peer.addr),
-                "source_name": self.name,
-                "destination_name": self.names.by_source.get(str(peer.addr))
-                or self.source.name_of(peer),
-                "session": f"{pair.session:016x}", "wire": "native", "mesh": True,
-                "interval_s": round((now_ns - since_ns) / 1e9, 6)}
-
-    def _counts(self, pair):
-        s = pair.slot
-        return (int(self.tx.sent[s]), int(self.tx.missed[s]), int(self.tx.skipped[s]),
-                int(self.tx.errors[s]))
-
-    def _interval(self, pair, now_ns):
-        now = self._counts(pair)
-        rec = self._record(pair, "sender", now_ns, pair.tick_ns)
-        rec.update(sent=now[0] - pair.last[0], missed_slots=now[1] - pair.last[1],
-                   skipped_slots=now[2] - pair.last[2], send_errors=now[3] - pair.last[3],
-                   **pair.late.interval())
-        if pair.rtt is not None:
-            rec.update(pair.rtt.take_interval())
-        pair.last, pair.tick_ns = now, now_ns
-        self.emit(rec)
-
-    def _summary(self, pair, now_ns, outcome):
-        sent, missed, skipped, errors = self._counts(pair)
-        rec = self._record(pair, "summary", now_ns, pair.start_ns)
-        rec.update(sent=sent, missed_slots=missed, skipped_slots=skipped, send_errors=errors,
-                   outcome=outcome, **pair.late.summary())
-        if pair.rtt is not None:
-            pair.rtt.close()
-            # a peer that left owes no replies: what went after its last one is not loss
-            sent = None if outcome == "left" else int(self.tx.seq[pair.slot])
-            rec.update(pair.rtt.summary(sent))
-        self.emit(rec)
+        self.records.lateness(parts, self.pairs.values())
 
     def _node_record(self, now_ns, since_ns):
         """The node's `receiver` record: the socket's counters, the peers it probes (`peers`)
@@ -330,7 +247,7 @@ class MeshLoop:
         rec = self.rxl._receiver_record(now_ns, since_ns)
         rec.update(peers=len(self.pairs),
                    probed_by=len({f.source for f in self.rxl.table.flows.values()}),
-                   stray_replies=self.stray_replies)
+                   stray_replies=self.replies.stray)
         return rec
 
     def _tick(self, now_ns, since_ns):
@@ -340,7 +257,7 @@ class MeshLoop:
         self._collect()
         Lateness.prepare([p.late for p in self.pairs.values()])
         for pair in self.pairs.values():
-            self._interval(pair, now_ns)
+            self.records.interval(pair, now_ns)
         self.emit(self._node_record(now_ns, since_ns))
 
     # --- the loop ----------------------------------------------------------------------------
@@ -445,8 +362,8 @@ class MeshLoop:
         self._collect()
         Lateness.prepare([p.late for p in self.pairs.values()])
         for pair in self.pairs.values():
-            self._interval(pair, now)
-            self._summary(pair, now, "final")
+            self.records.interval(pair, now)
+            self.records.summary(pair, now, "final")
         self.emit(self._node_record(now, last_tick))
 
     def close(self):
