@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -157,6 +158,13 @@ def _literal(host: str, port: int) -> Addr | None:
     return Addr(sockaddr[0], port, family, sockaddr)
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _loopback(host: str) -> bool:
+    """Whether an address (a peer's host, scope id allowed) is a loopback one (asked every
+    poll for every peer: remembered)."""
+    return ipaddress.ip_address(host.split("%")[0]).is_loopback
+
+
 class PeerSource:
     """The peers named by --peers, kept current by a background thread (see the module's
     rules). peers() is what the mesh polls every tick; reload() is the SIGHUP hook."""
@@ -238,7 +246,7 @@ class PeerSource:
         """Ask the PTR names of the listed peers known by their address only, each once."""
         own = self.me.name
         unnamed = {p.addr.sockaddr[0]: p.addr for p in self._current if p.name == p.addr.host
-                   and not ipaddress.ip_address(p.addr.host.split("%")[0]).is_loopback}
+                   and not _loopback(p.addr.host)}
         now, ptr = time.monotonic(), self._ptr
         for ip in ptr.keys() - unnamed.keys():      # a peer that left: its last records
             if now - self._unlisted.setdefault(ip, now) > defaults.PEER_NAME_KEEP_S:
