@@ -123,13 +123,19 @@ class Fleet:
     def ns(self, i):
         return f"pf-fl{self.pid}-{i}"
 
+    def root_if(self, i):
+        return f"pf{self.pid % 100000}h{i}"[:15]
+
     def ip(self, i):
         return f"10.{OCTET}.{self.net}.{i}"
 
     def add_host(self, i):
         """Namespace i, a veth into the bridge, its address and resolv.conf (short timeouts)."""
-        ns, root_if = self.ns(i), f"pf{self.pid % 100000}h{i}"[:15]
+        ns, root_if = self.ns(i), self.root_if(i)
         self.hosts.append(i)
+        # a namespace's veth goes away some time after the namespace: an earlier fleet of this
+        # process (same names) may still hold this one
+        sh("ip", "link", "del", root_if, check=False)
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "add", root_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
         sh("ip", "link", "set", root_if, "master", self.bridge, "up")
@@ -210,6 +216,7 @@ class Fleet:
         if self.dns is not None:
             self.dns.close()
         for i in self.hosts:
+            sh("ip", "link", "del", self.root_if(i), check=False)     # at once, not later
             sh("ip", "netns", "del", self.ns(i), check=False)
             shutil.rmtree(f"/etc/netns/{self.ns(i)}", ignore_errors=True)
         sh("ip", "link", "del", self.bridge, check=False)
