@@ -113,8 +113,7 @@ class FlowTable(FlowBook):
         keys = srt["session"][starts].tolist()
         native = (srt["kind"][starts] == _io.K_NATIVE).tolist()
         sessions = [k for k, n in zip(keys, native, strict=True) if n]
-        twice = {k for k, c in Counter(sessions).items() if c > 1} \
-            if len(set(sessions)) < len(sessions) else ()  # a session from two sources
+        twice = {k for k, c in Counter(sessions).items() if c > 1}  # one from two sources
         seq0, drops0 = srt["seq"][starts].tolist(), lanes.drops.tolist()
         last = srt[ends - 1]
         addrs, ports = last["addr"].tobytes(), last["port"].tolist()
@@ -141,12 +140,7 @@ class FlowTable(FlowBook):
                 flow.rebind(srt[starts[i] : ends[i]])
             fig = lanes.part(i)
             flow.stats.extend(seq0[i], *fig)
-            self._account(flow)
-            flow.last_ns = now_ns
-            flow.fresh = True
-            if flow.stalled:
-                log.info("flow %s (session %s) resumed", flow.source, flow.session)
-                flow.stalled = False
+            self._heard(flow, now_ns)
             if on_packets is not None:
                 on_packets(flow.source, self.destination, srt["rx_ns"][starts[i] : ends[i]],
                            fig[0])
@@ -253,16 +247,20 @@ class FlowTable(FlowBook):
         timed = part["coalesced"] == 0
         flow.stats.update(part["seq"], part["tx_ns"], part["rx_ns"], timed=timed,
                           host_drops=host, buffers=self.gro, shared=len(self.flows) > 1)
+        self._heard(flow, now_ns)
+        if self.on_packets is not None:
+            own = part[timed]
+            self.on_packets(flow.source, self.destination, own["rx_ns"],
+                            own["rx_ns"] - own["tx_ns"])
+
+    def _heard(self, flow, now_ns):
+        """A flow took packets (either path): its memory, its activity, a stall ended."""
         self._account(flow)
         flow.last_ns = now_ns
         flow.fresh = True
         if flow.stalled:
             log.info("flow %s (session %s) resumed", flow.source, flow.session)
             flow.stalled = False
-        if self.on_packets is not None:
-            own = part[timed]
-            self.on_packets(flow.source, self.destination, own["rx_ns"],
-                            own["rx_ns"] - own["tx_ns"])
 
     def _gaps(self, flow, part, host):
         """Compat `packet_loss` points: the part of each gap lost on the path (what this

@@ -21,22 +21,19 @@ from packet_flow.results import percentiles_of
 log = logging.getLogger(__name__)
 
 
-def late_stats(lat_ns):
-    """timer_late_p50/p99/max_us of lateness samples in ns (None when there are none)."""
-    if not len(lat_ns):
-        return {"timer_late_p50_us": None, "timer_late_p99_us": None, "timer_late_max_us": None}
-    late = Lateness()
-    late.add(np.asarray(lat_ns, np.int64))
-    return late.interval()
+def no_lateness():
+    """The timer_late_* fields of an interval or run without samples."""
+    return {"timer_late_p50_us": None, "timer_late_p99_us": None, "timer_late_max_us": None}
 
 
 def warm_up():
     """Run the record path once before the first slot: first calls (lazy imports, allocator
     growth) cost milliseconds, which would make the first tick late."""
     probe = np.arange(1000, dtype=np.int64)
-    LogHistogram().add(probe)
-    LogHistogram().quantiles([50, 99], 0, 999)
-    late_stats(probe)
+    late = Lateness()
+    late.add(probe)
+    late.interval()
+    late.summary()
     rtt.RttStats().take_interval()
 
 
@@ -71,7 +68,7 @@ class Lateness:
         for late, (low, p50, p99, high) in zip(many, stats, strict=True):
             late.parts = []
             if math.isnan(low):
-                late.ready = late_stats(())
+                late.ready = no_lateness()
                 continue
             late.low = int(low) if late.low is None else min(late.low, int(low))
             late.high = int(high) if late.high is None else max(late.high, int(high))
@@ -91,7 +88,7 @@ class Lateness:
         if self.parts:
             Lateness.prepare([self])    # (the interval figures stay ready for interval())
         if not self.hist.n:
-            return late_stats(())
+            return no_lateness()
         p50, p99 = self.hist.quantiles([50, 99], self.low, self.high)
         return {"timer_late_p50_us": round(float(p50) / 1e3, 3),
                 "timer_late_p99_us": round(float(p99) / 1e3, 3),

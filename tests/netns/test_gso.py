@@ -142,13 +142,7 @@ def veth():
     for tool in ("ip", "ethtool"):
         if shutil.which(tool) is None:
             pytest.skip(f"`{tool}` is not installed (apt-get install iproute2 ethtool)")
-    net = Net("gso", 215, mtu=1500)
-    try:
-        net.up()
-        yield net
-    finally:
-        net.down()
-        assert net.ns not in sh("ip", "netns", "list").stdout
+    yield from Net("gso", 215, mtu=1500).running()
 
 
 def _through(net, tmp_path, name, *sender_args):

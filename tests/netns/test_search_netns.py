@@ -22,13 +22,7 @@ def net():
     why = why_not()
     if why:
         pytest.skip(why)
-    net = Net(tag="search", octet=219)
-    try:
-        net.up()
-        yield net
-    finally:
-        net.down()
-        assert net.ns not in sh("ip", "netns", "list").stdout
+    yield from Net(tag="search", octet=219).running()
 
 
 @pytest.fixture

@@ -42,13 +42,7 @@ def net():
     why = why_not()
     if why:
         pytest.skip(why)
-    net = Net()
-    try:
-        net.up()
-        yield net
-    finally:
-        net.down()
-        assert sh("ip", "netns", "list").stdout.find(net.ns) < 0
+    yield from Net().running()
 
 
 def _through_rule(net, tmp_path, rule, receiver_in_ns, hook=None):

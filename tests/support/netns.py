@@ -68,6 +68,16 @@ class Net:
         sh("ip", "netns", "del", self.ns, check=False)
         sh("ip", "link", "del", self.root_if, check=False)
 
+    def running(self):
+        """For a fixture (`yield from net.running()`): up, the tests, down, and the namespace
+        must be gone."""
+        try:
+            self.up()
+            yield self
+        finally:
+            self.down()
+            assert self.ns not in sh("ip", "netns", "list").stdout
+
     def exec(self, *args):
         return ["ip", "netns", "exec", self.ns, *args]
 
