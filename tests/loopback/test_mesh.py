@@ -250,3 +250,46 @@ def test_mesh_stop_signals_while_stopping(tmp_path):
     last = datetime.fromisoformat(recs[-1]["time"]).timestamp()
     assert recs[-1]["type"] == "receiver" and last - stamp[1] < 0.4 and \
         last - stamp[0] < 0.9, (stamp, last)
+
+
+def test_mesh_counts_only_peers_with_its_key(tmp_path):
+    """Two nodes with different keys probe each other: neither opens a flow for the other.
+    k1 runs first and longest, so it counts every datagram k2 sends as rejected (bad_tag):
+    exactly k2's 30; k2, up for part of k1's run, rejects what it got of k1's."""
+    pid = os.getpid()
+    hosts = [f"127.{pid >> 8 & 0x7F}.{pid & 0xFF}.{i}" for i in (5, 6)]
+    port = free_port()
+    peers = tmp_path / "peers"
+    peers.write_text("".join(f"{h}:{port}\n" for h in hosts))
+    outs = [tmp_path / f"k{i}.jsonl" for i in (1, 2)]
+
+    def node(i, count):
+        return pf("--mode", "mesh", "--local-addr", f"{hosts[i - 1]}:{port}", "--peers",
+                  f"file:{peers}", "--name", f"k{i}", "--key", f"key-{i}", "--rate", 10,
+                  "--count", count, "--interval", 0.5, "--output", f"jsonl:{outs[i - 1]}")
+
+    procs = [node(1, 300)]
+    try:
+        _bound(hosts[0], port)
+        procs.append(node(2, 30))
+        for p in procs:
+            finish(p, timeout=30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    recs = [records(out) for out in outs]
+    for me, other in ((0, 1), (1, 0)):
+        (sent,) = summaries(recs[other], "sender")
+        assert sent["destination"] == f"{hosts[me]}:{port}"
+        assert not [r for r in recs[me] if r["type"] in ("interval", "summary")
+                    and r["role"] == "receiver"]            # no flow from the other
+        rejected = [x for r in recs[me] if r["type"] == "receiver"
+                    for x in r.get("rejected", [])]
+        assert {(x["source"], x["reason"]) for x in rejected} == \
+            {(f"{hosts[other]}:{port}", "bad_tag")}
+        count = sum(x["count"] for x in rejected)
+        if me == 0:
+            assert sent["sent"] == 30 and count == 30
+        else:
+            assert 0 < count < sent["sent"] == 300
